@@ -1,0 +1,66 @@
+"""The backend interface: one replica of one model, whatever runs it.
+
+A backend is deliberately as narrow as httpx's transport: start, stop, health, forward. The gateway owns
+everything else (queueing, balancing, lifecycle, metrics). All methods are called from the event loop and
+must never block it; engines that block (llama.cpp, the docker SDK) run in their own threads.
+
+- ``start()``: returns when the replica can serve; idempotent; raises ``BackendError`` if it cannot start.
+  Not called concurrently with itself or ``stop()`` (the model's lifecycle serialises them).
+- ``stop()``: ends in-flight work (each open response ends with an error event) and frees the replica;
+  idempotent; never raises.
+- ``health()``: cheap, never raises; may run at any time.
+- ``forward(request)``: may run concurrently up to ``capacity`` times. It returns once the status and the
+  first body chunk are known, so that a failure before the first byte is a proper error, not a broken 200.
+  The caller must call ``close()`` on the response, in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Endpoint = Literal["chat/completions", "completions", "embeddings"]
+
+
+@dataclass(frozen=True)
+class OpenAIRequest:
+    endpoint: Endpoint
+    body: dict[str, Any]  # the validated request body; ``model`` is the public name the client asked for
+    stream: bool
+
+
+@dataclass
+class UpstreamResponse:
+    """A response whose body is still arriving.
+
+    ``close()`` is synchronous, idempotent and never blocks: it asks the backend to stop producing (a client
+    disconnect, for example). ``finished`` resolves when the backend has really let go of the request, which
+    is when the replica's slot may be reused.
+    """
+
+    status: int
+    headers: dict[str, str]
+    body: AsyncIterator[bytes]
+    close: Callable[[], None]
+    finished: asyncio.Future[None] = field(repr=False)
+
+
+class BackendError(Exception):
+    """A replica could not start or failed while serving; the message is safe to show to clients."""
+
+
+class Backend(Protocol):
+    @property
+    def capacity(self) -> int:
+        """Requests this replica serves at once; further requests wait in the gateway's queue."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def health(self) -> bool: ...
+
+    async def forward(self, request: OpenAIRequest) -> UpstreamResponse: ...

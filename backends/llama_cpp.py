@@ -1,0 +1,175 @@
+"""In-process llama.cpp (llama-cpp-python): one ``Llama`` instance per replica, each on its own thread.
+
+llama.cpp releases the GIL while it computes, so instances on separate threads run in parallel, and the event
+loop never waits on the engine. An instance serves one request at a time (``capacity`` 1); the gateway's
+queue holds the rest, so a new request never interrupts a running stream (unlike llama-cpp-python's own
+server).
+
+Tokens cross from the engine thread to the event loop through an asyncio queue fed with
+``call_soon_threadsafe``; the response body reads from it as tokens are made. Closing a response sets the job's
+cancel flag, which the engine thread checks after every token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from backends.base import OpenAIRequest, UpstreamResponse
+from backends.llama_jobs import RUNNERS, Cancelled, Job
+from gateway.config import LlamaCppBackend
+from gateway.errors import GatewayError, InvalidRequest, UpstreamError
+
+log = logging.getLogger(__name__)
+
+_POOLING = {"mean": 1, "cls": 2, "last": 3}  # llama.cpp's LLAMA_POOLING_TYPE_* values
+_END = object()
+
+SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+def build_llama(spec: LlamaCppBackend, n_threads: int) -> Any:
+    """Construct the engine. Blocks for the whole load; call it on the replica's thread."""
+    import llama_cpp  # imported here: the import alone costs ~40 MB, and only running models need it
+
+    kwargs: dict[str, Any] = {
+        "model_path": str(spec.model),
+        "n_ctx": spec.n_ctx,
+        "n_batch": spec.n_batch,
+        "n_threads": n_threads,
+        "n_gpu_layers": spec.n_gpu_layers,
+        "flash_attn": spec.flash_attn,
+        "seed": spec.seed if spec.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
+        "verbose": False,
+    }
+    if spec.embeddings:
+        kwargs.update(embedding=True, pooling_type=_POOLING[spec.pooling])
+    if spec.chat_format:
+        kwargs["chat_format"] = spec.chat_format
+    llama = llama_cpp.Llama(**kwargs)
+    if spec.chat_template is not None:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        formatter = Jinja2ChatFormatter(
+            template=spec.chat_template.read_text(),
+            eos_token=llama.detokenize([llama.token_eos()]).decode(errors="ignore"),
+            bos_token=llama.detokenize([llama.token_bos()]).decode(errors="ignore"),
+        )
+        llama.chat_handler = formatter.to_chat_handler()
+    return llama
+
+
+def default_threads(spec: LlamaCppBackend) -> int:
+    # Threads x instances must not exceed the cores: oversubscribed, aggregate decode drops (ENVIRONMENT.md).
+    return spec.n_threads or max(1, (os.cpu_count() or 1) // spec.parallel)
+
+
+class LlamaCppReplica:
+    """One engine instance. See ``backends.base`` for the contract."""
+
+    def __init__(self, spec: LlamaCppBackend, label: str) -> None:
+        self._spec = spec
+        self._label = label
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{label}")
+        self._llama: Any = None
+        self._jobs: set[Job] = set()
+
+    @property
+    def capacity(self) -> int:
+        return 1
+
+    async def start(self) -> None:
+        if self._llama is not None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            self._llama = await loop.run_in_executor(
+                self._executor, build_llama, self._spec, default_threads(self._spec)
+            )
+        except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError for bad files
+            raise UpstreamError(f"llama.cpp could not load {self._spec.model.name}: {exc}") from exc
+
+    async def stop(self) -> None:
+        for job in list(self._jobs):
+            job.cancelled.set()
+        if self._llama is None:
+            return
+        llama, self._llama = self._llama, None
+        # Runs after any job still on the thread, which ends within a token now that it is cancelled.
+        await asyncio.get_running_loop().run_in_executor(self._executor, _free, llama)
+
+    async def health(self) -> bool:
+        return self._llama is not None
+
+    async def forward(self, request: OpenAIRequest) -> UpstreamResponse:
+        llama = self._llama
+        if llama is None:
+            raise UpstreamError(f"replica {self._label} is not running")
+        if (request.endpoint == "embeddings") != self._spec.embeddings:
+            what = "embeddings only" if self._spec.embeddings else "no embeddings"
+            raise InvalidRequest(
+                f"model '{request.body['model']}' serves {what}; it cannot answer /v1/{request.endpoint}",
+                param="model",
+            )
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def emit(data: bytes) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, data)
+
+        job = Job(request, emit)
+        self._jobs.add(job)
+        finished = loop.run_in_executor(self._executor, _run, llama, job, queue, loop)
+        finished.add_done_callback(lambda _: self._jobs.discard(job))
+
+        first = await queue.get()
+        if isinstance(first, GatewayError):
+            raise first
+        return UpstreamResponse(
+            status=200,
+            headers=SSE_HEADERS if request.stream else JSON_HEADERS,
+            body=_body(first, queue, request.stream),
+            close=job.cancelled.set,
+            finished=finished,
+        )
+
+
+def _run(llama: Any, job: Job, queue: asyncio.Queue[Any], loop: asyncio.AbstractEventLoop) -> None:
+    """The worker-thread side of a request: run it, then post the end marker or the error."""
+    outcome: Any = _END
+    try:
+        RUNNERS[job.request.endpoint](llama, job)
+    except Cancelled:
+        outcome = UpstreamError("generation was cancelled: the model is being unloaded")
+    except ValueError as exc:  # llama-cpp-python's way of rejecting input (context overflow, bad grammar)
+        outcome = InvalidRequest(str(exc))
+    except Exception as exc:
+        log.exception("engine failure")
+        outcome = UpstreamError(f"llama.cpp failed: {exc}")
+    try:
+        loop.call_soon_threadsafe(queue.put_nowait, outcome)
+    except RuntimeError:
+        pass  # the event loop is gone (shutdown); nobody is listening
+
+
+async def _body(first: bytes, queue: asyncio.Queue[Any], stream: bool) -> Any:
+    from gateway.errors import sse_error_event
+
+    yield first
+    while True:
+        item = await queue.get()
+        if item is _END:
+            return
+        if isinstance(item, GatewayError):
+            if stream:
+                yield sse_error_event(item)
+            return
+        yield item
+
+
+def _free(llama: Any) -> None:
+    llama.close()

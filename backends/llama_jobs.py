@@ -1,0 +1,239 @@
+"""OpenAI requests run against one ``llama_cpp.Llama`` instance, on that instance's worker thread.
+
+Every generation runs through llama-cpp-python's streaming path, whether or not the client streams: one token
+per step means a cancelled request (client gone, model evicted) stops within a token, and streamed and
+non-streamed responses count usage the same way. The gateway frames the wire format itself, so every chunk
+of a response carries the same ``id``/``created``, ``n`` gives ``n`` choices, and
+``stream_options.include_usage`` gives a final usage chunk with empty ``choices``.
+
+Functions here block for as long as the engine computes; they must only run on the replica's own thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from backends.base import OpenAIRequest
+
+Emit = Callable[[bytes], None]
+
+# OpenAI request fields passed through to llama-cpp-python's sampling, by their OpenAI name.
+_SAMPLING = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "stop")
+# llama.cpp extensions that llama-server and llama-cpp-python's server also accept.
+_EXTENSIONS = ("top_k", "min_p", "repeat_penalty")
+
+
+class Cancelled(Exception):
+    """The request was cancelled (client disconnect or eviction) while generating."""
+
+
+@dataclass
+class Job:
+    request: OpenAIRequest
+    emit: Emit
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class _TokenCounter:
+    """A pass-through logits processor: llama.cpp calls it once per sampled token with the evaluated ids."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens: int | None = None
+        self.sampled = 0
+
+    def __call__(self, input_ids: np.ndarray[Any, Any], scores: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        if self.prompt_tokens is None:
+            self.prompt_tokens = len(input_ids)
+        self.sampled += 1
+        return scores
+
+
+@dataclass
+class _Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, counter: _TokenCounter, finish_reason: str | None) -> None:
+        # The end-of-generation token is sampled but is not part of the completion.
+        eog = 1 if finish_reason == "stop" and counter.sampled > 0 else 0
+        self.prompt_tokens = max(self.prompt_tokens, counter.prompt_tokens or 0)
+        self.completion_tokens += counter.sampled - eog
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+def _sampling_kwargs(body: dict[str, Any]) -> dict[str, Any]:
+    kw = {k: body[k] for k in (*_SAMPLING, *_EXTENSIONS) if body.get(k) is not None}
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if max_tokens is not None:
+        kw["max_tokens"] = max_tokens
+    if body.get("logit_bias"):
+        kw["logit_bias"] = {int(k): float(v) for k, v in body["logit_bias"].items()}
+    return kw
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _streamed(
+    chunks: Iterator[dict[str, Any]], cancelled: threading.Event
+) -> Iterator[dict[str, Any]]:
+    """Yield engine chunks until done or cancelled; always closes the engine's generator."""
+    try:
+        for chunk in chunks:
+            if cancelled.is_set():
+                raise Cancelled
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+class _Framer:
+    """Builds the response for one request: SSE chunks as they come, or one JSON object at the end."""
+
+    def __init__(self, job: Job, object_prefix: str, kind: str) -> None:
+        body = job.request.body
+        self.job = job
+        self.kind = kind  # "chat.completion" or "text_completion"
+        self.id = f"{object_prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = body["model"]
+        self.stream = job.request.stream
+        self.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        self.usage = _Usage()
+        self.choices: list[dict[str, Any]] = []
+
+    def _envelope(self, choices: list[dict[str, Any]], obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "choices": choices}
+
+    def chunk(self, choice: dict[str, Any]) -> None:
+        obj = "chat.completion.chunk" if self.kind == "chat.completion" else "text_completion"
+        self.job.emit(_sse(self._envelope([choice], obj)))
+
+    def finish(self) -> None:
+        if self.stream:
+            if self.include_usage:
+                tail = self._envelope([], "chat.completion.chunk" if self.kind == "chat.completion"
+                                      else "text_completion")
+                tail["usage"] = self.usage.as_dict()
+                self.job.emit(_sse(tail))
+            self.job.emit(b"data: [DONE]\n\n")
+        else:
+            full = self._envelope(self.choices, self.kind)
+            full["usage"] = self.usage.as_dict()
+            self.job.emit(json.dumps(full).encode())
+
+
+def run_chat(llama: Any, job: Job) -> None:
+    body = job.request.body
+    framer = _Framer(job, "chatcmpl", "chat.completion")
+    kwargs = _sampling_kwargs(body)
+    if body.get("response_format") is not None:
+        kwargs["response_format"] = body["response_format"]
+    for i in range(body.get("n") or 1):
+        counter = _TokenCounter()
+        seed = body.get("seed")
+        chunks = llama.create_chat_completion(
+            messages=body["messages"], stream=True, logits_processor=[counter],
+            seed=None if seed is None else seed + i, **kwargs,
+        )
+        text: list[str] = []
+        finish: str | None = None
+        for c in _streamed(chunks, job.cancelled):
+            engine_choice = c["choices"][0]
+            delta = engine_choice.get("delta") or {}
+            finish = engine_choice.get("finish_reason") or finish
+            if "content" in delta and delta["content"]:
+                text.append(delta["content"])
+            if framer.stream:
+                framer.chunk({"index": i, "delta": delta, "logprobs": None,
+                              "finish_reason": engine_choice.get("finish_reason")})
+        framer.usage.add(counter, finish)
+        framer.choices.append({
+            "index": i,
+            "message": {"role": "assistant", "content": "".join(text)},
+            "logprobs": None,
+            "finish_reason": finish,
+        })
+    framer.finish()
+
+
+def run_completion(llama: Any, job: Job) -> None:
+    body = job.request.body
+    framer = _Framer(job, "cmpl", "text_completion")
+    kwargs = _sampling_kwargs(body)
+    kwargs.setdefault("max_tokens", 16)  # the OpenAI default for /v1/completions
+    prompts = body["prompt"]
+    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+        prompts = [prompts]
+    n = body.get("n") or 1
+    for p, prompt in enumerate(prompts):
+        for i in range(n):
+            index = p * n + i
+            counter = _TokenCounter()
+            seed = body.get("seed")
+            chunks = llama.create_completion(
+                prompt=prompt, stream=True, logits_processor=[counter], echo=False,
+                seed=None if seed is None else seed + i, **kwargs,
+            )
+            text: list[str] = []
+            finish: str | None = None
+            for c in _streamed(chunks, job.cancelled):
+                engine_choice = c["choices"][0]
+                finish = engine_choice.get("finish_reason") or finish
+                text.append(engine_choice.get("text") or "")
+                if framer.stream:
+                    framer.chunk({"index": index, "text": engine_choice.get("text") or "",
+                                  "logprobs": None, "finish_reason": engine_choice.get("finish_reason")})
+            framer.usage.add(counter, finish)
+            framer.choices.append({"index": index, "text": "".join(text), "logprobs": None,
+                                   "finish_reason": finish})
+    framer.finish()
+
+
+def run_embeddings(llama: Any, job: Job) -> None:
+    body = job.request.body
+    inputs = body["input"]
+    if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
+        inputs = [inputs]
+    if job.cancelled.is_set():
+        raise Cancelled
+    vectors, tokens = llama.embed(inputs, normalize=True, return_count=True, truncate=False)
+    as_base64 = body.get("encoding_format") == "base64"
+    data = []
+    for index, vec in enumerate(vectors):
+        embedding: Any = vec
+        if as_base64:
+            embedding = base64.b64encode(np.asarray(vec, dtype=np.float32).tobytes()).decode()
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    job.emit(json.dumps({
+        "object": "list",
+        "data": data,
+        "model": body["model"],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }).encode())
+
+
+RUNNERS: dict[str, Callable[[Any, Job], None]] = {
+    "chat/completions": run_chat,
+    "completions": run_completion,
+    "embeddings": run_embeddings,
+}

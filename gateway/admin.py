@@ -1,0 +1,87 @@
+"""The admin API: see every model's state and memory; load, evict, pin and unpin by name or alias.
+
+    GET  /admin/models                  every model, with state, memory, leases and the last load error
+    POST /admin/models/{name}/load      load now (waits for it; 503 with the reason if it cannot)
+    POST /admin/models/{name}/evict     drain and unload now
+    POST /admin/models/{name}/pin       never evict; loads it if needed
+    POST /admin/models/{name}/unpin     evictable again
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.lifecycle import ModelSlot
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+
+def describe(slot: ModelSlot, now: float) -> dict[str, Any]:
+    failure = slot.failure
+    return {
+        "name": slot.name,
+        "aliases": slot.manifest.aliases,
+        "kind": slot.manifest.backend.kind,
+        "state": slot.state.value,
+        "pinned": slot.pinned,
+        "memory_bytes": slot.memory,
+        "in_flight": slot.in_flight,
+        "queued": slot.pool.queued if slot.pool else 0,
+        "replicas": len(slot.pool.replicas) if slot.pool else 0,
+        "idle_seconds": round(now - slot.last_used, 3) if slot.last_used else None,
+        "idle_ttl": slot.manifest.idle_ttl,
+        "last_error": failure.message if failure else None,
+    }
+
+
+class AdminRoutes:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/admin/models", self.list, methods=["GET"]),
+            Route("/admin/models/{name:path}/load", self.load, methods=["POST"]),
+            Route("/admin/models/{name:path}/evict", self.evict, methods=["POST"]),
+            Route("/admin/models/{name:path}/pin", self.pin, methods=["POST"]),
+            Route("/admin/models/{name:path}/unpin", self.unpin, methods=["POST"]),
+        ]
+
+    def _state(self) -> dict[str, Any]:
+        now = time.monotonic()
+        sched = self.gw.scheduler
+        return {
+            "memory_budget_bytes": sched.budget,
+            "memory_used_bytes": sched.used(),
+            "models": [describe(s, now) for s in sched.slots.values()],
+        }
+
+    async def list(self, request: Request) -> Response:
+        return JSONResponse(self._state())
+
+    async def load(self, request: Request) -> Response:
+        slot = self.gw.registry.resolve(request.path_params["name"])
+        lease = await self.gw.scheduler.acquire(slot, self.gw.settings.load_timeout)
+        lease.release()
+        return JSONResponse(describe(slot, time.monotonic()))
+
+    async def evict(self, request: Request) -> Response:
+        slot = self.gw.registry.resolve(request.path_params["name"])
+        await self.gw.scheduler.unload(slot, "evicted by an admin")
+        return JSONResponse(describe(slot, time.monotonic()))
+
+    async def pin(self, request: Request) -> Response:
+        slot = self.gw.registry.resolve(request.path_params["name"])
+        slot.pinned = True
+        return await self.load(request)
+
+    async def unpin(self, request: Request) -> Response:
+        slot = self.gw.registry.resolve(request.path_params["name"])
+        slot.pinned = False
+        return JSONResponse(describe(slot, time.monotonic()))

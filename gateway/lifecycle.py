@@ -1,0 +1,172 @@
+"""The life of one model: its state machine, its replicas while loaded, and the leases that keep it resident.
+
+States and the only allowed moves::
+
+    UNLOADED ──► LOADING ──► READY ──► DRAINING ──► UNLOADED
+                    │                                  ▲
+                    └──────────── (load failed) ───────┘
+
+``ModelSlot._set`` is the single writer of ``state``. The scheduler drives the moves; request handlers only
+take and return leases, through ``Scheduler.acquire`` (one entry point, so no caller acts on a stale read).
+Memory counts as held from LOADING until the move back to UNLOADED, that is until the engine has let go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from backends.base import Backend
+from gateway.config import ModelManifest
+from gateway.errors import GatewayError
+from gateway.pool import Pool
+
+
+class State(enum.StrEnum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+
+
+ALLOWED: dict[State, frozenset[State]] = {
+    State.UNLOADED: frozenset({State.LOADING}),
+    State.LOADING: frozenset({State.READY, State.UNLOADED}),
+    State.READY: frozenset({State.DRAINING}),
+    State.DRAINING: frozenset({State.UNLOADED}),
+}
+
+HOLDS_MEMORY = frozenset({State.LOADING, State.READY, State.DRAINING})
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+@dataclass
+class Failure:
+    message: str
+    at: float
+    retry_at: float
+    count: int
+
+
+class ModelSlot:
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        memory: int,
+        make_backends: Callable[[], list[Backend]],
+        max_queue: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.manifest = manifest
+        self.name = manifest.name
+        self.memory = memory
+        self.pinned = manifest.pinned
+        self.max_queue = max_queue
+        self._make_backends = make_backends
+        self._clock = clock
+        self.state = State.UNLOADED
+        self.failure: Failure | None = None
+        self.last_used = 0.0
+        self.loaded_at: float | None = None
+        self.in_flight = 0
+        self.pool: Pool | None = None
+        self._changed = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- state: the one writer -------------------------------------------------------------------------
+    def _set(self, new: State) -> None:
+        if new not in ALLOWED[self.state]:
+            raise IllegalTransition(f"{self.name}: {self.state} -> {new}")
+        self.state = new
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_change(self, timeout: float) -> bool:
+        """Wait for the next state change; False on timeout."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- moves, called by the scheduler only -------------------------------------------------------------
+    def begin_load(self) -> None:
+        self._set(State.LOADING)
+
+    async def start(self) -> None:
+        """Start every replica; on any failure, stop the ones that started and re-raise."""
+        backends = self._make_backends()
+        results = await asyncio.gather(*(b.start() for b in backends), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await asyncio.gather(*(b.stop() for b in backends))
+            raise errors[0]
+        self.pool = Pool(self.name, backends, self.max_queue, random.Random())
+        self.failure = None
+        self.loaded_at = self._clock()
+        self.last_used = self._clock()
+        self._set(State.READY)
+
+    def load_failed(self, message: str, backoff: float) -> Failure:
+        count = (self.failure.count + 1) if self.failure else 1
+        now = self._clock()
+        self.failure = Failure(message, now, now + backoff * 2 ** (count - 1), count)
+        self._set(State.UNLOADED)
+        return self.failure
+
+    def begin_drain(self) -> None:
+        self._set(State.DRAINING)
+
+    async def wait_idle(self, grace: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            return False
+        return True
+
+    async def finish_unload(self, error: GatewayError) -> int:
+        """Fail queued requests, stop the replicas (which ends running ones), and return to UNLOADED."""
+        pool, self.pool = self.pool, None
+        cancelled = 0
+        if pool is not None:
+            cancelled = pool.fail_waiters(error) + pool.outstanding
+            await asyncio.gather(*(r.backend.stop() for r in pool.replicas))
+        self.loaded_at = None
+        self._set(State.UNLOADED)
+        return cancelled
+
+    # -- leases ------------------------------------------------------------------------------------------
+    def lease(self) -> Lease:
+        assert self.state is State.READY and self.pool is not None
+        self.in_flight += 1
+        self._idle.clear()
+        self.last_used = self._clock()
+        return Lease(self, self.pool)
+
+    def _return(self) -> None:
+        self.in_flight -= 1
+        self.last_used = self._clock()
+        if self.in_flight == 0:
+            self._idle.set()
+
+
+class Lease:
+    """Held from the moment a request is admitted to a ready model until its response is finished."""
+
+    def __init__(self, slot: ModelSlot, pool: Pool) -> None:
+        self.slot = slot
+        self.pool = pool
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.slot._return()

@@ -1,0 +1,50 @@
+"""Every Prometheus metric the gateway exports, defined in one place on a per-app registry (no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.lifecycle import State
+from gateway.scheduler import Scheduler
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class _ModelCollector(Collector):
+    """Reads model state at scrape time, so the hot path does not update gauges."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        state = GaugeMetricFamily("gateway_model_state", "1 for the model's current state", labels=["model", "state"])
+        running = GaugeMetricFamily("gateway_requests_running", "Requests holding a replica", labels=["model"])
+        waiting = GaugeMetricFamily("gateway_requests_waiting", "Requests queued for a replica", labels=["model"])
+        memory = GaugeMetricFamily("gateway_model_memory_bytes", "Estimated memory of the model", labels=["model"])
+        for slot in self._scheduler.slots.values():
+            for s in State:
+                state.add_metric([slot.name, s.value], 1.0 if slot.state is s else 0.0)
+            running.add_metric([slot.name], float(slot.pool.outstanding if slot.pool else 0))
+            waiting.add_metric([slot.name], float(slot.pool.queued if slot.pool else 0))
+            memory.add_metric([slot.name], float(slot.memory))
+        used = GaugeMetricFamily("gateway_memory_used_bytes", "Estimated memory held by models")
+        used.add_metric([], float(self._scheduler.used()))
+        budget = GaugeMetricFamily("gateway_memory_budget_bytes", "Memory budget for models")
+        budget.add_metric([], float(self._scheduler.budget))
+        yield from (state, running, waiting, memory, used, budget)
+
+
+class Metrics:
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "gateway_requests", "Requests by model, endpoint and status",
+            ["model", "endpoint", "status"], registry=self.registry,
+        )
+        self.time_to_first_byte = Histogram(
+            "gateway_time_to_first_byte_seconds", "From request to the first response byte",
+            ["model", "endpoint"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.registry.register(_ModelCollector(scheduler))

@@ -1,0 +1,102 @@
+"""Validation of OpenAI request bodies. Unknown fields are kept (clients send extensions); known ones are
+checked, and the first problem becomes a 400 naming the offending ``param`` the way OpenAI does."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.errors import InvalidRequest
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class _Sampling(_Body):
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=16)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    response_format: ResponseFormat | None = None
+    logprobs: Literal[False] | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: None = None
+    echo: Literal[False] | None = None
+
+
+class EmbeddingRequest(_Body):
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+_REASONS = {
+    ("logprobs",): "logprobs are not supported by this engine",
+    ("echo",): "echo is not supported by this engine",
+}
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not part[:1].isupper() and part not in {"str", "list[str]", "list[int]", "list[list[int]]"}:
+            out += f".{part}" if out else part
+    return out
+
+
+def parse_body(raw: bytes, schema: type[_Body]) -> dict[str, Any]:
+    """Validate a request body; returns it as a dict, with defaults for the fields the engine needs."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        parsed = schema.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = _param(err["loc"])
+        reason = _REASONS.get(tuple(str(p) for p in err["loc"][:1]), err["msg"])
+        raise InvalidRequest(f"invalid '{param}': {reason}", param=param) from None
+    if isinstance(parsed, EmbeddingRequest) and parsed.input in ("", []):
+        raise InvalidRequest("'input' must not be empty", param="input")
+    return parsed.model_dump(exclude_none=True)

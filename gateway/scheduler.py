@@ -1,0 +1,187 @@
+"""Loads, evictions and idle unloads: every move of every model's state goes through here.
+
+- ``acquire`` is the one way in for requests: it returns a lease on a ready model, starting a load if needed.
+  Concurrent first requests join the one load task of their model.
+- One placement decision at a time (``_decide``): the pure ``placement.plan`` says what to evict, the victims are
+  drained (grace period, then cancelled) and unloaded, and only then does the target start loading, so the
+  estimates of models holding memory never add up to more than the budget.
+- The engine load itself runs outside the decision lock, so a slow load of one model does not hold up a load
+  of another that fits.
+- A failed load returns the model to UNLOADED with the error; requests during the backoff that follows get
+  503 with the error and a Retry-After, then the next request tries again.
+- An idle-TTL reaper unloads models unused for longer than their ``idle_ttl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from gateway.errors import GatewayError, InsufficientMemory, LoadFailed, ModelUnavailable
+from gateway.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
+from gateway.placement import DoesNotFit, Resident, plan
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        slots: Iterable[ModelSlot],
+        budget: int,
+        *,
+        drain_grace: float,
+        load_failure_backoff: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.slots = {s.name: s for s in slots}
+        self.budget = budget
+        self.drain_grace = drain_grace
+        self.load_failure_backoff = load_failure_backoff
+        self._clock = clock
+        self._decision = asyncio.Lock()
+        self._loads: dict[str, asyncio.Task[None]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- the request path --------------------------------------------------------------------------------
+    async def acquire(self, slot: ModelSlot, timeout: float) -> Lease:
+        deadline = self._clock() + timeout
+        while True:
+            if slot.state is State.READY:
+                return slot.lease()
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise ModelUnavailable(
+                    f"model '{slot.name}' is still {slot.state} after {timeout:.0f}s", retry_after=5
+                )
+            if slot.state is State.UNLOADED:
+                failure = slot.failure
+                if failure is not None and self._clock() < failure.retry_at:
+                    raise LoadFailed(
+                        f"model '{slot.name}' failed to load: {failure.message}",
+                        retry_after=failure.retry_at - self._clock(),
+                    )
+                task = self.load(slot)
+                await asyncio.wait({task}, timeout=remaining)
+                if task.done() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            elif slot.state is State.LOADING and slot.name in self._loads:
+                await asyncio.wait({self._loads[slot.name]}, timeout=remaining)
+            else:
+                await slot.wait_change(remaining)
+
+    def used(self) -> int:
+        return sum(s.memory for s in self.slots.values() if s.state in HOLDS_MEMORY)
+
+    # -- loads -------------------------------------------------------------------------------------------
+    def load(self, slot: ModelSlot) -> asyncio.Task[None]:
+        """The load task of ``slot``, started if none runs. Waiters share it; it outlives any one of them."""
+        task = self._loads.get(slot.name)
+        if task is None:
+            task = asyncio.create_task(self._load(slot), name=f"load:{slot.name}")
+            self._loads[slot.name] = task
+            task.add_done_callback(self._load_done(slot.name))
+        return task
+
+    def _load_done(self, name: str) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            self._loads.pop(name, None)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("load of %s failed: %s", name, task.exception())
+
+        return done
+
+    async def _load(self, slot: ModelSlot) -> None:
+        async with self._decision:
+            if slot.state is not State.UNLOADED:
+                return
+            decision = plan(slot.name, slot.memory, self._residents(), self.budget)
+            if isinstance(decision, DoesNotFit):
+                raise InsufficientMemory(decision.reason, retry_after=10)
+            if decision.evict:
+                log.info("evicting %s to load %s", ", ".join(decision.evict), slot.name)
+                await asyncio.gather(
+                    *(self._unload(self.slots[n], f"evicted to load '{slot.name}'") for n in decision.evict)
+                )
+            slot.begin_load()
+        started = self._clock()
+        try:
+            await slot.start()
+        except Exception as exc:
+            message = exc.message if isinstance(exc, GatewayError) else f"{type(exc).__name__}: {exc}"
+            failure = slot.load_failed(message, self.load_failure_backoff)
+            raise LoadFailed(
+                f"model '{slot.name}' failed to load: {message}",
+                retry_after=failure.retry_at - self._clock(),
+            ) from exc
+        log.info("loaded %s in %.2fs", slot.name, self._clock() - started)
+
+    def _residents(self) -> list[Resident]:
+        return [
+            Resident(
+                name=s.name,
+                memory=s.memory,
+                pinned=s.pinned,
+                in_flight=s.in_flight,
+                last_used=s.last_used,
+                evictable=s.state is State.READY,
+            )
+            for s in self.slots.values()
+            if s.state in HOLDS_MEMORY
+        ]
+
+    # -- unloads -----------------------------------------------------------------------------------------
+    async def _unload(self, slot: ModelSlot, why: str) -> None:
+        """Drain then unload a READY model. Call with the decision lock held."""
+        slot.begin_drain()
+        if not await slot.wait_idle(self.drain_grace):
+            log.warning("%s: %d requests still running after %.0fs grace", slot.name, slot.in_flight,
+                        self.drain_grace)
+        cancelled = await slot.finish_unload(ModelUnavailable(f"model '{slot.name}' was {why}", retry_after=1))
+        if cancelled:
+            log.warning("unloaded %s (%s), cancelling %d requests", slot.name, why, cancelled)
+        else:
+            log.info("unloaded %s (%s)", slot.name, why)
+
+    async def unload(self, slot: ModelSlot, why: str) -> bool:
+        """Unload ``slot`` if it is ready (admin evict, TTL); False if it was not loaded."""
+        async with self._decision:
+            if slot.state is not State.READY:
+                return False
+            await self._unload(slot, why)
+            return True
+
+    # -- background work ---------------------------------------------------------------------------------
+    def start_background(self) -> None:
+        for slot in self.slots.values():
+            if slot.pinned:
+                self.load(slot)
+        self._reaper = asyncio.create_task(self._reap_idle(), name="idle-reaper")
+
+    async def _reap_idle(self) -> None:
+        ttls = [s.manifest.idle_ttl for s in self.slots.values() if s.manifest.idle_ttl]
+        if not ttls:
+            return
+        period = min(1.0, max(0.05, min(ttls) / 4))
+        while True:
+            await asyncio.sleep(period)  # a timer, not synchronisation
+            now = self._clock()
+            for slot in self.slots.values():
+                ttl = slot.manifest.idle_ttl
+                if (ttl and not slot.pinned and slot.state is State.READY and slot.in_flight == 0
+                        and now - slot.last_used >= ttl):
+                    await self.unload(slot, f"idle for {ttl:.0f}s")
+
+    async def shutdown(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for task in list(self._loads.values()):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
+        for slot in self.slots.values():
+            await self.unload(slot, "shut down")
