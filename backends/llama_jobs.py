@@ -36,7 +36,7 @@ class Cancelled(Exception):
     """The request was cancelled (client disconnect or eviction) while generating."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     request: OpenAIRequest
     emit: Emit
@@ -44,16 +44,23 @@ class Job:
 
 
 class _TokenCounter:
-    """A pass-through logits processor: llama.cpp calls it once per sampled token with the evaluated ids."""
+    """A logits processor that llama.cpp calls once per sampled token with the evaluated ids: it counts the
+    prompt and sampled tokens, and applies ``logit_bias`` (llama-cpp-python 0.3.36 drops its own bias
+    processor when another processor is given: ``list.extend`` returns None there)."""
 
-    def __init__(self) -> None:
+    def __init__(self, logit_bias: dict[str, float] | None) -> None:
         self.prompt_tokens: int | None = None
         self.sampled = 0
+        bias = logit_bias or {}
+        self._ids = np.array([int(k) for k in bias], dtype=np.intp)
+        self._bias = np.array(list(bias.values()), dtype=np.float32)
 
     def __call__(self, input_ids: np.ndarray[Any, Any], scores: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         if self.prompt_tokens is None:
             self.prompt_tokens = len(input_ids)
         self.sampled += 1
+        if len(self._ids):
+            scores[self._ids] += self._bias
         return scores
 
 
@@ -81,8 +88,6 @@ def _sampling_kwargs(body: dict[str, Any]) -> dict[str, Any]:
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if max_tokens is not None:
         kw["max_tokens"] = max_tokens
-    if body.get("logit_bias"):
-        kw["logit_bias"] = {int(k): float(v) for k, v in body["logit_bias"].items()}
     return kw
 
 
@@ -149,7 +154,7 @@ def run_chat(llama: Any, job: Job) -> None:
     if body.get("response_format") is not None:
         kwargs["response_format"] = body["response_format"]
     for i in range(body.get("n") or 1):
-        counter = _TokenCounter()
+        counter = _TokenCounter(body.get("logit_bias"))
         seed = body.get("seed")
         chunks = llama.create_chat_completion(
             messages=body["messages"], stream=True, logits_processor=[counter],
@@ -188,7 +193,7 @@ def run_completion(llama: Any, job: Job) -> None:
     for p, prompt in enumerate(prompts):
         for i in range(n):
             index = p * n + i
-            counter = _TokenCounter()
+            counter = _TokenCounter(body.get("logit_bias"))
             seed = body.get("seed")
             chunks = llama.create_completion(
                 prompt=prompt, stream=True, logits_processor=[counter], echo=False,

@@ -4,14 +4,16 @@ An instance of a llama.cpp model costs:
 
 - weights: the bytes of its tensors;
 - KV cache: 2 (K and V) x layers x context x KV heads x head size x 2 bytes (f16);
-- compute buffer: the scratch memory of the largest graph llama.cpp reserves for a batch of ``n_ubatch``
-  tokens: the attention scores (context x heads x ubatch floats, without flash attention) and the output
-  logits (vocabulary x ubatch floats), plus activations;
+- attention scratch: llama.cpp materialises the attention scores of a batch of ``n_ubatch`` tokens against the
+  whole context, for every head (about 6.25 bytes per score once the softmax copies are counted); flash
+  attention avoids it;
+- vocabulary-sized buffers: sampling state and the last token's logits (about 640 bytes per vocabulary entry);
+  an embedding model also keeps outputs for every token of a batch (2 x vocabulary x n_ubatch floats);
 - a fixed per-instance overhead (contexts, thread pools, the engine's Python objects).
 
-The constants were calibrated against measured RSS growth (``bench/estimate_accuracy.py``; numbers in
-``bench/README.md``). On a CPU the weights are a shared read-only mapping of the file, so ``parallel``
-instances of one file hold the weights once; offloaded to a GPU, each instance holds its own copy.
+The per-score and per-entry constants were fitted to measured RSS growth after a prompt that fills the context
+(the worst case a budget must cover): ``bench/estimate_accuracy.py``, numbers in ``bench/README.md``. Every
+instance counts its own weights: with ``parallel`` instances each maps the file, and RSS, like VRAM, counts each.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from gguf import GGUFReader
 from gateway.config import LlamaCppBackend
 
 MiB = 1024 * 1024
-INSTANCE_OVERHEAD = 12 * MiB
+INSTANCE_OVERHEAD = 8 * MiB
 KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default KV cache type is f16
+ATTENTION_BYTES_PER_SCORE = 6.25
+BYTES_PER_VOCAB_ENTRY = 640
 
 
 @dataclass(frozen=True)
@@ -91,38 +95,30 @@ class Estimate:
     compute: int
     overhead: int
     instances: int
-    weights_shared: bool
 
     @property
     def per_instance(self) -> int:
-        own_weights = 0 if self.weights_shared else self.weights
-        return own_weights + self.kv_cache + self.compute + self.overhead
+        return self.weights + self.kv_cache + self.compute + self.overhead
 
     @property
     def total(self) -> int:
-        return (self.weights if self.weights_shared else 0) + self.instances * self.per_instance
+        return self.instances * self.per_instance
 
 
 def estimate_llama_cpp(info: GgufInfo, spec: LlamaCppBackend) -> Estimate:
     n_ctx = spec.n_ctx
     n_ubatch = min(spec.n_batch, 512, n_ctx)
-    kv = (
-        info.n_layers
-        * n_ctx
-        * info.n_kv_heads
-        * (info.head_dim_k + info.head_dim_v)
-        * KV_BYTES_PER_ELEMENT
-    )
-    attention = 0 if spec.flash_attn else n_ctx * n_ubatch * info.n_heads * 4
-    activations = n_ubatch * (3 * info.n_embd + 2 * info.n_ff) * 4
-    logits = info.n_vocab * 4 * (n_ubatch if spec.embeddings else 1)
+    kv = info.n_layers * n_ctx * info.n_kv_heads * (info.head_dim_k + info.head_dim_v) * KV_BYTES_PER_ELEMENT
+    attention = 0 if spec.flash_attn else int(n_ctx * n_ubatch * info.n_heads * ATTENTION_BYTES_PER_SCORE)
+    vocab = info.n_vocab * BYTES_PER_VOCAB_ENTRY
+    if spec.embeddings:
+        vocab += 2 * info.n_vocab * n_ubatch * 4
     return Estimate(
         weights=info.weights_bytes,
         kv_cache=kv,
-        compute=attention + activations + logits,
+        compute=attention + vocab,
         overhead=INSTANCE_OVERHEAD,
         instances=spec.parallel,
-        weights_shared=spec.n_gpu_layers == 0,
     )
 
 

@@ -97,7 +97,13 @@ def write_model(path: Path, shape: Shape = Shape(), seed: int = 0) -> Path:
         tensor(f"blk.{i}.ffn_up.weight", shape.ff, shape.embd)
         tensor(f"blk.{i}.ffn_down.weight", shape.embd, shape.ff)
     tensor("output_norm.weight", shape.embd, norm=True)
-    tensor("output.weight", n_vocab, shape.embd)
+    # Only printable ASCII bytes get output weights, so sampled text is valid UTF-8 (llama-cpp-python holds
+    # back partial characters without counting them against max_tokens) and </s> is rare.
+    output = rng.standard_normal((n_vocab, shape.embd), dtype=np.float32)
+    printable = [i for i, t in enumerate(tokens) if t.startswith(b"<0x") and 0x20 <= int(t[3:5], 16) < 0x7F]
+    mask = np.zeros(n_vocab, dtype=np.float32)
+    mask[printable] = 1.0
+    w.add_tensor("output.weight", (output * mask[:, None]).astype(dtype))
 
     w.write_header_to_file()
     w.write_kv_data_to_file()

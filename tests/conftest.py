@@ -1,0 +1,114 @@
+"""Shared fixtures: synthetic GGUF models, manifest directories, and a real gateway on a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+import yaml
+
+from gateway.app import build_app, build_gateway
+from gateway.config import Settings
+from tests.synthetic_gguf import Shape, write_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOLLM2 = ROOT / "manifests" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+EOS = "2"  # the synthetic vocabulary's </s>; a logit bias against it makes generation run to max_tokens
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("models")
+    files = {name: write_model(d / f"{name}.gguf", Shape(), seed=i) for i, name in enumerate("abcd")}
+    corrupt = d / "corrupt.gguf"
+    corrupt.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 4096)
+    files["corrupt"] = corrupt
+    return files
+
+
+def llama_manifest(name: str, model: Path, **extra: Any) -> dict[str, Any]:
+    backend = {"kind": "llama_cpp", "model": str(model), "n_ctx": 512, "n_threads": 1}
+    backend.update(extra.pop("backend", {}))
+    return {"name": name, "backend": backend, **extra}
+
+
+def write_manifests(directory: Path, manifests: list[dict[str, Any]]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for m in manifests:
+        (directory / f"{m['name']}.yaml").write_text(yaml.safe_dump(m))
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RunningGateway:
+    """uvicorn serving the gateway on a free port, on its own thread and event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.gateway = build_gateway(settings)
+        app = build_app(settings, self.gateway)
+        config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning",
+                                lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+        self.base_url = f"http://127.0.0.1:{settings.port}"
+
+    def __enter__(self) -> RunningGateway:
+        self.thread.start()
+        wait_for(lambda: self.server.started, what="gateway start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def client(self, **kw: Any) -> openai.OpenAI:
+        kw.setdefault("api_key", "unused")
+        return openai.OpenAI(base_url=f"{self.base_url}/v1", max_retries=0, **kw)
+
+    def admin(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.base_url}/admin/models", timeout=30).json())
+
+    def model_state(self, name: str) -> dict[str, Any]:
+        return next(m for m in self.admin()["models"] if m["name"] == name)
+
+
+def wait_for(predicate: Callable[[], Any], what: str, deadline: float = 60.0) -> Any:
+    """Poll until ``predicate`` is truthy; the deadline only bounds a hang, it is not what is tested."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
+    started: list[RunningGateway] = []
+
+    def start(manifests: list[dict[str, Any]], **settings: Any) -> RunningGateway:
+        directory = write_manifests(tmp_path / f"manifests{len(started)}", manifests)
+        settings.setdefault("memory_budget", 8 * 2**30)
+        gw = RunningGateway(Settings(manifests=directory, port=free_port(), **settings))
+        started.append(gw.__enter__())
+        return gw
+
+    yield start
+    for gw in started:
+        gw.__exit__()
