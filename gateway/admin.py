@@ -1,6 +1,7 @@
 """The admin API: see every model's state and memory; load, evict, pin and unpin by name or alias.
 
-    GET  /admin/models                  every model, with state, memory, leases and the last load error
+    GET  /admin/models                  every model (state, memory, leases, last load error), and the
+                                        manifests that were refused, with file, field and reason
     POST /admin/models/{name}/load      load now (waits for it; 503 with the reason if it cannot)
     POST /admin/models/{name}/evict     drain and unload now
     POST /admin/models/{name}/pin       never evict; loads it if needed
@@ -36,6 +37,7 @@ def describe(slot: ModelSlot, now: float) -> dict[str, Any]:
         "replicas": len(slot.pool.replicas) if slot.pool else 0,
         "idle_seconds": round(now - slot.last_used, 3) if slot.last_used else None,
         "idle_ttl": slot.manifest.idle_ttl,
+        "loads": slot.loads,
         "last_error": failure.message if failure else None,
     }
 
@@ -60,6 +62,10 @@ class AdminRoutes:
             "memory_budget_bytes": sched.budget,
             "memory_used_bytes": sched.used(),
             "models": [describe(s, now) for s in sched.slots.values()],
+            "manifest_problems": [
+                {"file": str(p.file), "field": p.field, "reason": p.reason}
+                for p in self.gw.manifests.problems
+            ],
         }
 
     async def list(self, request: Request) -> Response:

@@ -76,6 +76,7 @@ class ModelSlot:
         self.last_used = 0.0
         self.loaded_at: float | None = None
         self.in_flight = 0
+        self.loads = 0  # load attempts, for operators (and the test that concurrent requests share one)
         self.pool: Pool | None = None
         self._changed = asyncio.Event()
         self._idle = asyncio.Event()
@@ -100,6 +101,7 @@ class ModelSlot:
     # -- moves, called by the scheduler only -------------------------------------------------------------
     def begin_load(self) -> None:
         self._set(State.LOADING)
+        self.loads += 1
 
     async def start(self) -> None:
         """Start every replica; on any failure, stop the ones that started and re-raise."""
