@@ -6,22 +6,24 @@ queue holds the rest, so a new request never interrupts a running stream (unlike
 server).
 
 Tokens cross from the engine thread to the event loop through an asyncio queue fed with
-``call_soon_threadsafe``; the response body reads from it as tokens are made. Closing a response sets the job's
-cancel flag, which the engine thread checks after every token.
+``call_soon_threadsafe``; the response body reads from it as the tokens are made. Closing a response sets
+the job's cancel flag, which the engine thread checks after every token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from backends.base import OpenAIRequest, UpstreamResponse
 from backends.llama_jobs import RUNNERS, Cancelled, Job
 from gateway.config import LlamaCppBackend
-from gateway.errors import GatewayError, InvalidRequest, UpstreamError
+from gateway.errors import GatewayError, InvalidRequest, UpstreamError, sse_error_event
 
 log = logging.getLogger(__name__)
 
@@ -150,15 +152,11 @@ def _run(llama: Any, job: Job, queue: asyncio.Queue[Any], loop: asyncio.Abstract
     except Exception as exc:
         log.exception("engine failure")
         outcome = UpstreamError(f"llama.cpp failed: {exc}")
-    try:
+    with contextlib.suppress(RuntimeError):  # the event loop is gone (shutdown): nobody is listening
         loop.call_soon_threadsafe(queue.put_nowait, outcome)
-    except RuntimeError:
-        pass  # the event loop is gone (shutdown); nobody is listening
 
 
-async def _body(first: bytes, queue: asyncio.Queue[Any], stream: bool) -> Any:
-    from gateway.errors import sse_error_event
-
+async def _body(first: bytes, queue: asyncio.Queue[Any], stream: bool) -> AsyncIterator[bytes]:
     yield first
     while True:
         item = await queue.get()

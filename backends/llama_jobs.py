@@ -95,9 +95,7 @@ def _sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _streamed(
-    chunks: Iterator[dict[str, Any]], cancelled: threading.Event
-) -> Iterator[dict[str, Any]]:
+def _streamed(chunks: Iterator[dict[str, Any]], cancelled: threading.Event) -> Iterator[dict[str, Any]]:
     """Yield engine chunks until done or cancelled; always closes the engine's generator."""
     try:
         for chunk in chunks:
@@ -126,8 +124,13 @@ class _Framer:
         self.choices: list[dict[str, Any]] = []
 
     def _envelope(self, choices: list[dict[str, Any]], obj: str) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "choices": choices}
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
 
     def chunk(self, choice: dict[str, Any]) -> None:
         obj = "chat.completion.chunk" if self.kind == "chat.completion" else "text_completion"
@@ -136,8 +139,9 @@ class _Framer:
     def finish(self) -> None:
         if self.stream:
             if self.include_usage:
-                tail = self._envelope([], "chat.completion.chunk" if self.kind == "chat.completion"
-                                      else "text_completion")
+                tail = self._envelope(
+                    [], "chat.completion.chunk" if self.kind == "chat.completion" else "text_completion"
+                )
                 tail["usage"] = self.usage.as_dict()
                 self.job.emit(_sse(tail))
             self.job.emit(b"data: [DONE]\n\n")
@@ -157,8 +161,11 @@ def run_chat(llama: Any, job: Job) -> None:
         counter = _TokenCounter(body.get("logit_bias"))
         seed = body.get("seed")
         chunks = llama.create_chat_completion(
-            messages=body["messages"], stream=True, logits_processor=[counter],
-            seed=None if seed is None else seed + i, **kwargs,
+            messages=body["messages"],
+            stream=True,
+            logits_processor=[counter],
+            seed=None if seed is None else seed + i,
+            **kwargs,
         )
         text: list[str] = []
         finish: str | None = None
@@ -166,18 +173,26 @@ def run_chat(llama: Any, job: Job) -> None:
             engine_choice = c["choices"][0]
             delta = engine_choice.get("delta") or {}
             finish = engine_choice.get("finish_reason") or finish
-            if "content" in delta and delta["content"]:
+            if delta.get("content"):
                 text.append(delta["content"])
             if framer.stream:
-                framer.chunk({"index": i, "delta": delta, "logprobs": None,
-                              "finish_reason": engine_choice.get("finish_reason")})
+                framer.chunk(
+                    {
+                        "index": i,
+                        "delta": delta,
+                        "logprobs": None,
+                        "finish_reason": engine_choice.get("finish_reason"),
+                    }
+                )
         framer.usage.add(counter, finish)
-        framer.choices.append({
-            "index": i,
-            "message": {"role": "assistant", "content": "".join(text)},
-            "logprobs": None,
-            "finish_reason": finish,
-        })
+        framer.choices.append(
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": "".join(text)},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        )
     framer.finish()
 
 
@@ -196,8 +211,12 @@ def run_completion(llama: Any, job: Job) -> None:
             counter = _TokenCounter(body.get("logit_bias"))
             seed = body.get("seed")
             chunks = llama.create_completion(
-                prompt=prompt, stream=True, logits_processor=[counter], echo=False,
-                seed=None if seed is None else seed + i, **kwargs,
+                prompt=prompt,
+                stream=True,
+                logits_processor=[counter],
+                echo=False,
+                seed=None if seed is None else seed + i,
+                **kwargs,
             )
             text: list[str] = []
             finish: str | None = None
@@ -206,11 +225,18 @@ def run_completion(llama: Any, job: Job) -> None:
                 finish = engine_choice.get("finish_reason") or finish
                 text.append(engine_choice.get("text") or "")
                 if framer.stream:
-                    framer.chunk({"index": index, "text": engine_choice.get("text") or "",
-                                  "logprobs": None, "finish_reason": engine_choice.get("finish_reason")})
+                    framer.chunk(
+                        {
+                            "index": index,
+                            "text": engine_choice.get("text") or "",
+                            "logprobs": None,
+                            "finish_reason": engine_choice.get("finish_reason"),
+                        }
+                    )
             framer.usage.add(counter, finish)
-            framer.choices.append({"index": index, "text": "".join(text), "logprobs": None,
-                                   "finish_reason": finish})
+            framer.choices.append(
+                {"index": index, "text": "".join(text), "logprobs": None, "finish_reason": finish}
+            )
     framer.finish()
 
 
@@ -229,12 +255,16 @@ def run_embeddings(llama: Any, job: Job) -> None:
         if as_base64:
             embedding = base64.b64encode(np.asarray(vec, dtype=np.float32).tobytes()).decode()
         data.append({"object": "embedding", "index": index, "embedding": embedding})
-    job.emit(json.dumps({
-        "object": "list",
-        "data": data,
-        "model": body["model"],
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }).encode())
+    job.emit(
+        json.dumps(
+            {
+                "object": "list",
+                "data": data,
+                "model": body["model"],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        ).encode()
+    )
 
 
 RUNNERS: dict[str, Callable[[Any, Job], None]] = {

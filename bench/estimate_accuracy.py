@@ -52,7 +52,9 @@ print(json.dumps({"growth": rss() - before}))
 def measure(spec: LlamaCppBackend) -> int:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, spec.model_dump_json(), str(ROOT)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return int(json.loads(out.strip().splitlines()[-1])["growth"])
 
@@ -60,8 +62,9 @@ def measure(spec: LlamaCppBackend) -> int:
 def cases(tmp: Path) -> list[tuple[str, LlamaCppBackend]]:
     smol = ROOT / "manifests" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     big = write_model(tmp / "syn-256.gguf", Shape(embd=256, layers=8, heads=8, kv_heads=4, ff=1024))
-    wide = write_model(tmp / "syn-1024.gguf", Shape(embd=1024, layers=8, heads=16, kv_heads=8, ff=4096,
-                                                    dtype="f16"))
+    wide = write_model(
+        tmp / "syn-1024.gguf", Shape(embd=1024, layers=8, heads=16, kv_heads=8, ff=4096, dtype="f16")
+    )
     out = [
         ("SmolLM2 ctx 2048", LlamaCppBackend(kind="llama_cpp", model=smol, n_ctx=2048)),
         ("SmolLM2 ctx 8192", LlamaCppBackend(kind="llama_cpp", model=smol, n_ctx=8192)),
@@ -80,8 +83,8 @@ def main() -> None:
             est = estimate_llama_cpp(read_gguf_info(spec.model), spec).total
             got = measure(spec)
             rows.append((label, est, got, (est - got) / got * 100))
-    print(f"| case | estimate MiB | measured RSS growth MiB | error |")
-    print(f"|---|---:|---:|---:|")
+    print("| case | estimate MiB | measured RSS growth MiB | error |")
+    print("|---|---:|---:|---:|")
     for label, est, got, err in rows:
         print(f"| {label} | {est / MiB:.1f} | {got / MiB:.1f} | {err:+.1f}% |")
 

@@ -1,11 +1,11 @@
 """The admin API: see every model's state and memory; load, evict, pin and unpin by name or alias.
 
-    GET  /admin/models                  every model (state, memory, leases, last load error), and the
-                                        manifests that were refused, with file, field and reason
-    POST /admin/models/{name}/load      load now (waits for it; 503 with the reason if it cannot)
-    POST /admin/models/{name}/evict     drain and unload now
-    POST /admin/models/{name}/pin       never evict; loads it if needed
-    POST /admin/models/{name}/unpin     evictable again
+GET  /admin/models                  every model (state, memory, leases, last load error), and the
+                                    manifests that were refused, with file, field and reason
+POST /admin/models/{name}/load      load now (waits for it; 503 with the reason if it cannot)
+POST /admin/models/{name}/evict     drain and unload now
+POST /admin/models/{name}/pin       never evict; loads it if needed
+POST /admin/models/{name}/unpin     evictable again
 """
 
 from __future__ import annotations

@@ -52,7 +52,9 @@ def build_gateway(settings: Settings) -> Gateway:
     for problem in manifests.problems:
         log.error("manifest skipped: %s", problem)
     registry = Registry.build(manifests, settings)
-    budget = int(settings.memory_budget) if settings.memory_budget is not None else int(available_memory() * 0.9)
+    budget = (
+        int(settings.memory_budget) if settings.memory_budget is not None else int(available_memory() * 0.9)
+    )
     scheduler = Scheduler(
         registry.slots.values(),
         budget,
@@ -102,9 +104,12 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gateway.scheduler.start_background()
-        log.info("serving %d models (%d manifest problems), memory budget %.0f MiB",
-                 len(gateway.registry.slots), len(gateway.manifests.problems),
-                 gateway.scheduler.budget / 2**20)
+        log.info(
+            "serving %d models (%d manifest problems), memory budget %.0f MiB",
+            len(gateway.registry.slots),
+            len(gateway.manifests.problems),
+            gateway.scheduler.budget / 2**20,
+        )
         try:
             yield
         finally:

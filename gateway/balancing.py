@@ -1,9 +1,9 @@
 """Which replica serves the next request. A pure function over a snapshot of the replicas.
 
 Least outstanding requests with power-of-two choices: sample two replicas that have a free slot and take the
-less loaded (relative to its capacity). It keeps the spread of a full least-loaded scan without every request
-herding onto the same "least loaded" replica. A preferred replica (affinity, to reuse a prompt cache) wins when
-it has a free slot; when it is full or down, the choice degrades to least-loaded.
+less loaded (relative to its capacity). It keeps the spread of a full least-loaded scan without every
+request herding onto the same "least loaded" replica. A preferred replica (affinity, to reuse a prompt
+cache) wins when it has a free slot; when it is full or down, the choice degrades to least-loaded.
 """
 
 from __future__ import annotations

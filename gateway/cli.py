@@ -16,8 +16,16 @@ from gateway.estimate import MiB
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
         key: value
-        for key in ("host", "port", "manifests", "memory_budget", "max_queue", "queue_timeout",
-                    "load_timeout", "log_level")
+        for key in (
+            "host",
+            "port",
+            "manifests",
+            "memory_budget",
+            "max_queue",
+            "queue_timeout",
+            "load_timeout",
+            "log_level",
+        )
         if (value := getattr(args, key, None)) is not None
     }
     return Settings(**overrides)
@@ -25,8 +33,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifests", type=Path, help="manifest directory (GATEWAY_MANIFESTS)")
-    p.add_argument("--memory-budget", dest="memory_budget",
-                   help="bytes for loaded models, e.g. 6GiB (GATEWAY_MEMORY_BUDGET)")
+    p.add_argument(
+        "--memory-budget",
+        dest="memory_budget",
+        help="bytes for loaded models, e.g. 6GiB (GATEWAY_MEMORY_BUDGET)",
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -35,10 +46,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.app import build_app
 
     settings = _settings(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = build_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=settings.log_level == "debug")
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+    )
     return 0
 
 
@@ -61,8 +79,10 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(f"{item.file}: backend.model: {exc}", file=sys.stderr)
                 memory, source = 0, "unreadable"
         aliases = ",".join(m.aliases) or "-"
-        print(f"{m.name:<24} {m.backend.kind:<10} {aliases:<28} {m.backend.replicas:>8} "
-              f"{memory / MiB:>7.0f} MiB  {source}")
+        print(
+            f"{m.name:<24} {m.backend.kind:<10} {aliases:<28} {m.backend.replicas:>8} "
+            f"{memory / MiB:>7.0f} MiB  {source}"
+        )
     for problem in result.problems:
         print(f"error: {problem}", file=sys.stderr)
     return 1 if result.problems else 0

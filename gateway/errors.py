@@ -79,8 +79,9 @@ class ModelNotFound(GatewayError):
     code = "model_not_found"
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"The model '{name}' does not exist. GET /v1/models lists the models served here.",
-                         param="model")
+        super().__init__(
+            f"The model '{name}' does not exist. GET /v1/models lists the models served here.", param="model"
+        )
 
 
 class QueueFull(GatewayError):
@@ -107,11 +108,11 @@ class UpstreamError(GatewayError):
     status = 502
     type = "server_error"
     code = "upstream_error"
-    source = "upstream"
+    source: Source = "upstream"
 
 
 def error_response(err: GatewayError) -> Response:
-    headers = {"x-error-source": err.source}
+    headers: dict[str, str] = {"x-error-source": err.source}
     if err.retry_after is not None:
         headers["retry-after"] = str(max(1, math.ceil(err.retry_after)))
     return Response(

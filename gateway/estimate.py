@@ -13,7 +13,7 @@ An instance of a llama.cpp model costs:
 
 The per-score and per-entry constants were fitted to measured RSS growth after a prompt that fills the context
 (the worst case a budget must cover): ``bench/estimate_accuracy.py``, numbers in ``bench/README.md``. Every
-instance counts its own weights: with ``parallel`` instances each maps the file, and RSS, like VRAM, counts each.
+instance counts its own weights: ``parallel`` instances each map the file, and RSS, like VRAM, counts each.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -19,10 +19,18 @@ class _ModelCollector(Collector):
         self._scheduler = scheduler
 
     def collect(self):  # type: ignore[no-untyped-def]
-        state = GaugeMetricFamily("gateway_model_state", "1 for the model's current state", labels=["model", "state"])
-        running = GaugeMetricFamily("gateway_requests_running", "Requests holding a replica", labels=["model"])
-        waiting = GaugeMetricFamily("gateway_requests_waiting", "Requests queued for a replica", labels=["model"])
-        memory = GaugeMetricFamily("gateway_model_memory_bytes", "Estimated memory of the model", labels=["model"])
+        state = GaugeMetricFamily(
+            "gateway_model_state", "1 for the model's current state", labels=["model", "state"]
+        )
+        running = GaugeMetricFamily(
+            "gateway_requests_running", "Requests holding a replica", labels=["model"]
+        )
+        waiting = GaugeMetricFamily(
+            "gateway_requests_waiting", "Requests queued for a replica", labels=["model"]
+        )
+        memory = GaugeMetricFamily(
+            "gateway_model_memory_bytes", "Estimated memory of the model", labels=["model"]
+        )
         for slot in self._scheduler.slots.values():
             for s in State:
                 state.add_metric([slot.name, s.value], 1.0 if slot.state is s else 0.0)
@@ -40,11 +48,16 @@ class Metrics:
     def __init__(self, scheduler: Scheduler) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "gateway_requests", "Requests by model, endpoint and status",
-            ["model", "endpoint", "status"], registry=self.registry,
+            "gateway_requests",
+            "Requests by model, endpoint and status",
+            ["model", "endpoint", "status"],
+            registry=self.registry,
         )
         self.time_to_first_byte = Histogram(
-            "gateway_time_to_first_byte_seconds", "From request to the first response byte",
-            ["model", "endpoint"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "gateway_time_to_first_byte_seconds",
+            "From request to the first response byte",
+            ["model", "endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.registry.register(_ModelCollector(scheduler))

@@ -33,8 +33,14 @@ class OpenAIRoutes:
 
     def _model_card(self, name: str) -> dict[str, object]:
         slot = self.gw.registry.names[name]
-        return {"id": name, "object": "model", "created": self.created, "owned_by": "llm-gateway",
-                "root": slot.name, "status": slot.state.value}
+        return {
+            "id": name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "llm-gateway",
+            "root": slot.name,
+            "status": slot.state.value,
+        }
 
     async def models(self, request: Request) -> Response:
         data = [self._model_card(n) for n in self.gw.registry.names]
@@ -66,9 +72,7 @@ class OpenAIRoutes:
             lease.release()
             raise
         try:
-            upstream = await replica.backend.forward(
-                OpenAIRequest(endpoint, body, bool(body.get("stream")))
-            )
+            upstream = await replica.backend.forward(OpenAIRequest(endpoint, body, bool(body.get("stream"))))
         except BaseException:
             lease.pool.release(replica)
             lease.release()

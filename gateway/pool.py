@@ -51,7 +51,7 @@ class Pool:
         return replica
 
     async def acquire(self, timeout: float, preferred: int | None = None) -> Replica:
-        """A replica with a free slot, waiting in FIFO order up to ``timeout``; the caller must ``release``."""
+        """A replica with a free slot, waiting in FIFO order up to ``timeout``. The caller must release it."""
         if not self._waiters:
             replica = self._pick(preferred)
             if replica is not None:

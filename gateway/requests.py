@@ -66,7 +66,7 @@ class EmbeddingRequest(_Body):
     encoding_format: Literal["float", "base64"] = "float"
 
 
-_REASONS = {
+_REASONS: dict[tuple[str, ...], str] = {
     ("logprobs",): "logprobs are not supported by this engine",
     ("echo",): "echo is not supported by this engine",
 }

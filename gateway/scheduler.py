@@ -2,9 +2,9 @@
 
 - ``acquire`` is the one way in for requests: it returns a lease on a ready model, starting a load if needed.
   Concurrent first requests join the one load task of their model.
-- One placement decision at a time (``_decide``): the pure ``placement.plan`` says what to evict, the victims are
-  drained (grace period, then cancelled) and unloaded, and only then does the target start loading, so the
-  estimates of models holding memory never add up to more than the budget.
+- One placement decision at a time (the decision lock): the pure ``placement.plan`` says what to evict, the
+  victims are drained (grace period, then cancelled) and unloaded, and only then does the target start
+  loading, so the estimates of models holding memory never add up to more than the budget.
 - The engine load itself runs outside the decision lock, so a slow load of one model does not hold up a load
   of another that fits.
 - A failed load returns the model to UNLOADED with the error; requests during the backoff that follows get
@@ -138,9 +138,12 @@ class Scheduler:
         """Drain then unload a READY model. Call with the decision lock held."""
         slot.begin_drain()
         if not await slot.wait_idle(self.drain_grace):
-            log.warning("%s: %d requests still running after %.0fs grace", slot.name, slot.in_flight,
-                        self.drain_grace)
-        cancelled = await slot.finish_unload(ModelUnavailable(f"model '{slot.name}' was {why}", retry_after=1))
+            log.warning(
+                "%s: %d requests still running after %.0fs grace", slot.name, slot.in_flight, self.drain_grace
+            )
+        cancelled = await slot.finish_unload(
+            ModelUnavailable(f"model '{slot.name}' was {why}", retry_after=1)
+        )
         if cancelled:
             log.warning("unloaded %s (%s), cancelling %d requests", slot.name, why, cancelled)
         else:
@@ -171,8 +174,13 @@ class Scheduler:
             now = self._clock()
             for slot in self.slots.values():
                 ttl = slot.manifest.idle_ttl
-                if (ttl and not slot.pinned and slot.state is State.READY and slot.in_flight == 0
-                        and now - slot.last_used >= ttl):
+                if (
+                    ttl
+                    and not slot.pinned
+                    and slot.state is State.READY
+                    and slot.in_flight == 0
+                    and now - slot.last_used >= ttl
+                ):
                     await self.unload(slot, f"idle for {ttl:.0f}s")
 
     async def shutdown(self) -> None:

@@ -61,8 +61,7 @@ class RunningGateway:
         self.settings = settings
         self.gateway = build_gateway(settings)
         app = build_app(settings, self.gateway)
-        config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning",
-                                lifespan="on")
+        config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
         self.base_url = f"http://127.0.0.1:{settings.port}"

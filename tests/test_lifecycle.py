@@ -28,7 +28,9 @@ def states(gw: RunningGateway) -> dict[str, str]:
     return {m["name"]: m["state"] for m in gw.admin()["models"]}
 
 
-def test_first_request_loads_lazily(serve: Callable[..., RunningGateway], model_files: dict[str, Path]) -> None:
+def test_first_request_loads_lazily(
+    serve: Callable[..., RunningGateway], model_files: dict[str, Path]
+) -> None:
     gw = serve([llama_manifest("a", model_files["a"])])
     assert states(gw) == {"a": "unloaded"}
     assert chat(gw, "a")
@@ -49,7 +51,9 @@ def test_concurrent_first_requests_share_one_load(
     assert gw.model_state("a")["loads"] == 1
 
 
-def test_lru_idle_model_is_evicted_first(serve: Callable[..., RunningGateway], model_files: dict[str, Path]) -> None:
+def test_lru_idle_model_is_evicted_first(
+    serve: Callable[..., RunningGateway], model_files: dict[str, Path]
+) -> None:
     gw = serve(
         [llama_manifest(n, model_files[n], memory=f"{100 * MiB}") for n in "abc"],
         memory_budget=250 * MiB,
@@ -67,8 +71,10 @@ def test_pinned_model_loads_at_startup_and_survives(
     serve: Callable[..., RunningGateway], model_files: dict[str, Path]
 ) -> None:
     gw = serve(
-        [llama_manifest("a", model_files["a"], memory=f"{100 * MiB}", pinned=True),
-         *(llama_manifest(n, model_files[n], memory=f"{100 * MiB}") for n in "bc")],
+        [
+            llama_manifest("a", model_files["a"], memory=f"{100 * MiB}", pinned=True),
+            *(llama_manifest(n, model_files[n], memory=f"{100 * MiB}") for n in "bc"),
+        ],
         memory_budget=250 * MiB,
     )
     wait_for(lambda: states(gw)["a"] == "ready", "pinned model to load at startup")
@@ -83,21 +89,27 @@ def test_model_that_cannot_fit_is_503_naming_what_holds_memory(
     serve: Callable[..., RunningGateway], model_files: dict[str, Path]
 ) -> None:
     gw = serve(
-        [llama_manifest("a", model_files["a"], memory=f"{200 * MiB}", pinned=True),
-         llama_manifest("b", model_files["b"], memory=f"{100 * MiB}")],
+        [
+            llama_manifest("a", model_files["a"], memory=f"{200 * MiB}", pinned=True),
+            llama_manifest("b", model_files["b"], memory=f"{100 * MiB}"),
+        ],
         memory_budget=250 * MiB,
     )
     wait_for(lambda: states(gw)["a"] == "ready", "pinned model to load")
-    r = httpx.post(f"{gw.base_url}/v1/chat/completions", timeout=30,
-                   json={"model": "b", "messages": [{"role": "user", "content": "x"}]})
+    r = httpx.post(
+        f"{gw.base_url}/v1/chat/completions",
+        timeout=30,
+        json={"model": "b", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert r.status_code == 503 and "retry-after" in r.headers
     err = r.json()["error"]
     assert err["code"] == "insufficient_memory" and "a 200 MiB (pinned)" in err["message"]
 
 
 def test_idle_ttl_unloads(serve: Callable[..., RunningGateway], model_files: dict[str, Path]) -> None:
-    gw = serve([llama_manifest("a", model_files["a"], idle_ttl="300ms"),
-                llama_manifest("b", model_files["b"])])
+    gw = serve(
+        [llama_manifest("a", model_files["a"], idle_ttl="300ms"), llama_manifest("b", model_files["b"])]
+    )
     chat(gw, "a")
     chat(gw, "b")
     wait_for(lambda: states(gw)["a"] == "unloaded", "TTL unload")
@@ -107,10 +119,15 @@ def test_idle_ttl_unloads(serve: Callable[..., RunningGateway], model_files: dic
 def test_corrupt_model_is_503_while_others_serve(
     serve: Callable[..., RunningGateway], model_files: dict[str, Path]
 ) -> None:
-    gw = serve([llama_manifest("bad", model_files["corrupt"]), llama_manifest("good", model_files["a"])],
-               load_failure_backoff=30)
-    r = httpx.post(f"{gw.base_url}/v1/chat/completions", timeout=30,
-                   json={"model": "bad", "messages": [{"role": "user", "content": "x"}]})
+    gw = serve(
+        [llama_manifest("bad", model_files["corrupt"]), llama_manifest("good", model_files["a"])],
+        load_failure_backoff=30,
+    )
+    r = httpx.post(
+        f"{gw.base_url}/v1/chat/completions",
+        timeout=30,
+        json={"model": "bad", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert r.status_code == 503
     assert int(r.headers["retry-after"]) >= 1
     assert r.json()["error"]["code"] == "model_load_failed"
@@ -139,8 +156,13 @@ def test_bad_manifest_is_reported_and_good_ones_serve(
 
 def _stream_some(gw: RunningGateway, model: str, chunks: int) -> None:
     """Open a long stream, read a few events, then drop the connection."""
-    body = {"model": model, "messages": [{"role": "user", "content": "x"}], "stream": True,
-            "max_tokens": 100_000, "logit_bias": {EOS: -100}}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "x"}],
+        "stream": True,
+        "max_tokens": 100_000,
+        "logit_bias": {EOS: -100},
+    }
     with httpx.stream("POST", f"{gw.base_url}/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
@@ -160,8 +182,13 @@ def test_client_disconnect_stops_generation_and_frees_the_slot(
 
 def test_full_queue_is_429(serve: Callable[..., RunningGateway], model_files: dict[str, Path]) -> None:
     gw = serve([llama_manifest("a", model_files["a"], backend={"n_ctx": 65536}, max_queue=0)])
-    body = {"model": "a", "messages": [{"role": "user", "content": "x"}], "stream": True,
-            "max_tokens": 100_000, "logit_bias": {EOS: -100}}
+    body = {
+        "model": "a",
+        "messages": [{"role": "user", "content": "x"}],
+        "stream": True,
+        "max_tokens": 100_000,
+        "logit_bias": {EOS: -100},
+    }
     with httpx.stream("POST", f"{gw.base_url}/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
         lines = r.iter_lines()  # keep a reference: a collected iterator closes the connection
@@ -175,8 +202,13 @@ def test_evicting_a_busy_model_drains_then_cancels(
     serve: Callable[..., RunningGateway], model_files: dict[str, Path]
 ) -> None:
     gw = serve([llama_manifest("a", model_files["a"], backend={"n_ctx": 65536})], drain_grace=0.2)
-    body = {"model": "a", "messages": [{"role": "user", "content": "x"}], "stream": True,
-            "max_tokens": 100_000, "logit_bias": {EOS: -100}}
+    body = {
+        "model": "a",
+        "messages": [{"role": "user", "content": "x"}],
+        "stream": True,
+        "max_tokens": 100_000,
+        "logit_bias": {EOS: -100},
+    }
     with httpx.stream("POST", f"{gw.base_url}/v1/chat/completions", json=body, timeout=60) as r:
         lines = r.iter_lines()
         next(lines)

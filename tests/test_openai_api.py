@@ -17,10 +17,12 @@ from tests.conftest import EOS, RunningGateway, llama_manifest
 
 @pytest.fixture
 def gw(serve: Callable[..., RunningGateway], model_files: dict[str, Path]) -> RunningGateway:
-    return serve([
-        llama_manifest("chat", model_files["a"], aliases=["gpt-3.5-turbo"]),
-        llama_manifest("embed", model_files["b"], backend={"embeddings": True}),
-    ])
+    return serve(
+        [
+            llama_manifest("chat", model_files["a"], aliases=["gpt-3.5-turbo"]),
+            llama_manifest("embed", model_files["b"], backend={"embeddings": True}),
+        ]
+    )
 
 
 def test_models_lists_every_name_and_alias_loaded_or_not(gw: RunningGateway) -> None:
@@ -31,8 +33,11 @@ def test_models_lists_every_name_and_alias_loaded_or_not(gw: RunningGateway) -> 
 
 def test_chat_non_streamed_has_usage_and_the_requested_model(gw: RunningGateway) -> None:
     r = gw.client().chat.completions.create(
-        model="gpt-3.5-turbo", messages=[{"role": "user", "content": "hello"}], max_tokens=5,
-        temperature=0, logit_bias={EOS: -100},
+        model="gpt-3.5-turbo",
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=5,
+        temperature=0,
+        logit_bias={EOS: -100},
     )
     assert r.object == "chat.completion"
     assert r.model == "gpt-3.5-turbo"
@@ -43,8 +48,14 @@ def test_chat_non_streamed_has_usage_and_the_requested_model(gw: RunningGateway)
 
 
 def test_chat_stream_frames_usage_chunk_and_done(gw: RunningGateway) -> None:
-    body = {"model": "chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6,
-            "stream": True, "stream_options": {"include_usage": True}, "logit_bias": {EOS: -100}}
+    body = {
+        "model": "chat",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 6,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "logit_bias": {EOS: -100},
+    }
     with httpx.stream("POST", f"{gw.base_url}/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -61,8 +72,13 @@ def test_chat_stream_frames_usage_chunk_and_done(gw: RunningGateway) -> None:
 
 def test_chat_stream_through_the_sdk_with_n_choices(gw: RunningGateway) -> None:
     stream = gw.client().chat.completions.create(
-        model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=3, n=2, seed=7,
-        stream=True, logit_bias={EOS: -100},
+        model="chat",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=3,
+        n=2,
+        seed=7,
+        stream=True,
+        logit_bias={EOS: -100},
     )
     finished = {c.choices[0].index for c in stream if c.choices and c.choices[0].finish_reason}
     assert finished == {0, 1}
@@ -71,8 +87,12 @@ def test_chat_stream_through_the_sdk_with_n_choices(gw: RunningGateway) -> None:
 def test_seed_and_temperature_zero_are_reproducible(gw: RunningGateway) -> None:
     def ask() -> str | None:
         r = gw.client().chat.completions.create(
-            model="chat", messages=[{"role": "user", "content": "hello"}], max_tokens=8, temperature=0.9,
-            seed=123, logit_bias={EOS: -100},
+            model="chat",
+            messages=[{"role": "user", "content": "hello"}],
+            max_tokens=8,
+            temperature=0.9,
+            seed=123,
+            logit_bias={EOS: -100},
         )
         return r.choices[0].message.content
 
@@ -80,13 +100,15 @@ def test_seed_and_temperature_zero_are_reproducible(gw: RunningGateway) -> None:
 
 
 def test_stop_sequence_ends_the_completion(gw: RunningGateway) -> None:
-    r = gw.client().completions.create(model="chat", prompt="hello", max_tokens=40, temperature=0,
-                                       logit_bias={EOS: -100})
+    r = gw.client().completions.create(
+        model="chat", prompt="hello", max_tokens=40, temperature=0, logit_bias={EOS: -100}
+    )
     text = r.choices[0].text
     assert len(text) > 2
     stop = text[1:3]
-    r2 = gw.client().completions.create(model="chat", prompt="hello", max_tokens=40, temperature=0,
-                                        logit_bias={EOS: -100}, stop=[stop])
+    r2 = gw.client().completions.create(
+        model="chat", prompt="hello", max_tokens=40, temperature=0, logit_bias={EOS: -100}, stop=[stop]
+    )
     assert r2.choices[0].finish_reason == "stop"
     assert stop not in r2.choices[0].text
 
@@ -95,14 +117,20 @@ def test_completions_stream_and_multiple_prompts(gw: RunningGateway) -> None:
     r = gw.client().completions.create(model="chat", prompt=["a", "b"], max_tokens=2, logit_bias={EOS: -100})
     assert sorted(c.index for c in r.choices) == [0, 1]
     assert r.usage is not None and r.usage.completion_tokens == 4
-    chunks = list(gw.client().completions.create(model="chat", prompt="a", max_tokens=3, stream=True,
-                                                 logit_bias={EOS: -100}))
+    chunks = list(
+        gw.client().completions.create(
+            model="chat", prompt="a", max_tokens=3, stream=True, logit_bias={EOS: -100}
+        )
+    )
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
 def test_json_response_format_constrains_output(gw: RunningGateway) -> None:
     r = gw.client().chat.completions.create(
-        model="chat", messages=[{"role": "user", "content": "json"}], max_tokens=60, temperature=0,
+        model="chat",
+        messages=[{"role": "user", "content": "json"}],
+        max_tokens=60,
+        temperature=0,
         response_format={"type": "json_object"},
     )
     content = r.choices[0].message.content or ""
@@ -120,8 +148,11 @@ def test_embeddings_float_and_base64_one_vector_per_input(gw: RunningGateway) ->
     assert vec.shape == (64,) and abs(np.linalg.norm(vec) - 1) < 1e-3
     r64 = client.embeddings.create(model="embed", input="hello world")  # the SDK asks for base64
     assert np.allclose(np.array(r64.data[0].embedding), vec, atol=1e-5)
-    raw = httpx.post(f"{gw.base_url}/v1/embeddings", timeout=30,
-                     json={"model": "embed", "input": "a", "encoding_format": "base64"}).json()
+    raw = httpx.post(
+        f"{gw.base_url}/v1/embeddings",
+        timeout=30,
+        json={"model": "embed", "input": "a", "encoding_format": "base64"},
+    ).json()
     decoded = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype=np.float32)
     assert np.allclose(decoded, np.array(r.data[1].embedding), atol=1e-5)
     assert raw["usage"]["prompt_tokens"] > 0

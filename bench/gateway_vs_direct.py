@@ -1,0 +1,281 @@
+"""The in-process engine through the gateway, against a direct ``llama_cpp.Llama`` and against
+llama-cpp-python's own OpenAI server, in one run. SmolLM2-135M, the same prompt, temperature 0, 128 tokens
+(end-of-sequence suppressed so that every run makes exactly 128).
+
+    python bench/gateway_vs_direct.py [--runs 5]
+
+Prints one table; the targets are in the issue and in bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "manifests" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+TOKENS = 128
+THREADS = os.cpu_count() or 2
+
+
+@dataclass
+class Run:
+    ttft: float  # seconds to the first content token
+    total: float  # seconds to the last token
+    tokens: int
+
+    @property
+    def decode_tps(self) -> float:
+        return (self.tokens - 1) / (self.total - self.ttft)
+
+
+def eos_bias(llama_or_id: int) -> dict[str, float]:
+    return {str(llama_or_id): -100.0}
+
+
+def direct_runs(runs: int) -> tuple[list[Run], float, int]:
+    import llama_cpp
+
+    t = time.perf_counter()
+    llm = llama_cpp.Llama(str(MODEL), n_ctx=2048, n_threads=THREADS, verbose=False)
+    load = time.perf_counter() - t
+    eos = llm.token_eos()
+    out = []
+    for _ in range(runs + 1):
+        start = time.perf_counter()
+        first = None
+        n = 0
+        for chunk in llm.create_chat_completion(
+            messages=MESSAGES,
+            max_tokens=TOKENS,
+            temperature=0,
+            stream=True,
+            logit_bias={eos: -100.0},
+            logits_processor=[lambda ids, scores: scores],
+        ):
+            if chunk["choices"][0]["delta"].get("content") is not None:
+                first = first or time.perf_counter()
+                n += 1
+        out.append(Run(first - start, time.perf_counter() - start, n))  # type: ignore[operator]
+    llm.close()
+    return out[1:], load, eos
+
+
+def stream_once(base: str, model: str, eos: int, path: str = "/v1/chat/completions") -> Run:
+    body = {
+        "model": model,
+        "messages": MESSAGES,
+        "max_tokens": TOKENS,
+        "temperature": 0,
+        "stream": True,
+        "logit_bias": eos_bias(eos),
+    }
+    start = time.perf_counter()
+    first = None
+    n = 0
+    with httpx.stream("POST", base + path, json=body, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise RuntimeError(chunk["error"])
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content") is not None:
+                first = first or time.perf_counter()
+                n += 1
+    return Run(first - start, time.perf_counter() - start, n)  # type: ignore[operator]
+
+
+def concurrent(base: str, model: str, eos: int, streams: int) -> tuple[float, int]:
+    """Aggregate tokens/s of ``streams`` simultaneous streams, and how many broke."""
+    results: list[Run | Exception] = []
+
+    def one() -> None:
+        try:
+            results.append(stream_once(base, model, eos))
+        except Exception as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(streams)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    ok = [r for r in results if isinstance(r, Run) and r.tokens == TOKENS]
+    return sum(r.tokens for r in ok) / elapsed, streams - len(ok)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_gateway(manifests: Path, port: int, budget: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--manifests",
+            str(manifests),
+            "--port",
+            str(port),
+            "--memory-budget",
+            budget,
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+    )
+    wait_http(f"http://127.0.0.1:{port}/health", proc)
+    return proc
+
+
+def write_manifests(directory: Path) -> None:
+    def m(name: str, **backend: object) -> dict[str, object]:
+        return {"name": name, "backend": {"kind": "llama_cpp", "model": str(MODEL), "n_ctx": 2048, **backend}}
+
+    models = [
+        m("smol", n_threads=THREADS),
+        m("smol-b", n_threads=THREADS),
+        m("smol-par2", n_threads=max(1, THREADS // 2), parallel=2),
+    ]
+    for item in models:
+        (directory / f"{item['name']}.yaml").write_text(yaml.safe_dump(item))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    rows: list[tuple[str, str, str, str]] = []
+
+    direct, load_time, eos = direct_runs(args.runs)
+    d_tps = statistics.median(r.decode_tps for r in direct)
+    d_ttft = statistics.median(r.ttft for r in direct)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_manifests(Path(tmp))
+        port = 18931
+        base = f"http://127.0.0.1:{port}"
+        # Budget for one single-instance model at a time (the 2-instance model needs two), so that
+        # asking for smol-b after smol is a cold switch with an eviction.
+        gw = start_gateway(Path(tmp), port, "600MiB")
+        try:
+            idle_rss = rss_mb(gw.pid)
+            httpx.get(base + "/v1/models").raise_for_status()
+            stream_once(base, "smol", eos)  # load + warm
+            via = [stream_once(base, "smol", eos) for _ in range(args.runs)]
+            g_tps = statistics.median(r.decode_tps for r in via)
+            g_ttft = statistics.median(r.ttft for r in via)
+            switches = []
+            for i in range(3):
+                target = "smol-b" if i % 2 == 0 else "smol"
+                switches.append(stream_once(base, target, eos).ttft)
+            switch = statistics.median(switches)
+            httpx.post(base + "/admin/models/smol/evict", timeout=60)
+            httpx.post(base + "/admin/models/smol-b/evict", timeout=60)
+            stream_once(base, "smol-par2", eos)
+            g4_tps, g4_broken = concurrent(base, "smol-par2", eos, 4)
+        finally:
+            gw.terminate()
+            gw.wait(30)
+
+    peer_port = 18932
+    peer = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(MODEL),
+            "--n_ctx",
+            "2048",
+            "--n_threads",
+            str(THREADS),
+            "--port",
+            str(peer_port),
+            "--interrupt_requests",
+            "False",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        pbase = f"http://127.0.0.1:{peer_port}"
+        wait_http(pbase + "/v1/models", peer)
+        stream_once(pbase, "x", eos)
+        p4_tps, p4_broken = concurrent(pbase, "x", eos, 4)
+    finally:
+        peer.terminate()
+        peer.wait(30)
+
+    rows += [
+        (
+            "single-stream decode tok/s",
+            f"{d_tps:.1f} direct",
+            f"{g_tps:.1f} ({g_tps / d_tps:.3f}x)",
+            ">= 0.95x",
+        ),
+        (
+            "TTFT p50 ms",
+            f"{d_ttft * 1e3:.1f} direct",
+            f"{g_ttft * 1e3:.1f} (+{(g_ttft - d_ttft) * 1e3:.1f})",
+            "added <= 5 ms",
+        ),
+        (
+            "4 streams, parallel 2: tok/s",
+            f"{p4_tps:.1f} llama_cpp.server",
+            f"{g4_tps:.1f} ({g4_tps / p4_tps:.2f}x)",
+            ">= 1.0x",
+        ),
+        ("4 streams: broken", f"{p4_broken} llama_cpp.server", f"{g4_broken}", "0"),
+        (
+            "cold switch, request to first token ms",
+            f"{(load_time + d_ttft) * 1e3:.1f} load+TTFT direct",
+            f"{switch * 1e3:.1f} (+{(switch - load_time - d_ttft) * 1e3:.1f})",
+            "added <= 50 ms",
+        ),
+        ("gateway RSS, no model loaded MB", "", f"{idle_rss:.1f}", "<= 120"),
+    ]
+    print(f"SmolLM2-135M Q4_1, {TOKENS} tokens, temperature 0, {THREADS} threads, {args.runs} runs (medians)")
+    print("| measure | reference | gateway | target |")
+    print("|---|---:|---:|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Replica choice (``gateway.balancing.choose``): never a full or unhealthy replica, affinity when possible,
+and the less loaded replicas get more of the traffic."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.balancing import ReplicaView, choose
+
+
+def test_none_when_every_replica_is_full_or_down() -> None:
+    rng = random.Random(0)
+    assert choose([], rng) is None
+    replicas = [
+        ReplicaView(0, outstanding=2, capacity=2),
+        ReplicaView(1, outstanding=0, capacity=2, healthy=False),
+        ReplicaView(2, outstanding=5, capacity=4),  # over capacity counts as full
+    ]
+    assert choose(replicas, rng) is None
+    assert choose(replicas, rng, preferred=1) is None
+
+
+def test_never_picks_an_unhealthy_or_full_replica() -> None:
+    rng = random.Random(1)
+    replicas = [
+        ReplicaView(0, outstanding=0, capacity=1, healthy=False),
+        ReplicaView(1, outstanding=1, capacity=1),
+        ReplicaView(2, outstanding=3, capacity=4),
+        ReplicaView(3, outstanding=0, capacity=2),
+        ReplicaView(4, outstanding=4, capacity=4),
+    ]
+    picks = {choose(replicas, rng) for _ in range(500)}
+    assert picks <= {2, 3}
+    # Asking for a full or unhealthy replica does not get it either.
+    assert all(choose(replicas, rng, preferred=p) in {2, 3} for p in (0, 1, 4) for _ in range(50))
+
+
+def test_the_only_replica_with_room_is_chosen() -> None:
+    replicas = [ReplicaView(0, 1, 1), ReplicaView(1, 0, 1, healthy=False), ReplicaView(2, 0, 1)]
+    assert choose(replicas, random.Random(2)) == 2
+
+
+def test_preferred_replica_wins_when_it_has_room() -> None:
+    rng = random.Random(3)
+    replicas = [ReplicaView(0, 0, 4), ReplicaView(1, 3, 4), ReplicaView(2, 0, 4)]
+    # Affinity beats load: replica 1 is the busiest but still has a free slot.
+    assert all(choose(replicas, rng, preferred=1) == 1 for _ in range(100))
+
+
+def test_preferred_replica_that_is_full_degrades_to_another() -> None:
+    rng = random.Random(4)
+    replicas = [ReplicaView(0, 0, 2), ReplicaView(1, 2, 2), ReplicaView(2, 1, 2)]
+    picks = Counter(choose(replicas, rng, preferred=1) for _ in range(200))
+    assert set(picks) <= {0, 2} and picks[0] > 0
+
+
+def test_preferred_replica_that_is_down_degrades_to_another() -> None:
+    rng = random.Random(5)
+    replicas = [ReplicaView(0, 0, 2, healthy=False), ReplicaView(1, 1, 2)]
+    assert choose(replicas, rng, preferred=0) == 1
+
+
+def test_unknown_preferred_replica_is_ignored() -> None:
+    replicas = [ReplicaView(0, 1, 2), ReplicaView(1, 0, 2)]
+    assert choose(replicas, random.Random(6), preferred=7) == 1
+
+
+def test_load_is_relative_to_capacity() -> None:
+    # Two of eight slots busy is lighter than one of two.
+    replicas = [ReplicaView(0, outstanding=1, capacity=2), ReplicaView(1, outstanding=2, capacity=8)]
+    rng = random.Random(7)
+    assert all(choose(replicas, rng) == 1 for _ in range(50))
+
+
+def test_least_loaded_replica_gets_more_traffic_than_the_most_loaded() -> None:
+    rng = random.Random(8)
+    replicas = [
+        ReplicaView(0, outstanding=3, capacity=4),
+        ReplicaView(1, outstanding=0, capacity=4),
+        ReplicaView(2, outstanding=2, capacity=4),
+        ReplicaView(3, outstanding=1, capacity=4),
+    ]
+    draws = 2000
+    picks = Counter(choose(replicas, rng) for _ in range(draws))
+    assert sum(picks.values()) == draws
+    assert picks[1] > picks[0]
+    # More than a uniform share: the spread favours the idle replica, it does not merely tolerate it.
+    assert picks[1] > draws / len(replicas)
+    # Ranked by load, busier replicas never get more traffic than less busy ones.
+    assert picks[1] >= picks[3] >= picks[2] >= picks[0]
+
+
+replica_views = st.lists(
+    st.tuples(st.integers(0, 6), st.integers(1, 4), st.booleans()), min_size=0, max_size=6
+).map(lambda rows: [ReplicaView(i, out, cap, healthy) for i, (out, cap, healthy) in enumerate(rows)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(replica_views, st.none() | st.integers(0, 7), st.integers(0, 2**32))
+def test_choice_property(replicas: list[ReplicaView], preferred: int | None, seed: int) -> None:
+    picked = choose(replicas, random.Random(seed), preferred)
+    open_ = [r for r in replicas if r.healthy and r.outstanding < r.capacity]
+    if not open_:
+        assert picked is None
+        return
+    assert picked in {r.index for r in open_}
+    if preferred in {r.index for r in open_}:
+        assert picked == preferred
