@@ -21,9 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gguf import GGUFReader
-
 from gateway.config import LlamaCppBackend
+from gateway.gguf_meta import GgufError, read_metadata
 
 MiB = 1024 * 1024
 INSTANCE_OVERHEAD = 8 * MiB
@@ -47,44 +46,35 @@ class GgufInfo:
     weights_bytes: int
 
 
-def _scalar(reader: GGUFReader, key: str, default: int | None = None) -> int:
-    field = reader.fields.get(key)
-    if field is None:
-        if default is None:
-            raise ValueError(f"GGUF metadata has no '{key}'")
-        return default
-    value = field.contents()
-    if isinstance(value, list):  # per-layer values (e.g. head counts): the largest bounds the memory
-        value = max(value)
-    return int(value)
-
-
 def read_gguf_info(path: Path) -> GgufInfo:
     """Read the metadata that drives memory use. Raises ``ValueError`` for a file that is not GGUF."""
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as exc:  # the reader raises bare ValueError/struct errors on damaged files
-        raise ValueError(f"not a readable GGUF file: {exc}") from exc
-    arch = str(reader.fields["general.architecture"].contents())
-    n_embd = _scalar(reader, f"{arch}.embedding_length")
-    n_heads = _scalar(reader, f"{arch}.attention.head_count")
-    n_kv = _scalar(reader, f"{arch}.attention.head_count_kv", n_heads)
-    head_k = _scalar(reader, f"{arch}.attention.key_length", n_embd // max(n_heads, 1))
-    head_v = _scalar(reader, f"{arch}.attention.value_length", head_k)
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    n_vocab = _scalar(reader, f"{arch}.vocab_size", len(tokens.data) if tokens is not None else 32000)
+    meta = read_metadata(path)
+
+    def num(key: str, default: int | None = None) -> int:
+        value = meta.get(key, default)
+        if value is None or isinstance(value, str):
+            raise GgufError(f"GGUF metadata has no number '{key}'")
+        return int(value)
+
+    arch = str(meta.get("general.architecture", ""))
+    if not arch:
+        raise GgufError("GGUF metadata has no 'general.architecture'")
+    n_embd = num(f"{arch}.embedding_length")
+    n_heads = num(f"{arch}.attention.head_count")
+    head_k = num(f"{arch}.attention.key_length", n_embd // max(n_heads, 1))
     return GgufInfo(
         architecture=arch,
-        n_layers=_scalar(reader, f"{arch}.block_count"),
+        n_layers=num(f"{arch}.block_count"),
         n_embd=n_embd,
         n_heads=n_heads,
-        n_kv_heads=n_kv,
+        n_kv_heads=num(f"{arch}.attention.head_count_kv", n_heads),
         head_dim_k=head_k,
-        head_dim_v=head_v,
-        n_ff=_scalar(reader, f"{arch}.feed_forward_length", 4 * n_embd),
-        n_vocab=n_vocab,
-        ctx_train=_scalar(reader, f"{arch}.context_length", 0),
-        weights_bytes=sum(int(t.n_bytes) for t in reader.tensors),
+        head_dim_v=num(f"{arch}.attention.value_length", head_k),
+        n_ff=num(f"{arch}.feed_forward_length", 4 * n_embd),
+        n_vocab=num(f"{arch}.vocab_size", num("tokenizer.ggml.tokens", 32000)),
+        ctx_train=num(f"{arch}.context_length", 0),
+        # The tensor data is the file less its metadata; the metadata (mostly the vocabulary) is a few MB.
+        weights_bytes=path.stat().st_size,
     )
 
 

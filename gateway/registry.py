@@ -23,9 +23,11 @@ log = logging.getLogger(__name__)
 def backend_factory(manifest: ModelManifest) -> Callable[[], list[Backend]]:
     spec = manifest.backend
     if isinstance(spec, LlamaCppBackend):
-        from backends.llama_cpp import LlamaCppReplica
 
         def make() -> list[Backend]:
+            # Imported on first load: the engine's imports (numpy, llama_cpp) cost RSS with no model loaded.
+            from backends.llama_cpp import LlamaCppReplica
+
             return [LlamaCppReplica(spec, f"{manifest.name}-{i}") for i in range(spec.replicas)]
 
         return make
