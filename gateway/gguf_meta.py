@@ -72,7 +72,7 @@ def read_metadata(path: Path) -> dict[str, Value]:
             raise GgufError(f"implausible metadata count {kv_count}")
         for _ in range(int(kv_count)):
             key = _string(f)
-            (vtype,) = _read(f, "<I")
+            vtype = int(_read(f, "<I")[0])
             if vtype == _STRING:
                 out[key] = _string(f)
             elif vtype == _ARRAY:
