@@ -23,7 +23,7 @@ from typing import Any
 from backends.base import OpenAIRequest, UpstreamResponse
 from backends.llama_jobs import RUNNERS, Cancelled, Job
 from gateway.config import LlamaCppBackend
-from gateway.errors import GatewayError, InvalidRequest, UpstreamError, sse_error_event
+from gateway.errors import GatewayError, InvalidRequest, ModelUnavailable, UpstreamError, sse_error_event
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +111,6 @@ class LlamaCppReplica:
         llama = self._llama
         if llama is None:
             raise UpstreamError(f"replica {self._label} is not running")
-        if (request.endpoint == "embeddings") != self._spec.embeddings:
-            what = "embeddings only" if self._spec.embeddings else "no embeddings"
-            raise InvalidRequest(
-                f"model '{request.body['model']}' serves {what}; it cannot answer /v1/{request.endpoint}",
-                param="model",
-            )
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -128,7 +122,11 @@ class LlamaCppReplica:
         finished = loop.run_in_executor(self._executor, _run, llama, job, queue, loop)
         finished.add_done_callback(lambda _: self._jobs.discard(job))
 
-        first = await queue.get()
+        try:
+            first = await queue.get()
+        except BaseException:  # the client left before the first token: stop the job at its next token
+            job.cancelled.set()
+            raise
         if isinstance(first, GatewayError):
             raise first
         return UpstreamResponse(
@@ -144,9 +142,11 @@ def _run(llama: Any, job: Job, queue: asyncio.Queue[Any], loop: asyncio.Abstract
     """The worker-thread side of a request: run it, then post the end marker or the error."""
     outcome: Any = _END
     try:
+        if job.cancelled.is_set():  # cancelled while it waited for the thread
+            raise Cancelled
         RUNNERS[job.request.endpoint](llama, job)
     except Cancelled:
-        outcome = UpstreamError("generation was cancelled: the model is being unloaded")
+        outcome = ModelUnavailable("the model was unloaded while generating; retry", retry_after=1)
     except ValueError as exc:  # llama-cpp-python's way of rejecting input (context overflow, bad grammar)
         outcome = InvalidRequest(str(exc))
     except Exception as exc:

@@ -69,10 +69,12 @@ class _Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
-    def add(self, counter: _TokenCounter, finish_reason: str | None) -> None:
-        # The end-of-generation token is sampled but is not part of the completion.
+    def add(self, counter: _TokenCounter, finish_reason: str | None, new_prompt: bool) -> None:
+        # The end-of-generation token is sampled but is not part of the completion. (A stop string also
+        # finishes with "stop"; then one real token goes uncounted.)
         eog = 1 if finish_reason == "stop" and counter.sampled > 0 else 0
-        self.prompt_tokens = max(self.prompt_tokens, counter.prompt_tokens or 0)
+        if new_prompt:  # n choices of one prompt count its tokens once, as OpenAI does
+            self.prompt_tokens += counter.prompt_tokens or 0
         self.completion_tokens += counter.sampled - eog
 
     def as_dict(self) -> dict[str, int]:
@@ -151,48 +153,50 @@ class _Framer:
             self.job.emit(json.dumps(full).encode())
 
 
+def _choice(
+    framer: _Framer, index: int, chunks: Iterator[dict[str, Any]], counter: _TokenCounter, new_prompt: bool
+) -> None:
+    """Run one generation: stream its chunks (if streaming) and record its choice and usage."""
+    chat = framer.kind == "chat.completion"
+    text: list[str] = []
+    finish: str | None = None
+    for c in _streamed(chunks, framer.job.cancelled):
+        engine = c["choices"][0]
+        finish = engine.get("finish_reason") or finish
+        piece = (engine.get("delta") or {}).get("content") if chat else engine.get("text")
+        text.append(piece or "")
+        if framer.stream:
+            payload = {"delta": engine.get("delta") or {}} if chat else {"text": piece or ""}
+            framer.chunk(
+                {"index": index, **payload, "logprobs": None, "finish_reason": engine.get("finish_reason")}
+            )
+    framer.usage.add(counter, finish, new_prompt)
+    result = {"message": {"role": "assistant", "content": "".join(text)}} if chat else {"text": "".join(text)}
+    framer.choices.append({"index": index, **result, "logprobs": None, "finish_reason": finish})
+
+
+def _seed(body: dict[str, Any], i: int) -> int | None:
+    seed = body.get("seed")
+    return None if seed is None else seed + i  # n choices from one seed must still differ
+
+
 def run_chat(llama: Any, job: Job) -> None:
     body = job.request.body
     framer = _Framer(job, "chatcmpl", "chat.completion")
     kwargs = _sampling_kwargs(body)
-    if body.get("response_format") is not None:
-        kwargs["response_format"] = body["response_format"]
+    fmt = body.get("response_format")
+    if fmt and fmt["type"] == "json_schema":
+        # llama-cpp-python constrains output by a schema given as {"type": "json_object", "schema": ...}.
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        kwargs["response_format"] = {"type": "json_object", "schema": schema}
+    elif fmt:
+        kwargs["response_format"] = fmt
     for i in range(body.get("n") or 1):
         counter = _TokenCounter(body.get("logit_bias"))
-        seed = body.get("seed")
         chunks = llama.create_chat_completion(
-            messages=body["messages"],
-            stream=True,
-            logits_processor=[counter],
-            seed=None if seed is None else seed + i,
-            **kwargs,
+            messages=body["messages"], stream=True, logits_processor=[counter], seed=_seed(body, i), **kwargs
         )
-        text: list[str] = []
-        finish: str | None = None
-        for c in _streamed(chunks, job.cancelled):
-            engine_choice = c["choices"][0]
-            delta = engine_choice.get("delta") or {}
-            finish = engine_choice.get("finish_reason") or finish
-            if delta.get("content"):
-                text.append(delta["content"])
-            if framer.stream:
-                framer.chunk(
-                    {
-                        "index": i,
-                        "delta": delta,
-                        "logprobs": None,
-                        "finish_reason": engine_choice.get("finish_reason"),
-                    }
-                )
-        framer.usage.add(counter, finish)
-        framer.choices.append(
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": "".join(text)},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-        )
+        _choice(framer, i, chunks, counter, new_prompt=i == 0)
     framer.finish()
 
 
@@ -207,46 +211,19 @@ def run_completion(llama: Any, job: Job) -> None:
     n = body.get("n") or 1
     for p, prompt in enumerate(prompts):
         for i in range(n):
-            index = p * n + i
             counter = _TokenCounter(body.get("logit_bias"))
-            seed = body.get("seed")
             chunks = llama.create_completion(
-                prompt=prompt,
-                stream=True,
-                logits_processor=[counter],
-                echo=False,
-                seed=None if seed is None else seed + i,
-                **kwargs,
+                prompt=prompt, stream=True, logits_processor=[counter], seed=_seed(body, i), **kwargs
             )
-            text: list[str] = []
-            finish: str | None = None
-            for c in _streamed(chunks, job.cancelled):
-                engine_choice = c["choices"][0]
-                finish = engine_choice.get("finish_reason") or finish
-                text.append(engine_choice.get("text") or "")
-                if framer.stream:
-                    framer.chunk(
-                        {
-                            "index": index,
-                            "text": engine_choice.get("text") or "",
-                            "logprobs": None,
-                            "finish_reason": engine_choice.get("finish_reason"),
-                        }
-                    )
-            framer.usage.add(counter, finish)
-            framer.choices.append(
-                {"index": index, "text": "".join(text), "logprobs": None, "finish_reason": finish}
-            )
+            _choice(framer, p * n + i, chunks, counter, new_prompt=i == 0)
     framer.finish()
 
 
 def run_embeddings(llama: Any, job: Job) -> None:
     body = job.request.body
     inputs = body["input"]
-    if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
+    if isinstance(inputs, str):
         inputs = [inputs]
-    if job.cancelled.is_set():
-        raise Cancelled
     vectors, tokens = llama.embed(inputs, normalize=True, return_count=True, truncate=False)
     as_base64 = body.get("encoding_format") == "base64"
     data = []

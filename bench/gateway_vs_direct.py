@@ -170,7 +170,7 @@ def write_manifests(directory: Path) -> None:
     models = [
         m("smol", n_threads=THREADS),
         m("smol-b", n_threads=THREADS),
-        m("smol-par2", n_threads=max(1, THREADS // 2), parallel=2),
+        m("smol-par2", n_threads=max(1, THREADS // 2), parallel=2, n_ctx=1024),
     ]
     for item in models:
         (directory / f"{item['name']}.yaml").write_text(yaml.safe_dump(item))
@@ -190,9 +190,9 @@ def main() -> None:
         write_manifests(Path(tmp))
         port = 18931
         base = f"http://127.0.0.1:{port}"
-        # Budget for one single-instance model at a time (the 2-instance model needs two), so that
-        # asking for smol-b after smol is a cold switch with an eviction.
-        gw = start_gateway(Path(tmp), port, "600MiB")
+        # Room for one 2k-context instance (233 MiB) but not two, so that asking for smol-b after smol is
+        # a cold switch with an eviction.
+        gw = start_gateway(Path(tmp), port, "450MiB")
         try:
             idle_rss = rss_mb(gw.pid)
             httpx.get(base + "/v1/models").raise_for_status()

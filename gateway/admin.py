@@ -73,6 +73,7 @@ class AdminRoutes:
 
     async def load(self, request: Request) -> Response:
         slot = self.gw.registry.resolve(request.path_params["name"])
+        slot.clear_failure()  # an operator asking for a load means: try now, not after the backoff
         lease = await self.gw.scheduler.acquire(slot, self.gw.settings.load_timeout)
         lease.release()
         return JSONResponse(describe(slot, time.monotonic()))

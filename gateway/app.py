@@ -88,7 +88,8 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    err = GatewayError(f"{exc.detail}: {request.method} {request.url.path}", code="not_found")
+    code = str(exc.detail).lower().replace(" ", "_")  # not_found, method_not_allowed
+    err = GatewayError(f"{exc.detail}: {request.method} {request.url.path}", code=code)
     err.status, err.type = exc.status_code, "invalid_request_error"
     return error_response(err)
 

@@ -47,10 +47,12 @@ class IllegalTransition(RuntimeError):
     pass
 
 
+MAX_BACKOFF = 60.0
+
+
 @dataclass
 class Failure:
     message: str
-    at: float
     retry_at: float
     count: int
 
@@ -74,7 +76,6 @@ class ModelSlot:
         self.state = State.UNLOADED
         self.failure: Failure | None = None
         self.last_used = 0.0
-        self.loaded_at: float | None = None
         self.in_flight = 0
         self.loads = 0  # load attempts, for operators (and the test that concurrent requests share one)
         self.pool: Pool | None = None
@@ -113,16 +114,20 @@ class ModelSlot:
             raise errors[0]
         self.pool = Pool(self.name, backends, self.max_queue, random.Random())
         self.failure = None
-        self.loaded_at = self._clock()
         self.last_used = self._clock()
         self._set(State.READY)
 
     def load_failed(self, message: str, backoff: float) -> Failure:
+        """Back to UNLOADED; requests fail fast until ``retry_at`` (doubling per failure, up to a minute)."""
         count = (self.failure.count + 1) if self.failure else 1
-        now = self._clock()
-        self.failure = Failure(message, now, now + backoff * 2 ** (count - 1), count)
+        wait = min(backoff * 2 ** (count - 1), MAX_BACKOFF)
+        self.failure = Failure(message, self._clock() + wait, count)
         self._set(State.UNLOADED)
         return self.failure
+
+    def clear_failure(self) -> None:
+        """Forget the last failure so that the next request tries to load at once (admin load)."""
+        self.failure = None
 
     def begin_drain(self) -> None:
         self._set(State.DRAINING)
@@ -138,11 +143,12 @@ class ModelSlot:
         """Fail queued requests, stop the replicas (which ends running ones), and return to UNLOADED."""
         pool, self.pool = self.pool, None
         cancelled = 0
-        if pool is not None:
-            cancelled = pool.fail_waiters(error) + pool.outstanding
-            await asyncio.gather(*(r.backend.stop() for r in pool.replicas))
-        self.loaded_at = None
-        self._set(State.UNLOADED)
+        try:
+            if pool is not None:
+                cancelled = pool.fail_waiters(error) + pool.outstanding
+                await asyncio.gather(*(r.backend.stop() for r in pool.replicas), return_exceptions=True)
+        finally:
+            self._set(State.UNLOADED)  # even if cancelled: never leave the memory counted forever
         return cancelled
 
     # -- leases ------------------------------------------------------------------------------------------

@@ -1,20 +1,47 @@
-"""The ``/v1/*`` handlers: validate, resolve the model, take a lease, pick a replica, forward, stream back."""
+"""The ``/v1/*`` handlers: validate, resolve the model, take a lease, pick a replica, forward, stream back.
+
+The POST handlers are ASGI endpoints rather than request/response functions, so that one disconnect watcher
+covers the request from the moment its body is read until its last byte is sent.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from backends.base import Endpoint, OpenAIRequest
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.lifecycle import ModelSlot
 from gateway.requests import ChatRequest, CompletionRequest, EmbeddingRequest, _Body, parse_body
-from gateway.streaming import PassThroughResponse
+from gateway.streaming import cancel_on_disconnect, stream_through
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _Asgi:
+    """Marks a coroutine as an ASGI endpoint for Starlette's router."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(scope, receive, send)
+
+
+SCHEMAS: dict[Endpoint, type[_Body]] = {
+    "chat/completions": ChatRequest,
+    "completions": CompletionRequest,
+    "embeddings": EmbeddingRequest,
+}
 
 
 class OpenAIRoutes:
@@ -23,12 +50,16 @@ class OpenAIRoutes:
         self.created = int(time.time())
 
     def routes(self) -> list[Route]:
+        def post(endpoint: Endpoint) -> Route:
+            async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+                await self._forward(scope, receive, send, endpoint)
+
+            return Route(f"/v1/{endpoint}", _Asgi(handler), methods=["POST"])
+
         return [
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/models/{name:path}", self.model, methods=["GET"]),
-            Route("/v1/chat/completions", self.chat, methods=["POST"]),
-            Route("/v1/completions", self.completions, methods=["POST"]),
-            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            *(post(e) for e in SCHEMAS),
         ]
 
     def _model_card(self, name: str) -> dict[str, object]:
@@ -43,28 +74,32 @@ class OpenAIRoutes:
         }
 
     async def models(self, request: Request) -> Response:
-        data = [self._model_card(n) for n in self.gw.registry.names]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": [self._model_card(n) for n in self.gw.registry.names]})
 
     async def model(self, request: Request) -> Response:
         name = request.path_params["name"]
         self.gw.registry.resolve(name)
         return JSONResponse(self._model_card(name))
 
-    async def chat(self, request: Request) -> Response:
-        return await self._forward(request, "chat/completions", ChatRequest)
-
-    async def completions(self, request: Request) -> Response:
-        return await self._forward(request, "completions", CompletionRequest)
-
-    async def embeddings(self, request: Request) -> Response:
-        return await self._forward(request, "embeddings", EmbeddingRequest)
-
-    async def _forward(self, request: Request, endpoint: Endpoint, schema: type[_Body]) -> Response:
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
         started = time.perf_counter()
-        body = parse_body(await request.body(), schema)
+        raw = await Request(scope, receive).body()
+        model = ""
+        try:
+            body = parse_body(raw, SCHEMAS[endpoint])
+            slot = self.gw.registry.resolve(body["model"])
+            model = slot.name
+            _check_endpoint(slot, endpoint, body["model"])
+            async with cancel_on_disconnect(receive):
+                await self._serve(slot, endpoint, body, send, started)
+        except GatewayError as err:
+            self.gw.metrics.requests.labels(model, endpoint, str(err.status)).inc()
+            raise
+
+    async def _serve(
+        self, slot: ModelSlot, endpoint: Endpoint, body: dict[str, object], send: Send, started: float
+    ) -> None:
         gw = self.gw
-        slot = gw.registry.resolve(body["model"])
         lease = await gw.scheduler.acquire(slot, gw.settings.load_timeout)
         try:
             replica = await lease.pool.acquire(gw.settings.queue_timeout)
@@ -74,6 +109,8 @@ class OpenAIRoutes:
         try:
             upstream = await replica.backend.forward(OpenAIRequest(endpoint, body, bool(body.get("stream"))))
         except BaseException:
+            # The backend has let go (or, cancelled mid-prompt, stops at its next token; an in-process
+            # replica runs one job at a time, so the next request simply starts after it).
             lease.pool.release(replica)
             lease.release()
             raise
@@ -84,7 +121,17 @@ class OpenAIRoutes:
 
         upstream.finished.add_done_callback(finished)
         gw.metrics.requests.labels(slot.name, endpoint, str(upstream.status)).inc()
-        ttfb = gw.metrics.time_to_first_byte.labels(slot.name, endpoint)
-        response = PassThroughResponse(upstream, ttfb.observe)
-        response.started = started
-        return response  # type: ignore[return-value]  # an ASGI app, which Starlette accepts as a response
+        try:
+            await stream_through(
+                upstream, send, started, gw.metrics.time_to_first_byte.labels(slot.name, endpoint).observe
+            )
+        finally:
+            upstream.close()
+
+
+def _check_endpoint(slot: ModelSlot, endpoint: Endpoint, name: str) -> None:
+    """Refuse a request the model cannot serve before it costs a load or a queue place."""
+    serves_embeddings = getattr(slot.manifest.backend, "embeddings", False)
+    if (endpoint == "embeddings") != serves_embeddings:
+        what = "embeddings only" if serves_embeddings else "no embeddings"
+        raise InvalidRequest(f"model '{name}' serves {what}; it cannot answer /v1/{endpoint}", param="model")

@@ -65,12 +65,14 @@ class Pool:
         self._waiters.append(waiter)
         try:
             done, _ = await asyncio.wait({waiter}, timeout=timeout)
-        finally:
+        except BaseException:
             if not waiter.done():
                 waiter.cancel()
-            elif not waiter.cancelled() and waiter.exception() is None and not _current_task_ok():
+            elif not waiter.cancelled() and waiter.exception() is None:
                 self.release(waiter.result())  # handed a replica just as we were cancelled
+            raise
         if not done:
+            waiter.cancel()
             raise ModelUnavailable(
                 f"no replica of '{self.model}' became free within {timeout:.0f}s", retry_after=5
             )
@@ -99,8 +101,3 @@ class Pool:
                 waiter.set_exception(error)
                 failed += 1
         return failed
-
-
-def _current_task_ok() -> bool:
-    task = asyncio.current_task()
-    return task is None or not task.cancelling()

@@ -62,7 +62,7 @@ class CompletionRequest(_Sampling):
 
 
 class EmbeddingRequest(_Body):
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str]  # token-id input is not supported by llama-cpp-python's embed()
     encoding_format: Literal["float", "base64"] = "float"
 
 

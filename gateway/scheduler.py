@@ -2,11 +2,14 @@
 
 - ``acquire`` is the one way in for requests: it returns a lease on a ready model, starting a load if needed.
   Concurrent first requests join the one load task of their model.
-- One placement decision at a time (the decision lock): the pure ``placement.plan`` says what to evict, the
-  victims are drained (grace period, then cancelled) and unloaded, and only then does the target start
-  loading, so the estimates of models holding memory never add up to more than the budget.
-- The engine load itself runs outside the decision lock, so a slow load of one model does not hold up a load
-  of another that fits.
+- One placement decision at a time (the decision lock): the pure ``placement.plan`` says what to evict; the
+  victims are marked draining under the lock, drained (grace period, then cancelled) and unloaded outside
+  it, and the target decides again once they are gone. A model starts loading only when it fits, so the
+  estimates of models holding memory never add up to more than the budget.
+- When the target only fails to fit because other models are loading or draining, it waits for those
+  transitions and decides again (llama-swap's "stopping waits, then starts"), instead of failing.
+- Engine loads and drains run outside the decision lock, so a slow load or a long drain does not hold up a
+  load of another model that fits.
 - A failed load returns the model to UNLOADED with the error; requests during the backoff that follows get
   503 with the error and a Retry-After, then the next request tries again.
 - An idle-TTL reaper unloads models unused for longer than their ``idle_ttl``.
@@ -19,10 +22,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from gateway.errors import GatewayError, InsufficientMemory, LoadFailed, ModelUnavailable
 from gateway.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
-from gateway.placement import DoesNotFit, Resident, plan
+from gateway.placement import DoesNotFit, Fits, Resident, plan
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ class Scheduler:
         self._clock = clock
         self._decision = asyncio.Lock()
         self._loads: dict[str, asyncio.Task[None]] = {}
+        self._unloads: dict[str, asyncio.Task[None]] = {}
         self._reaper: asyncio.Task[None] | None = None
 
     # -- the request path --------------------------------------------------------------------------------
@@ -95,29 +100,53 @@ class Scheduler:
         return done
 
     async def _load(self, slot: ModelSlot) -> None:
-        async with self._decision:
-            if slot.state is not State.UNLOADED:
-                return
-            decision = plan(slot.name, slot.memory, self._residents(), self.budget)
-            if isinstance(decision, DoesNotFit):
-                raise InsufficientMemory(decision.reason, retry_after=10)
-            if decision.evict:
-                log.info("evicting %s to load %s", ", ".join(decision.evict), slot.name)
-                await asyncio.gather(
-                    *(self._unload(self.slots[n], f"evicted to load '{slot.name}'") for n in decision.evict)
-                )
-            slot.begin_load()
+        while True:
+            async with self._decision:
+                if slot.state is not State.UNLOADED:
+                    return
+                residents = self._residents()
+                decision = plan(slot.name, slot.memory, residents, self.budget)
+                if isinstance(decision, Fits) and not decision.evict:
+                    slot.begin_load()  # reserves the memory
+                    break
+                if isinstance(decision, Fits):
+                    log.info("evicting %s to load %s", ", ".join(decision.evict), slot.name)
+                    waits = [
+                        self._begin_unload(self.slots[n], f"evicted to load '{slot.name}'")
+                        for n in decision.evict
+                    ]
+                else:
+                    waits = self._transitions_that_could_make_room(slot, residents)
+                    if not waits:
+                        raise InsufficientMemory(decision.reason, retry_after=10)
+            # Outside the lock: drains and other loads go on; then decide again with what is resident.
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         started = self._clock()
         try:
             await slot.start()
-        except Exception as exc:
+        except BaseException as exc:  # cancelled (shutdown) too: the slot must not stay LOADING
             message = exc.message if isinstance(exc, GatewayError) else f"{type(exc).__name__}: {exc}"
             failure = slot.load_failed(message, self.load_failure_backoff)
+            if not isinstance(exc, Exception):
+                raise
             raise LoadFailed(
                 f"model '{slot.name}' failed to load: {message}",
                 retry_after=failure.retry_at - self._clock(),
             ) from exc
         log.info("loaded %s in %.2fs", slot.name, self._clock() - started)
+
+    def _transitions_that_could_make_room(
+        self, slot: ModelSlot, residents: list[Resident]
+    ) -> list[asyncio.Task[None]]:
+        """The loads and drains to wait for when ``slot`` would fit once they are over; [] if it never will.
+
+        Only models that hold memory are waited on, and they are past their own decision, so two loads can
+        never wait on each other."""
+        settled = [replace(r, evictable=True) for r in residents]
+        if isinstance(plan(slot.name, slot.memory, settled, self.budget), DoesNotFit):
+            return []
+        tasks = (self._loads.get(r.name) or self._unloads.get(r.name) for r in residents if not r.evictable)
+        return [t for t in tasks if t is not None]
 
     def _residents(self) -> list[Resident]:
         return [
@@ -134,9 +163,15 @@ class Scheduler:
         ]
 
     # -- unloads -----------------------------------------------------------------------------------------
-    async def _unload(self, slot: ModelSlot, why: str) -> None:
-        """Drain then unload a READY model. Call with the decision lock held."""
+    def _begin_unload(self, slot: ModelSlot, why: str) -> asyncio.Task[None]:
+        """Mark a READY model draining and start its unload. Call with the decision lock held."""
         slot.begin_drain()
+        task = asyncio.create_task(self._drain_and_unload(slot, why), name=f"unload:{slot.name}")
+        self._unloads[slot.name] = task
+        task.add_done_callback(lambda _: self._unloads.pop(slot.name, None))
+        return task
+
+    async def _drain_and_unload(self, slot: ModelSlot, why: str) -> None:
         if not await slot.wait_idle(self.drain_grace):
             log.warning(
                 "%s: %d requests still running after %.0fs grace", slot.name, slot.in_flight, self.drain_grace
@@ -149,13 +184,16 @@ class Scheduler:
         else:
             log.info("unloaded %s (%s)", slot.name, why)
 
-    async def unload(self, slot: ModelSlot, why: str) -> bool:
-        """Unload ``slot`` if it is ready (admin evict, TTL); False if it was not loaded."""
+    async def unload(self, slot: ModelSlot, why: str, idle_for: float | None = None) -> bool:
+        """Drain and unload ``slot`` if it is ready (and, with ``idle_for``, idle that long); False if not."""
         async with self._decision:
             if slot.state is not State.READY:
                 return False
-            await self._unload(slot, why)
-            return True
+            if idle_for is not None and (slot.in_flight or self._clock() - slot.last_used < idle_for):
+                return False
+            task = self._begin_unload(slot, why)
+        await task
+        return True
 
     # -- background work ---------------------------------------------------------------------------------
     def start_background(self) -> None:
@@ -174,14 +212,11 @@ class Scheduler:
             now = self._clock()
             for slot in self.slots.values():
                 ttl = slot.manifest.idle_ttl
-                if (
-                    ttl
-                    and not slot.pinned
-                    and slot.state is State.READY
-                    and slot.in_flight == 0
-                    and now - slot.last_used >= ttl
-                ):
-                    await self.unload(slot, f"idle for {ttl:.0f}s")
+                if ttl and not slot.pinned and slot.state is State.READY and now - slot.last_used >= ttl:
+                    try:
+                        await self.unload(slot, f"idle for {ttl:g}s", idle_for=ttl)
+                    except Exception:
+                        log.exception("idle unload of %s failed", slot.name)
 
     async def shutdown(self) -> None:
         if self._reaper is not None:

@@ -1,54 +1,53 @@
-"""The pass-through response: upstream bytes go to the client as they arrive, unbuffered and un-rechunked.
+"""Streaming an upstream response through to the client, and noticing when the client goes away.
 
-It watches the client connection while it streams. When the client goes away, the upstream is closed at
-once (an in-process engine stops within a token), and ``close()`` always runs in a ``finally``: nothing relies
-on Starlette's background tasks, which do not run on a disconnect. The replica slot and the model lease are
-released when the backend reports it has really finished (``UpstreamResponse.finished``).
+Bytes go out as they arrive: no buffering, no re-chunking. ``cancel_on_disconnect`` watches the connection for
+the whole life of a request, not only while it streams: a client that leaves while its request waits in the
+queue, while its model loads, or before the first token, cancels the request there and then, so an abandoned
+request never holds a replica or triggers a load. The caller closes the upstream in a ``finally``; nothing
+relies on Starlette's background tasks, which do not run on a disconnect.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import anyio
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Send
 
 from backends.base import UpstreamResponse
 
 
-class PassThroughResponse:
-    def __init__(
-        self,
-        upstream: UpstreamResponse,
-        on_first_byte: Callable[[float], None] | None = None,
-    ) -> None:
-        self.upstream = upstream
-        self._on_first_byte = on_first_byte
-        self.started = time.perf_counter()
+@contextlib.asynccontextmanager
+async def cancel_on_disconnect(receive: Receive) -> AsyncIterator[anyio.CancelScope]:
+    """Run the body in a cancel scope that is cancelled when the client disconnects.
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        up = self.upstream
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in up.headers.items()]
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
-                await send({"type": "http.response.start", "status": up.status, "headers": headers})
-                first = True
-                async for chunk in up.body:
-                    if first and self._on_first_byte is not None:
-                        self._on_first_byte(time.perf_counter() - self.started)
-                    first = False
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                tg.cancel_scope.cancel()
-        finally:
-            up.close()
+    Call it after the request body has been read: from then on, the next ASGI message is the disconnect."""
+    with anyio.CancelScope() as scope:
 
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
             scope.cancel()
-            return
+
+        watcher = asyncio.create_task(watch())
+        try:
+            yield scope
+        finally:
+            watcher.cancel()
+
+
+async def stream_through(
+    upstream: UpstreamResponse, send: Send, started: float, on_first_byte: Callable[[float], None]
+) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in upstream.headers.items()]
+    await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+    first = True
+    async for chunk in upstream.body:
+        if first:
+            on_first_byte(time.perf_counter() - started)
+            first = False
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})

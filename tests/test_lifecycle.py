@@ -216,5 +216,25 @@ def test_evicting_a_busy_model_drains_then_cancels(
         assert evicted["state"] == "unloaded"
         events = [line for line in lines if line.startswith("data: ")]
     last = json.loads(events[-1].removeprefix("data: "))
-    assert "unloaded" in last["error"]["message"] and last["error"]["source"] == "upstream"
+    assert "unloaded" in last["error"]["message"] and last["error"]["source"] == "gateway"
     assert chat(gw, "a")  # and it loads again on the next request
+
+
+def test_client_that_leaves_the_queue_gives_up_its_place(
+    serve: Callable[..., RunningGateway], model_files: dict[str, Path]
+) -> None:
+    gw = serve([llama_manifest("a", model_files["a"], backend={"n_ctx": 65536}, max_queue=1)])
+    body = {
+        "model": "a",
+        "messages": [{"role": "user", "content": "x"}],
+        "stream": True,
+        "max_tokens": 100_000,
+        "logit_bias": {EOS: -100},
+    }
+    with httpx.stream("POST", f"{gw.base_url}/v1/chat/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        next(lines)
+        with pytest.raises(httpx.ReadTimeout):  # queued behind the stream, then the client gives up
+            httpx.post(f"{gw.base_url}/v1/chat/completions", json={**body, "stream": False}, timeout=0.5)
+        wait_for(lambda: gw.model_state("a")["queued"] == 0, "the abandoned request to leave the queue")
+        assert gw.model_state("a")["in_flight"] == 1
