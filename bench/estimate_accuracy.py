@@ -80,7 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for label, spec in cases(Path(tmp)):
-            est = estimate_llama_cpp(read_gguf_info(spec.model), spec).total
+            est = estimate_llama_cpp(read_gguf_info(spec.model), spec, spec.parallel).total
             got = measure(spec)
             rows.append((label, est, got, (est - got) / got * 100))
     print("| case | estimate MiB | measured RSS growth MiB | error |")

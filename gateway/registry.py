@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from backends.base import Backend
-from gateway.config import LlamaCppBackend, ModelManifest, Settings
+from gateway.config import LlamaCppBackend, LlamaServerBackend, ModelManifest, Settings
 from gateway.errors import ModelNotFound
 from gateway.estimate import estimate_bytes
 from gateway.lifecycle import ModelSlot
@@ -20,7 +21,7 @@ from gateway.manifests import ManifestSet
 log = logging.getLogger(__name__)
 
 
-def backend_factory(manifest: ModelManifest) -> Callable[[], list[Backend]]:
+def backend_factory(manifest: ModelManifest, binary: Path | None) -> Callable[[], list[Backend]]:
     spec = manifest.backend
     if isinstance(spec, LlamaCppBackend):
 
@@ -31,14 +32,29 @@ def backend_factory(manifest: ModelManifest) -> Callable[[], list[Backend]]:
             return [LlamaCppReplica(spec, f"{manifest.name}-{i}") for i in range(spec.replicas)]
 
         return make
-    raise TypeError(f"no backend for kind {spec.kind}")  # unreachable while the union has one member
+    if isinstance(spec, LlamaServerBackend):
+
+        def make_servers() -> list[Backend]:
+            from backends.process import LlamaServerReplica
+
+            return [LlamaServerReplica(spec, f"{manifest.name}-{i}", binary) for i in range(spec.replicas)]
+
+        return make_servers
+    remote = spec
+
+    def make_remote() -> list[Backend]:
+        from backends.remote import RemoteReplica
+
+        return [RemoteReplica(e, remote.upstream_model) for e in remote.endpoints]
+
+    return make_remote
 
 
 @dataclass
 class Registry:
     slots: dict[str, ModelSlot]  # by canonical name
     names: dict[str, ModelSlot]  # canonical names and aliases
-    estimate_warnings: dict[str, str]
+    estimate_sources: dict[str, str]  # how each model's memory was estimated
 
     def resolve(self, name: str) -> ModelSlot:
         slot = self.names.get(name)
@@ -50,21 +66,21 @@ class Registry:
     def build(cls, manifests: ManifestSet, settings: Settings) -> Registry:
         slots: dict[str, ModelSlot] = {}
         names: dict[str, ModelSlot] = {}
-        warnings: dict[str, str] = {}
+        sources: dict[str, str] = {}
         for item in manifests.models:
             m = item.manifest
             override = int(m.memory) if m.memory is not None else None
-            memory, warning = estimate_bytes(m.backend, override)
-            if warning:
-                warnings[m.name] = warning
-                log.warning("%s: cannot read GGUF metadata (%s); budgeting its file size", m.name, warning)
+            memory, source = estimate_bytes(m.backend, override)
+            if source.startswith("unreadable"):
+                log.warning("%s: %s", m.name, source)
+            sources[m.name] = source
             slot = ModelSlot(
                 m,
                 memory,
-                backend_factory(m),
+                backend_factory(m, settings.llama_server),
                 m.max_queue if m.max_queue is not None else settings.max_queue,
             )
             slots[m.name] = slot
             for n in (m.name, *m.aliases):
                 names[n] = slot
-        return cls(slots, names, warnings)
+        return cls(slots, names, sources)

