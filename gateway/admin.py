@@ -6,6 +6,7 @@ POST /admin/models/{name}/load      load now (waits for it; 503 with the reason 
 POST /admin/models/{name}/evict     drain and unload now
 POST /admin/models/{name}/pin       never evict; loads it if needed
 POST /admin/models/{name}/unpin     evictable again
+GET  /admin/models/{name}/logs      the last output lines of each replica's process
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.lifecycle import ModelSlot
+from gateway.pool import Replica
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -34,11 +36,25 @@ def describe(slot: ModelSlot, now: float) -> dict[str, Any]:
         "memory_bytes": slot.memory,
         "in_flight": slot.in_flight,
         "queued": slot.pool.queued if slot.pool else 0,
-        "replicas": len(slot.pool.replicas) if slot.pool else 0,
+        "replicas": [_replica(r, now) for r in slot.pool.replicas] if slot.pool else [],
         "idle_seconds": round(now - slot.last_used, 3) if slot.last_used else None,
         "idle_ttl": slot.manifest.idle_ttl,
         "loads": slot.loads,
         "last_error": failure.message if failure else None,
+    }
+
+
+def _replica(replica: Replica, now: float) -> dict[str, Any]:
+    backend = replica.backend
+    return {
+        "index": replica.index,
+        "outstanding": replica.outstanding,
+        "capacity": backend.capacity,
+        "ejected_for": round(max(0.0, replica.ejected_until - now), 3),
+        # What only some backends know: a child process's pid, URL and exit status.
+        "pid": getattr(backend, "pid", None),
+        "url": getattr(backend, "url", None),
+        "exit_status": getattr(backend, "exit_status", None),
     }
 
 
@@ -53,6 +69,7 @@ class AdminRoutes:
             Route("/admin/models/{name:path}/evict", self.evict, methods=["POST"]),
             Route("/admin/models/{name:path}/pin", self.pin, methods=["POST"]),
             Route("/admin/models/{name:path}/unpin", self.unpin, methods=["POST"]),
+            Route("/admin/models/{name:path}/logs", self.logs, methods=["GET"]),
         ]
 
     def _state(self) -> dict[str, Any]:
@@ -87,6 +104,18 @@ class AdminRoutes:
         slot = self.gw.registry.resolve(request.path_params["name"])
         slot.pinned = True
         return await self.load(request)
+
+    async def logs(self, request: Request) -> Response:
+        """The last lines each replica's process wrote (launched backends only)."""
+        slot = self.gw.registry.resolve(request.path_params["name"])
+        replicas = slot.pool.replicas if slot.pool else []
+        return JSONResponse(
+            {
+                "replicas": [
+                    {"index": r.index, "log": list(getattr(r.backend, "log_tail", []))} for r in replicas
+                ]
+            }
+        )
 
     async def unpin(self, request: Request) -> Response:
         slot = self.gw.registry.resolve(request.path_params["name"])

