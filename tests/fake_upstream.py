@@ -1,0 +1,130 @@
+"""A tiny OpenAI-shaped upstream for fault injection and for measuring the gateway's own overhead.
+
+It is never the proof that a feature works with a real engine (the llama-server tests are); it injects what a
+real engine does rarely: 500s, slow first bytes, connections reset mid-stream. Behaviour is chosen per
+instance (``mode``) and can be changed while it runs. Run alone for benchmarks:
+
+    python tests/fake_upstream.py --port 9000 [--chunks 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import threading
+from typing import Any
+
+import uvicorn
+
+CHAT = json.dumps(
+    {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "fake",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+).encode()
+
+
+def _chunk(i: int) -> bytes:
+    return b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":0,"model":"fake",' + (
+        b'"choices":[{"index":0,"delta":{"content":"t%d"},"finish_reason":null}]}\n\n' % i
+    )
+
+
+class FakeUpstream:
+    def __init__(self, mode: str = "ok", chunks: int = 8, chunk_delay: float = 0.0) -> None:
+        self.mode = mode  # ok | error500 | reset | slow_first
+        self.chunks = chunks
+        self.chunk_delay = chunk_delay
+        self.requests = 0
+        self.models: list[str] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["path"] in ("/health", "/v1/models"):
+            await self._send(send, 200, b'{"object":"list","data":[]}')
+            return
+        self.requests += 1
+        request = json.loads(body or b"{}")
+        self.models.append(request.get("model", ""))
+        if self.mode == "error500":
+            await self._send(send, 500, b'{"error":{"message":"injected failure","type":"server_error"}}')
+            return
+        if self.mode == "slow_first":
+            await asyncio.sleep(0.3)
+        if not request.get("stream"):
+            await self._send(send, 200, CHAT)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        for i in range(self.chunks):
+            if self.mode == "reset" and i == 2:
+                raise ConnectionResetError("injected reset mid-stream")  # uvicorn drops the connection
+            await send({"type": "http.response.body", "body": _chunk(i), "more_body": True})
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    @staticmethod
+    async def _send(send: Any, status: int, body: bytes) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class RunningUpstream:
+    def __init__(self, app: FakeUpstream, port: int) -> None:
+        self.app = app
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+
+    def __enter__(self) -> RunningUpstream:
+        self.thread.start()
+        while not self.server.started:
+            self.thread.join(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--chunks", type=int, default=64)
+    p.add_argument("--chunk-delay", type=float, default=0.0)
+    a = p.parse_args()
+    uvicorn.run(
+        FakeUpstream(chunks=a.chunks, chunk_delay=a.chunk_delay),
+        host="127.0.0.1",
+        port=a.port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
