@@ -10,7 +10,6 @@ Prints one table; the targets are in the issue and in bench/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ MODEL = ROOT / "manifests" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
 TOKENS = 128
 THREADS = os.cpu_count() or 2
+ENGINE_PRIORITY = ["nice", "-n", "-10"]  # relative to this process, which lowers itself by 10
 
 
 @dataclass
@@ -46,7 +46,8 @@ def eos_bias(llama_or_id: int) -> dict[str, float]:
     return {str(llama_or_id): -100.0}
 
 
-def direct_runs(runs: int) -> tuple[list[Run], float, int]:
+def direct_runs(runs: int) -> tuple[list[Run], float, float, int]:
+    """Warm runs, the load time, and the first (cold: nothing cached) request's TTFT."""
     import llama_cpp
 
     t = time.perf_counter()
@@ -71,7 +72,17 @@ def direct_runs(runs: int) -> tuple[list[Run], float, int]:
                 n += 1
         out.append(Run(first - start, time.perf_counter() - start, n))  # type: ignore[operator]
     llm.close()
-    return out[1:], load, eos
+    return out[1:], load, out[0].ttft, eos
+
+
+_local = threading.local()
+
+
+def _client() -> httpx.Client:
+    # One kept-alive client per thread: creating an httpx client per request costs tens of ms (SSL context).
+    if not hasattr(_local, "client"):
+        _local.client = httpx.Client(timeout=600)
+    return _local.client  # type: ignore[no-any-return]
 
 
 def stream_once(base: str, model: str, eos: int, path: str = "/v1/chat/completions") -> Run:
@@ -86,15 +97,14 @@ def stream_once(base: str, model: str, eos: int, path: str = "/v1/chat/completio
     start = time.perf_counter()
     first = None
     n = 0
-    with httpx.stream("POST", base + path, json=body, timeout=600) as r:
+    with _client().stream("POST", base + path, json=body) as r:
         r.raise_for_status()
         for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                raise RuntimeError(chunk["error"])
-            if chunk["choices"] and chunk["choices"][0]["delta"].get("content") is not None:
+            if '"error"' in line:
+                raise RuntimeError(line)
+            if (
+                '"content"' in line
+            ):  # a token chunk; parsing every chunk's JSON would take CPU from the engine
                 first = first or time.perf_counter()
                 n += 1
     return Run(first - start, time.perf_counter() - start, n)  # type: ignore[operator]
@@ -144,6 +154,7 @@ def rss_mb(pid: int) -> float:
 def start_gateway(manifests: Path, port: int, budget: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [
+            *ENGINE_PRIORITY,
             sys.executable,
             "-m",
             "gateway.cli",
@@ -182,7 +193,10 @@ def main() -> None:
     args = parser.parse_args()
     rows: list[tuple[str, str, str, str]] = []
 
-    direct, load_time, eos = direct_runs(args.runs)
+    direct, load_time, cold_ttft, eos = direct_runs(args.runs)
+    # From here on this process is only the load generator. It shares the 2 cores with the engine, which a
+    # real client would not: it runs at a lower priority than the servers it measures.
+    os.nice(10)
     d_tps = statistics.median(r.decode_tps for r in direct)
     d_ttft = statistics.median(r.ttft for r in direct)
 
@@ -216,6 +230,7 @@ def main() -> None:
     peer_port = 18932
     peer = subprocess.Popen(
         [
+            *ENGINE_PRIORITY,
             sys.executable,
             "-m",
             "llama_cpp.server",
@@ -264,8 +279,8 @@ def main() -> None:
         ("4 streams: broken", f"{p4_broken} llama_cpp.server", f"{g4_broken}", "0"),
         (
             "cold switch, request to first token ms",
-            f"{(load_time + d_ttft) * 1e3:.1f} load+TTFT direct",
-            f"{switch * 1e3:.1f} (+{(switch - load_time - d_ttft) * 1e3:.1f})",
+            f"{(load_time + cold_ttft) * 1e3:.1f} load + cold TTFT direct",
+            f"{switch * 1e3:.1f} (+{(switch - load_time - cold_ttft) * 1e3:.1f})",
             "added <= 50 ms",
         ),
         ("gateway RSS, no model loaded MB", "", f"{idle_rss:.1f}", "<= 120"),

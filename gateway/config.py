@@ -175,6 +175,7 @@ class RemoteBackend(BaseModel):
 
 
 BackendSpec = Annotated[LlamaCppBackend | LlamaServerBackend | RemoteBackend, Field(discriminator="kind")]
+BACKEND_KINDS = frozenset({"llama_cpp", "llama_server", "remote"})
 
 
 class ModelManifest(BaseModel):

@@ -133,6 +133,8 @@ class ModelSlot:
         self._set(State.DRAINING)
 
     async def wait_idle(self, grace: float) -> bool:
+        if self._idle.is_set():  # wait_for(..., 0) would time out even when idle
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), grace)
         except TimeoutError:

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from gateway.config import ModelManifest
+from gateway.config import BACKEND_KINDS, ModelManifest
 
 
 @dataclass(frozen=True)
@@ -40,17 +40,19 @@ class ManifestSet:
 
 def _field_path(loc: tuple[int | str, ...], prefix: str) -> str:
     parts = [prefix] if prefix else []
-    for item in loc:
+    for i, item in enumerate(loc):
         if isinstance(item, int):
             parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
-        elif item != "llama_cpp":  # the discriminated-union tag pydantic puts in the path
-            parts.append(str(item))
+        elif not (i > 0 and loc[i - 1] == "backend" and item in BACKEND_KINDS):
+            parts.append(str(item))  # (pydantic puts the discriminated union's tag after "backend")
     return ".".join(parts)
 
 
 def _documents(raw: Any) -> list[tuple[str, Any]]:
     """Split a file into (field prefix, model document) pairs."""
     if isinstance(raw, dict) and set(raw) == {"models"} and isinstance(raw["models"], list):
+        if not raw["models"]:
+            return [("models", None)]
         return [(f"models[{i}]", doc) for i, doc in enumerate(raw["models"])]
     return [("", raw)]
 
@@ -67,7 +69,8 @@ def load_file(path: Path) -> ManifestSet:
         return result
     for prefix, doc in _documents(raw):
         if not isinstance(doc, dict):
-            result.problems.append(ManifestProblem(path, prefix, "expected a mapping of model fields"))
+            reason = "the list declares no models" if doc is None else "expected a mapping of model fields"
+            result.problems.append(ManifestProblem(path, prefix, reason))
             continue
         try:
             model = ModelManifest.model_validate(doc, context={"base_dir": path.parent})

@@ -1,5 +1,6 @@
 """Launched llama.cpp servers, RPC workers and remote upstreams, for real: llama-server and ggml-rpc-server
-built from llama.cpp's sources (``llm-gateway build-llama-server``), synthetic and real models, real sockets."""
+built from llama.cpp's sources (``llm-gateway build-llama-server``); synthetic and real models; real sockets.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from tests.conftest import EOS, SMOLLM2, RunningGateway, free_port, wait_for
 def binaries() -> dict[str, Path]:
     found = {name: built_binary(name) for name in ("llama-server", "ggml-rpc-server")}
     missing = [n for n, p in found.items() if p is None]
-    assert not missing, f"{missing} not built: run `llm-gateway build-llama-server` (README's test command does)"
+    assert not missing, (
+        f"{missing} not built: run `llm-gateway build-llama-server` (README's test command does)"
+    )
     return {n: p for n, p in found.items() if p is not None}
 
 
@@ -33,8 +36,14 @@ def server_manifest(name: str, model: Path, **backend: Any) -> dict[str, Any]:
 
 
 def long_stream(gw: RunningGateway, model: str, **extra: Any) -> dict[str, Any]:
-    return {"model": model, "messages": [{"role": "user", "content": "x"}], "stream": True,
-            "max_tokens": 100_000, "logit_bias": {EOS: -100}, **extra}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "x"}],
+        "stream": True,
+        "max_tokens": 100_000,
+        "logit_bias": {EOS: -100},
+        **extra,
+    }
 
 
 def replicas(gw: RunningGateway, model: str) -> list[dict[str, Any]]:
@@ -46,9 +55,21 @@ def external_server(binaries: dict[str, Path], model_files: dict[str, Path]) -> 
     """A llama-server the gateway did not start: the remote upstream."""
     port = free_port()
     proc = subprocess.Popen(
-        [str(binaries["llama-server"]), "-m", str(model_files["b"]), "--port", str(port), "-c", "2048",
-         "-t", "1", "-np", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(binaries["llama-server"]),
+            "-m",
+            str(model_files["b"]),
+            "--port",
+            str(port),
+            "-c",
+            "2048",
+            "-t",
+            "1",
+            "-np",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
 
@@ -69,13 +90,20 @@ def test_two_replicas_survive_a_killed_one(
 ) -> None:
     gw = serve([server_manifest("srv", model_files["a"], replicas=2, n_ctx=65536)])
     client = gw.client()
-    assert client.chat.completions.create(model="srv", messages=[{"role": "user", "content": "hi"}],
-                                          max_tokens=4).choices[0].message.content is not None
+    assert (
+        client.chat.completions.create(
+            model="srv", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+        .choices[0]
+        .message.content
+        is not None
+    )
     before = {r["index"]: r["pid"] for r in replicas(gw, "srv")}
     assert len(before) == 2 and all(before.values())
 
-    with httpx.stream("POST", f"{gw.base_url}/v1/chat/completions", json=long_stream(gw, "srv"),
-                      timeout=60) as r:
+    with httpx.stream(
+        "POST", f"{gw.base_url}/v1/chat/completions", json=long_stream(gw, "srv"), timeout=60
+    ) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
         next(lines)
@@ -86,16 +114,18 @@ def test_two_replicas_survive_a_killed_one(
     assert last["error"]["source"] == "upstream"  # a clear error, not a silently truncated stream
 
     for _ in range(4):  # the other replica serves; the dead one is skipped or retried around
-        r2 = client.chat.completions.create(model="srv", messages=[{"role": "user", "content": "hi"}],
-                                            max_tokens=2)
+        r2 = client.chat.completions.create(
+            model="srv", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
         assert r2.choices[0].message.content is not None
 
     def restarted() -> bool:
         now = {r["index"]: r["pid"] for r in replicas(gw, "srv")}
         killed = busy[0]["index"]
-        return now[killed] not in (None, before[killed]) and httpx.get(
-            f"{replicas(gw, 'srv')[killed]['url']}/health", timeout=2
-        ).status_code == 200
+        return (
+            now[killed] not in (None, before[killed])
+            and httpx.get(f"{replicas(gw, 'srv')[killed]['url']}/health", timeout=2).status_code == 200
+        )
 
     wait_for(restarted, "the killed replica to come back")
     assert any("exited with" in (r["exit_status"] or "") for r in replicas(gw, "srv"))
@@ -105,29 +135,39 @@ def test_client_disconnect_frees_the_llama_server_slot(
     serve: Callable[..., RunningGateway], model_files: dict[str, Path], binaries: dict[str, Path]
 ) -> None:
     gw = serve([server_manifest("srv", model_files["a"], n_ctx=65536)])
-    with httpx.stream("POST", f"{gw.base_url}/v1/chat/completions", json=long_stream(gw, "srv"),
-                      timeout=60) as r:
+    with httpx.stream(
+        "POST", f"{gw.base_url}/v1/chat/completions", json=long_stream(gw, "srv"), timeout=60
+    ) as r:
         lines = r.iter_lines()
         for _ in range(5):
             next(lines)
         url = replicas(gw, "srv")[0]["url"]
         assert any(s["is_processing"] for s in httpx.get(f"{url}/slots", timeout=5).json())
-    wait_for(lambda: not any(s["is_processing"] for s in httpx.get(f"{url}/slots", timeout=5).json()),
-             "llama-server to stop generating")
+    wait_for(
+        lambda: not any(s["is_processing"] for s in httpx.get(f"{url}/slots", timeout=5).json()),
+        "llama-server to stop generating",
+    )
     assert replicas(gw, "srv")[0]["outstanding"] == 0
 
 
 def test_real_smollm2_in_llama_server_with_embeddings(
     serve: Callable[..., RunningGateway], binaries: dict[str, Path]
 ) -> None:
-    gw = serve([
-        server_manifest("smol", SMOLLM2, threads=2, parallel=2),
-        server_manifest("smol-embed", SMOLLM2, embeddings=True, n_ctx=512),
-    ])
+    gw = serve(
+        [
+            server_manifest("smol", SMOLLM2, threads=2, parallel=2),
+            server_manifest("smol-embed", SMOLLM2, embeddings=True, n_ctx=512),
+        ]
+    )
     client = gw.client()
-    chunks = list(client.chat.completions.create(
-        model="smol", messages=[{"role": "user", "content": "Say hello."}], max_tokens=16, stream=True,
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model="smol",
+            messages=[{"role": "user", "content": "Say hello."}],
+            max_tokens=16,
+            stream=True,
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
     e = client.embeddings.create(model="smol-embed", input=["hello", "world"])
     assert len(e.data) == 2 and len(e.data[0].embedding) == 576
@@ -140,15 +180,24 @@ def test_model_split_over_two_rpc_workers(
 ) -> None:
     ports = [free_port(), free_port()]
     workers = [
-        subprocess.Popen([str(binaries["ggml-rpc-server"]), "-H", "127.0.0.1", "-p", str(p)],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            [str(binaries["ggml-rpc-server"]), "-H", "127.0.0.1", "-p", str(p)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         for p in ports
     ]
     try:
-        gw = serve([server_manifest("split", SMOLLM2, n_gpu_layers=99, threads=2,
-                                    rpc=[f"127.0.0.1:{p}" for p in ports])])
+        gw = serve(
+            [
+                server_manifest(
+                    "split", SMOLLM2, n_gpu_layers=99, threads=2, rpc=[f"127.0.0.1:{p}" for p in ports]
+                )
+            ]
+        )
         r = gw.client().chat.completions.create(
-            model="split", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8)
+            model="split", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
+        )
         assert r.choices[0].message.content
     finally:
         for w in workers:
@@ -160,14 +209,28 @@ def test_model_split_over_two_rpc_workers(
 def test_remote_upstream_with_a_different_model_name(
     serve: Callable[..., RunningGateway], external_server: str
 ) -> None:
-    gw = serve([{"name": "far", "aliases": ["gpt-4o"],
-                 "backend": {"kind": "remote", "endpoints": [{"url": external_server}],
-                             "upstream_model": "whatever-upstream-calls-it"}}])
+    gw = serve(
+        [
+            {
+                "name": "far",
+                "aliases": ["gpt-4o"],
+                "backend": {
+                    "kind": "remote",
+                    "endpoints": [{"url": external_server}],
+                    "upstream_model": "whatever-upstream-calls-it",
+                },
+            }
+        ]
+    )
     client = gw.client()
-    r = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
-                                       max_tokens=3)
+    r = client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
     assert r.choices[0].message.content is not None and r.usage is not None
-    chunks = list(client.chat.completions.create(
-        model="far", messages=[{"role": "user", "content": "hi"}], max_tokens=3, stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model="far", messages=[{"role": "user", "content": "hi"}], max_tokens=3, stream=True
+        )
+    )
     assert chunks[-1].choices[0].finish_reason == "length"
     assert gw.model_state("far")["memory_bytes"] == 0  # nothing local to budget

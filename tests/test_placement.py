@@ -1,4 +1,4 @@
-"""The eviction policy (``gateway.placement.plan``): who is evicted to make room, and why a model cannot fit."""
+"""Eviction policy (``gateway.placement.plan``): who is evicted to make room, and why a model cannot fit."""
 
 from __future__ import annotations
 
@@ -110,6 +110,11 @@ def scenarios(draw: st.DrawFn) -> tuple[int, list[Resident], int]:
     return draw(st.integers(min_value=0, max_value=1500)), residents, draw(st.integers(0, 3000))
 
 
+def rank(r: Resident) -> tuple[bool, float]:
+    """Eviction order: idle before busy, then least recently used first."""
+    return (r.in_flight > 0, r.last_used)
+
+
 @settings(max_examples=500, deadline=None)
 @given(scenarios())
 def test_plan_property(scenario: tuple[int, list[Resident], int]) -> None:
@@ -131,14 +136,12 @@ def test_plan_property(scenario: tuple[int, list[Resident], int]) -> None:
         # Minimal: no strict prefix of the list would have been enough.
         for k in range(len(evict)):
             assert not fits_after_evicting(evict[:k])
-        # Idle models go before busy ones, each group least recently used first.
-        order = [(by_name[n].in_flight > 0, by_name[n].last_used) for n in evict]
+        # Idle models go before busy ones, each group least recently used first...
+        order = [rank(by_name[n]) for n in evict]
         assert order == sorted(order)
         # ... and no candidate that was kept ranks before one that was evicted.
         kept = [r for r in residents if r.evictable and not r.pinned and r.name not in evict]
-        for name in evict:
-            for r in kept:
-                assert (by_name[name].in_flight > 0, by_name[name].last_used) <= (r.in_flight > 0, r.last_used)
+        assert all(rank(by_name[n]) <= rank(r) for n in evict for r in kept)
     else:
         assert isinstance(decision, DoesNotFit)
         assert decision.reason

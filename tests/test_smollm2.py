@@ -6,7 +6,6 @@ evicts and reloads for real.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -27,11 +26,15 @@ def default_gateway() -> RunningGateway:
 def test_real_model_chat_stream_embeddings_and_swap(default_gateway: RunningGateway) -> None:
     gw = default_gateway
     client = gw.client()
-    assert {"smollm2", "gpt-3.5-turbo", "smollm2-embed", "smollm2-long"} <= {m.id for m in client.models.list()}
+    assert {"smollm2", "gpt-3.5-turbo", "smollm2-embed", "smollm2-long"} <= {
+        m.id for m in client.models.list()
+    }
 
     r = client.chat.completions.create(
-        model="gpt-3.5-turbo", messages=[{"role": "user", "content": "What is the capital of France?"}],
-        max_tokens=24, temperature=0,
+        model="gpt-3.5-turbo",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=24,
+        temperature=0,
     )
     answer = r.choices[0].message.content or ""
     assert len(answer.split()) >= 3  # words from a 135M model; what it knows is not under test
@@ -40,8 +43,11 @@ def test_real_model_chat_stream_embeddings_and_swap(default_gateway: RunningGate
     pieces = [
         c.choices[0].delta.content or ""
         for c in client.chat.completions.create(
-            model="smollm2", messages=[{"role": "user", "content": "What is the capital of France?"}],
-            max_tokens=24, temperature=0, stream=True,
+            model="smollm2",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=24,
+            temperature=0,
+            stream=True,
         )
         if c.choices
     ]
@@ -54,8 +60,10 @@ def test_real_model_chat_stream_embeddings_and_swap(default_gateway: RunningGate
     assert states["smollm2-embed"] == "ready" and states["smollm2"] == "unloaded"  # evicted to fit
 
     again = client.chat.completions.create(
-        model="smollm2", messages=[{"role": "user", "content": "What is the capital of France?"}],
-        max_tokens=24, temperature=0,
+        model="smollm2",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=24,
+        temperature=0,
     )
     assert again.choices[0].message.content == answer
     assert gw.model_state("smollm2")["loads"] == 2
@@ -67,5 +75,3 @@ def test_check_command_on_the_shipped_manifests(capsys: pytest.CaptureFixture[st
     assert main(["check", "--manifests", str(ROOT / "manifests")]) == 0
     out = capsys.readouterr().out
     assert "smollm2" in out and "GGUF estimate" in out
-
-

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import RunningGateway, free_port
-from tests.fake_upstream import FakeUpstream, RunningUpstream
+from tests.fake_upstream import FakeUpstream, RunningUpstream, _chunk
 
 
 @pytest.fixture
@@ -76,13 +76,7 @@ def test_reset_mid_stream_ends_with_an_error_event_not_a_retry(
     with httpx.stream("POST", f"{gw.base_url}/v1/chat/completions", json=body, timeout=30) as r:
         assert r.status_code == 200
         events = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
-    assert events[:2] == [
-        e.removeprefix("data: ").strip()
-        for e in (
-            'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":0,"model":"fake","choices":[{"index":0,"delta":{"content":"t0"},"finish_reason":null}]}',
-            'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":0,"model":"fake","choices":[{"index":0,"delta":{"content":"t1"},"finish_reason":null}]}',
-        )
-    ]  # bytes passed through untouched
+    assert events[:2] == [_chunk(0).decode()[6:].strip(), _chunk(1).decode()[6:].strip()]  # bytes untouched
     assert json.loads(events[-1])["error"]["source"] == "upstream"
     assert good.app.requests == 0
 

@@ -1,0 +1,295 @@
+"""A stateful property test of the real ``Scheduler`` and ``ModelSlot`` over recording fake engines.
+
+Hypothesis drives random sequences of requests (held or released at once, alone or two at a time), lease
+releases, admin unloads, pin changes and engine start failures, and after every step checks what an operator
+relies on: the models that hold memory, and the engines really running, never add up to more than the
+budget; a ready model has a running engine and an unloaded one has none; a pinned ready model is never
+evicted to make room for another; and a lone request gets exactly the answer the policy promises (served,
+503 insufficient_memory naming the holders, or 503 model_load_failed).
+
+Everything runs on one event loop owned by the machine. ``drain_grace=0`` and ``load_failure_backoff=0`` mean
+nothing waits on wall time: every step finishes as soon as the loop has run its callbacks, so a request that
+times out is reported as a failure (a hang), not as an allowed outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hypothesis import event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
+
+from backends.base import BackendError, OpenAIRequest, UpstreamResponse
+from gateway.config import ModelManifest
+from gateway.errors import GatewayError, InsufficientMemory, LoadFailed
+from gateway.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
+from gateway.scheduler import Scheduler
+
+T = TypeVar("T")
+BUDGET = 1000
+# The manifest validator only checks that the model file exists; the fake engines never read it.
+ANY_FILE = Path(__file__).resolve()
+
+
+class Engines:
+    """What the fake engines did, shared by every replica of every model."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, int] = {}  # model -> engines started and not yet stopped
+        self.fails: dict[str, bool] = {}  # model -> whether its next start raises
+        self.starts: dict[str, int] = {}
+
+
+class FakeBackend:
+    """One replica: ``start`` succeeds or raises as ``Engines.fails`` says; ``stop`` records."""
+
+    def __init__(self, model: str, engines: Engines) -> None:
+        self.model = model
+        self.engines = engines
+        self.started = False
+
+    @property
+    def capacity(self) -> int:
+        return 1
+
+    async def start(self) -> None:
+        await asyncio.sleep(0)  # a yield, so that concurrent requests interleave with the load
+        self.engines.starts[self.model] = self.engines.starts.get(self.model, 0) + 1
+        if self.engines.fails.get(self.model):
+            raise BackendError(f"{self.model}: engine refused to start")
+        if not self.started:
+            self.started = True
+            self.engines.running[self.model] = self.engines.running.get(self.model, 0) + 1
+
+    async def stop(self) -> None:
+        await asyncio.sleep(0)
+        if self.started:
+            self.started = False
+            self.engines.running[self.model] -= 1
+
+    async def health(self) -> bool:
+        return self.started
+
+    async def forward(self, request: OpenAIRequest) -> UpstreamResponse:
+        raise NotImplementedError("not used by the scheduler")
+
+
+model_specs = st.lists(
+    st.tuples(
+        # memory: a few models fit beside each other, one fills the budget exactly, one is bigger than it
+        st.sampled_from([100, 250, 300, 450, 500, 600, 700, 1000, 1100]),
+        st.sampled_from([False, False, True]),  # pinned
+        st.sampled_from([False, False, False, True]),  # fails to start
+    ),
+    min_size=3,
+    max_size=6,
+)
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    slots = Bundle("slots")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.loop_errors: list[dict[str, Any]] = []
+        self.loop.set_exception_handler(lambda _loop, context: self.loop_errors.append(context))
+        self.engines = Engines()
+        self.scheduler: Scheduler | None = None
+        self.all_slots: list[ModelSlot] = []
+        self.held: list[Lease] = []
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` to the end, then let background work (drains the request did not wait for) finish."""
+        result = self.loop.run_until_complete(coro)
+        while pending := [t for t in asyncio.all_tasks(self.loop) if not t.done()]:
+            self.loop.run_until_complete(asyncio.wait(pending))
+        return result
+
+    def make_slot(self, name: str, memory: int, pinned: bool) -> ModelSlot:
+        manifest = ModelManifest.model_validate(
+            {"name": name, "pinned": pinned, "backend": {"kind": "llama_cpp", "model": str(ANY_FILE)}}
+        )
+        return ModelSlot(manifest, memory, lambda: [FakeBackend(name, self.engines)], max_queue=4)
+
+    @initialize(target=slots, specs=model_specs)
+    def build(self, specs: list[tuple[int, bool, bool]]) -> Any:
+        for i, (memory, pinned, fails) in enumerate(specs):
+            name = f"m{i}"
+            self.engines.fails[name] = fails
+            self.all_slots.append(self.make_slot(name, memory, pinned))
+        self.scheduler = Scheduler(self.all_slots, BUDGET, drain_grace=0, load_failure_backoff=0)
+        return multiple(*self.all_slots)
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    @property
+    def sched(self) -> Scheduler:
+        assert self.scheduler is not None
+        return self.scheduler
+
+    def pinned_ready(self) -> set[str]:
+        return {s.name for s in self.all_slots if s.pinned and s.state is State.READY}
+
+    def ready(self) -> dict[str, int]:
+        return {s.name: s.in_flight for s in self.all_slots if s.state is State.READY}
+
+    def check_evictions(self, ready_before: dict[str, int], pinned_before: set[str]) -> None:
+        lost = {n for n in pinned_before if self.sched.slots[n].state is not State.READY}
+        assert not lost, f"pinned ready models were unloaded by a request for another model: {lost}"
+        for name, in_flight in ready_before.items():
+            if self.sched.slots[name].state is not State.READY:
+                event("evicted a busy model" if in_flight else "evicted an idle model")
+
+    async def acquire(self, slot: ModelSlot) -> Lease | GatewayError:
+        try:
+            lease = await self.sched.acquire(slot, timeout=5)
+        except (InsufficientMemory, LoadFailed) as exc:
+            event(f"request refused: {exc.code}")
+            return exc  # 503s the policy allows; anything else (a timeout) fails the test
+        event("request served")
+        return lease
+
+    def keep_or_release(self, slot: ModelSlot, got: Lease | GatewayError, hold: bool) -> None:
+        if isinstance(got, Lease):
+            assert got.slot is slot
+            if hold:
+                self.held.append(got)
+            else:
+                got.release()
+
+    # -- rules -----------------------------------------------------------------------------------------
+    @rule(slot=slots, hold=st.booleans())
+    def request(self, slot: ModelSlot, hold: bool) -> None:
+        ready, pinned = self.ready(), self.pinned_ready()
+        # What the policy promises a lone request, from the state before it.
+        pinned_others = sum(self.sched.slots[n].memory for n in pinned if n != slot.name)
+        if slot.state is State.READY:
+            expected = "served"
+        elif slot.memory + pinned_others > BUDGET:
+            expected = "insufficient_memory"
+        elif self.engines.fails[slot.name]:
+            expected = "model_load_failed"
+        else:
+            expected = "served"
+
+        in_flight = slot.in_flight  # leases still held from an earlier load count too
+        got = self.run(self.acquire(slot))
+        self.keep_or_release(slot, got, hold)
+        self.check_evictions(ready, pinned)
+        assert (got.code if isinstance(got, GatewayError) else "served") == expected, got
+        if isinstance(got, InsufficientMemory):
+            assert slot.state is State.UNLOADED
+            assert self.ready() == ready, "nothing is evicted for a model that cannot fit anyway"
+            if slot.memory > BUDGET:
+                assert "more than the whole budget" in got.message
+            else:  # the answer names the pinned models that hold the memory
+                for name in pinned - {slot.name}:
+                    assert f"{name} " in got.message and "(pinned)" in got.message
+        elif isinstance(got, LoadFailed):
+            assert slot.state is State.UNLOADED and slot.failure is not None
+            assert "engine refused to start" in got.message
+        else:
+            assert slot.state is State.READY
+            assert slot.in_flight == in_flight + (1 if hold else 0)
+
+    @rule(first=slots, second=slots, hold=st.booleans())
+    def two_requests_at_once(self, first: ModelSlot, second: ModelSlot, hold: bool) -> None:
+        ready, pinned = self.ready(), self.pinned_ready()
+
+        async def both() -> list[Lease | GatewayError]:
+            return list(await asyncio.gather(self.acquire(first), self.acquire(second)))
+
+        got = self.run(both())
+        for slot, outcome in zip((first, second), got, strict=True):
+            self.keep_or_release(slot, outcome, hold)
+        self.check_evictions(ready, pinned)
+        if first is second:
+            # Concurrent first requests for one model share its one load, and so its outcome.
+            assert type(got[0]) is type(got[1])
+        elif self.each_fits_alone(first, pinned) and self.each_fits_alone(second, pinned):
+            # Two models that each fit beside the pinned ones are both served, even when they do not fit
+            # together: the second waits for the first's load, then evicts it (no 503 for a transition).
+            assert all(isinstance(g, Lease) for g in got), got
+
+    def each_fits_alone(self, slot: ModelSlot, pinned_before: set[str]) -> bool:
+        others = sum(self.sched.slots[n].memory for n in pinned_before if n != slot.name)
+        return not slot.pinned and not self.engines.fails[slot.name] and slot.memory + others <= BUDGET
+
+    @rule(which=st.integers(min_value=0, max_value=5))
+    def release(self, which: int) -> None:
+        if not self.held:
+            event("nothing to release")
+            return
+        lease = self.held.pop(which % len(self.held))
+        slot = lease.slot
+        in_flight = slot.in_flight
+        lease.release()
+        lease.release()  # idempotent
+        assert slot.in_flight == in_flight - 1
+
+    @rule(slot=slots)
+    def admin_unload(self, slot: ModelSlot) -> None:
+        was_ready = slot.state is State.READY
+        unloaded = self.run(self.sched.unload(slot, "unloaded by an operator"))
+        assert unloaded == was_ready
+        assert slot.state is State.UNLOADED
+
+    @rule(slot=slots, pinned=st.booleans())
+    def pin(self, slot: ModelSlot, pinned: bool) -> None:
+        slot.pinned = pinned
+
+    @rule(slot=slots)
+    def toggle_start_failure(self, slot: ModelSlot) -> None:
+        self.engines.fails[slot.name] = not self.engines.fails[slot.name]
+
+    # -- invariants ------------------------------------------------------------------------------------
+    @invariant()
+    def memory_held_within_budget(self) -> None:
+        held = sum(s.memory for s in self.all_slots if s.state in HOLDS_MEMORY)
+        assert held <= BUDGET
+        if self.scheduler is not None:
+            assert self.sched.used() == held
+
+    @invariant()
+    def running_engines_within_budget(self) -> None:
+        memory = {s.name: s.memory for s in self.all_slots}
+        assert sum(memory[name] for name, n in self.engines.running.items() if n) <= BUDGET
+        assert all(n in (0, 1) for n in self.engines.running.values()), self.engines.running
+
+    @invariant()
+    def engines_match_states(self) -> None:
+        for slot in self.all_slots:
+            running = self.engines.running.get(slot.name, 0)
+            # Between steps nothing is half way: no load or drain is left stuck.
+            assert slot.state in (State.READY, State.UNLOADED), (slot.name, slot.state)
+            if slot.state is State.READY:
+                assert running == 1, f"{slot.name} is ready without a running engine"
+                assert slot.pool is not None
+            else:
+                assert running == 0, f"{slot.name} is unloaded but its engine still runs"
+                assert slot.pool is None
+
+    @invariant()
+    def no_unhandled_loop_errors(self) -> None:
+        assert not self.loop_errors, self.loop_errors
+
+    def teardown(self) -> None:
+        try:
+            for lease in self.held:
+                lease.release()
+            if self.scheduler is not None:
+                self.run(self.sched.shutdown())
+                assert all(s.state is State.UNLOADED for s in self.all_slots)
+                assert not any(self.engines.running.values()), self.engines.running
+                assert all(s.in_flight == 0 for s in self.all_slots)
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        finally:
+            self.loop.close()
+
+
+SchedulerMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+test_scheduler_state_machine = SchedulerMachine.TestCase
