@@ -68,17 +68,28 @@ class HttpUpstream:
         if api_key:
             self.headers["authorization"] = f"Bearer {api_key}"
         self._session: aiohttp.ClientSession | None = None
+        self._fresh: aiohttp.ClientSession | None = None  # never reuses a connection: for the one retry
 
     def open(self) -> None:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                timeout=timeout,
+                auto_decompress=False,
+            )
+            self._fresh = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                timeout=timeout,
+                auto_decompress=False,
+            )
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        sessions = (self._session, self._fresh)
+        self._session = self._fresh = None
+        for session in sessions:
+            if session is not None:
+                await session.close()
 
     async def get(self, path: str, timeout: float) -> int:
         """Status of a GET (health probes); 0 when unreachable. Never raises."""
@@ -100,19 +111,20 @@ class HttpUpstream:
         return json.dumps(body).encode()
 
     async def forward(self, request: OpenAIRequest) -> UpstreamResponse:
-        if self._session is None:
+        if self._session is None or self._fresh is None:
             raise UpstreamUnavailable(f"upstream {self.base_url} is not running")
         url = f"{self.base_url}/v1/{request.endpoint}"
         data = self._payload(request)
-        for attempt in (1, 2):
+        try:
+            resp = await self._session.post(url, data=data, headers=self.headers)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            # Most likely a pooled connection the upstream had closed: once more, on a new connection.
             try:
-                resp = await self._session.post(url, data=data, headers=self.headers)
-                break
-            except aiohttp.ServerDisconnectedError as exc:
-                if attempt == 2:
-                    raise UpstreamUnavailable(f"{self.base_url} closed the connection: {exc}") from exc
+                resp = await self._fresh.post(url, data=data, headers=self.headers)
             except (aiohttp.ClientError, OSError) as exc:
                 raise UpstreamUnavailable(f"cannot reach {self.base_url}: {exc}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamUnavailable(f"cannot reach {self.base_url}: {exc}") from exc
         try:
             if resp.status >= 400:
                 raw = await resp.read()
@@ -120,7 +132,8 @@ class HttpUpstream:
                 if resp.status >= 500:
                     raise UpstreamUnavailable(_upstream_error(resp.status, raw).message)
                 raise _upstream_error(resp.status, raw)
-            first = await resp.content.readany()
+            # A non-streamed answer is small and complete: read it whole and pass it on with its length.
+            first = await (resp.content.readany() if request.stream else resp.read())
         except (aiohttp.ClientError, OSError) as exc:
             resp.close()
             raise UpstreamUnavailable(f"{self.base_url} failed before answering: {exc}") from exc
@@ -137,6 +150,8 @@ class HttpUpstream:
         headers = {k: resp.headers[k] for k in PASS_HEADERS if k in resp.headers}
         if request.stream:
             headers["x-accel-buffering"] = "no"
+        else:
+            headers["content-length"] = str(len(first))
         return UpstreamResponse(
             resp.status, headers, _body(first, resp, request.stream, close), close, finished
         )

@@ -131,7 +131,8 @@ class LlamaCppReplica:
             raise first
         return UpstreamResponse(
             status=200,
-            headers=SSE_HEADERS if request.stream else JSON_HEADERS,
+            # Not streamed: the first item is the whole JSON body.
+            headers=SSE_HEADERS if request.stream else {**JSON_HEADERS, "content-length": str(len(first))},
             body=_body(first, queue, request.stream),
             close=job.cancelled.set,
             finished=finished,

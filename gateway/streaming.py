@@ -44,6 +44,11 @@ async def stream_through(
 ) -> None:
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in upstream.headers.items()]
     await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+    if "content-length" in upstream.headers:  # a complete body (not a stream): one write, no chunked framing
+        body = b"".join([chunk async for chunk in upstream.body])
+        on_first_byte(time.perf_counter() - started)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        return
     first = True
     async for chunk in upstream.body:
         if first:
