@@ -24,6 +24,16 @@ def chat(gw: RunningGateway, model: str, max_tokens: int = 2) -> str | None:
     return r.choices[0].message.content
 
 
+# A stream that runs to the end of a 64k context: far longer than any of these tests takes.
+LONG_STREAM = {
+    "model": "a",
+    "messages": [{"role": "user", "content": "x"}],
+    "stream": True,
+    "max_tokens": 100_000,
+    "logit_bias": {EOS: -100},
+}
+
+
 def states(gw: RunningGateway) -> dict[str, str]:
     return {m["name"]: m["state"] for m in gw.admin()["models"]}
 
@@ -156,13 +166,7 @@ def test_bad_manifest_is_reported_and_good_ones_serve(
 
 def _stream_some(gw: RunningGateway, model: str, chunks: int) -> None:
     """Open a long stream, read a few events, then drop the connection."""
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": "x"}],
-        "stream": True,
-        "max_tokens": 100_000,
-        "logit_bias": {EOS: -100},
-    }
+    body = {**LONG_STREAM, "model": model}
     with httpx.stream("POST", f"{gw.base_url}/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
@@ -182,13 +186,7 @@ def test_client_disconnect_stops_generation_and_frees_the_slot(
 
 def test_full_queue_is_429(serve: Callable[..., RunningGateway], model_files: dict[str, Path]) -> None:
     gw = serve([llama_manifest("a", model_files["a"], backend={"n_ctx": 65536}, max_queue=0)])
-    body = {
-        "model": "a",
-        "messages": [{"role": "user", "content": "x"}],
-        "stream": True,
-        "max_tokens": 100_000,
-        "logit_bias": {EOS: -100},
-    }
+    body = LONG_STREAM
     with httpx.stream("POST", f"{gw.base_url}/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
         lines = r.iter_lines()  # keep a reference: a collected iterator closes the connection
@@ -202,13 +200,7 @@ def test_evicting_a_busy_model_drains_then_cancels(
     serve: Callable[..., RunningGateway], model_files: dict[str, Path]
 ) -> None:
     gw = serve([llama_manifest("a", model_files["a"], backend={"n_ctx": 65536})], drain_grace=0.2)
-    body = {
-        "model": "a",
-        "messages": [{"role": "user", "content": "x"}],
-        "stream": True,
-        "max_tokens": 100_000,
-        "logit_bias": {EOS: -100},
-    }
+    body = LONG_STREAM
     with httpx.stream("POST", f"{gw.base_url}/v1/chat/completions", json=body, timeout=60) as r:
         lines = r.iter_lines()
         next(lines)
@@ -224,13 +216,7 @@ def test_client_that_leaves_the_queue_gives_up_its_place(
     serve: Callable[..., RunningGateway], model_files: dict[str, Path]
 ) -> None:
     gw = serve([llama_manifest("a", model_files["a"], backend={"n_ctx": 65536}, max_queue=1)])
-    body = {
-        "model": "a",
-        "messages": [{"role": "user", "content": "x"}],
-        "stream": True,
-        "max_tokens": 100_000,
-        "logit_bias": {EOS: -100},
-    }
+    body = LONG_STREAM
     with httpx.stream("POST", f"{gw.base_url}/v1/chat/completions", json=body, timeout=60) as r:
         lines = r.iter_lines()
         next(lines)
