@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -30,7 +31,6 @@ MODEL = ROOT / "manifests" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
 TOKENS = 128
 THREADS = os.cpu_count() or 2
-ENGINE_PRIORITY: list[str] = []  # set in main: brings the servers back to normal priority
 
 
 @dataclass
@@ -44,31 +44,15 @@ class Run:
         return (self.tokens - 1) / (self.total - self.ttft)
 
 
-def direct_runs(runs: int) -> tuple[list[Run], float, float, int]:
-    """Warm runs, the load time, and the first (cold: nothing cached) request's TTFT."""
-    import llama_cpp
-
-    t = time.perf_counter()
-    llm = llama_cpp.Llama(str(MODEL), n_ctx=2048, n_threads=THREADS, verbose=False)
-    load = time.perf_counter() - t
-    eos = llm.token_eos()
-    out = []
-    for _ in range(runs + 1):
-        start = time.perf_counter()
-        first = None
-        n = 0
-        for chunk in llm.create_chat_completion(
-            messages=MESSAGES,
-            max_tokens=TOKENS,
-            temperature=0,
-            stream=True,
-        ):
-            if chunk["choices"][0]["delta"].get("content") is not None:
-                first = first or time.perf_counter()
-                n += 1
-        out.append(Run(first - start, time.perf_counter() - start, n))  # type: ignore[operator]
-    llm.close()
-    return out[1:], load, out[0].ttft, eos
+def direct_once(llm: Any) -> Run:
+    start = time.perf_counter()
+    first = None
+    n = 0
+    for chunk in llm.create_chat_completion(messages=MESSAGES, max_tokens=TOKENS, temperature=0, stream=True):
+        if chunk["choices"][0]["delta"].get("content") is not None:
+            first = first or time.perf_counter()
+            n += 1
+    return Run(first - start, time.perf_counter() - start, n)  # type: ignore[operator]
 
 
 _local = threading.local()
@@ -153,7 +137,6 @@ def rss_mb(pid: int) -> float:
 def start_gateway(manifests: Path, port: int, budget: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [
-            *ENGINE_PRIORITY,
             sys.executable,
             "-m",
             "gateway.cli",
@@ -189,17 +172,16 @@ def write_manifests(directory: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--client-nice", type=int, default=10, help="niceness of the load generator")
     args = parser.parse_args()
     rows: list[tuple[str, str, str, str]] = []
 
-    direct, load_time, cold_ttft, eos = direct_runs(args.runs)
-    # From here on this process is only the load generator. It shares the 2 cores with the engine, which a
-    # real client would not: it runs at a lower priority than the servers it measures.
-    os.nice(args.client_nice)
-    ENGINE_PRIORITY[:] = ["nice", "-n", str(-args.client_nice)]
-    d_tps = statistics.median(r.decode_tps for r in direct)
-    d_ttft = statistics.median(r.ttft for r in direct)
+    import llama_cpp
+
+    t = time.perf_counter()
+    llm = llama_cpp.Llama(str(MODEL), n_ctx=2048, n_threads=THREADS, verbose=False)
+    load_time = time.perf_counter() - t
+    cold_ttft = direct_once(llm).ttft
+    eos = 0
 
     with tempfile.TemporaryDirectory() as tmp:
         write_manifests(Path(tmp))
@@ -212,7 +194,15 @@ def main() -> None:
             idle_rss = rss_mb(gw.pid)
             httpx.get(base + "/v1/models").raise_for_status()
             stream_once(base, "smol", eos)  # load + warm
-            via = [stream_once(base, "smol", eos) for _ in range(args.runs)]
+            # Direct and gateway runs alternate, so that both see the same machine (runs here drift by
+            # 10-20% over minutes); the other engine is idle meanwhile.
+            direct, via = [], []
+            for _ in range(args.runs):
+                direct.append(direct_once(llm))
+                via.append(stream_once(base, "smol", eos))
+            llm.close()
+            d_tps = statistics.median(r.decode_tps for r in direct)
+            d_ttft = statistics.median(r.ttft for r in direct)
             g_tps = statistics.median(r.decode_tps for r in via)
             g_ttft = statistics.median(r.ttft for r in via)
             switches = []
@@ -231,7 +221,6 @@ def main() -> None:
     peer_port = 18932
     peer = subprocess.Popen(
         [
-            *ENGINE_PRIORITY,
             sys.executable,
             "-m",
             "llama_cpp.server",
