@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -33,9 +34,12 @@ def built_binary(name: str) -> Path | None:
 
 
 def _sdist_url() -> str:
-    with urllib.request.urlopen(f"https://pypi.org/pypi/{PACKAGE}/{VERSION}/json", timeout=60) as r:
+    # Index mirrors may answer with URLs relative to the page: resolve against the URL actually served.
+    with urllib.request.urlopen(f"https://pypi.org/pypi/{PACKAGE}/json", timeout=60) as r:
         meta = json.load(r)
-    return str(next(u["url"] for u in meta["urls"] if u["packagetype"] == "sdist"))
+        page = r.geturl()
+    url = next(u["url"] for u in meta["releases"][VERSION] if u["packagetype"] == "sdist")
+    return urllib.parse.urljoin(page, str(url))
 
 
 def build(jobs: int = os.cpu_count() or 2) -> Path:
