@@ -37,7 +37,7 @@ def _sdist_url() -> str:
     # Index mirrors may answer with URLs relative to the page: resolve against the URL actually served.
     with urllib.request.urlopen(f"https://pypi.org/pypi/{PACKAGE}/json", timeout=60) as r:
         meta = json.load(r)
-        page = r.geturl()
+        page = str(r.geturl())
     url = next(u["url"] for u in meta["releases"][VERSION] if u["packagetype"] == "sdist")
     return urllib.parse.urljoin(page, str(url))
 
