@@ -107,6 +107,12 @@ def gateway(manifest: dict[str, object], port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def remote_gateway(upstream: str, cap: int, port: int) -> subprocess.Popen[bytes]:
+    """The gateway in front of one upstream, as a ``remote`` model named "m"."""
+    endpoint = {"url": upstream, "max_concurrency": cap}
+    return gateway({"name": "m", "backend": {"kind": "remote", "endpoints": [endpoint]}}, port)
+
+
 def stream_stats(base: str, model: str, concurrency: int, requests: int) -> tuple[float, list[float]]:
     """Aggregate completion tokens/s and the TTFTs, for ``requests`` streams at ``concurrency``."""
     body = {
@@ -161,16 +167,7 @@ def main() -> None:
 
     upstream = spawn([sys.executable, "tests/fake_upstream.py", "--port", "18941", "--chunks", "64"], "1")
     wait_http("http://127.0.0.1:18941/health")
-    gw = gateway(
-        {
-            "name": "m",
-            "backend": {
-                "kind": "remote",
-                "endpoints": [{"url": "http://127.0.0.1:18941", "max_concurrency": 1000}],
-            },
-        },
-        18942,
-    )
+    gw = remote_gateway("http://127.0.0.1:18941", 1000, 18942)
     try:
         d16, _ = wrk("http://127.0.0.1:18941/v1/chat/completions", body, 16)
         g16, _ = wrk("http://127.0.0.1:18942/v1/chat/completions", body, 16)
@@ -197,16 +194,7 @@ def main() -> None:
             [str(server), "-m", str(MODEL), "--port", "18943", "-c", "8192", "-np", "4", "-t", "2"], "0,1"
         )
         wait_http("http://127.0.0.1:18943/health")
-        gw = gateway(
-            {
-                "name": "m",
-                "backend": {
-                    "kind": "remote",
-                    "endpoints": [{"url": "http://127.0.0.1:18943", "max_concurrency": 4}],
-                },
-            },
-            18944,
-        )
+        gw = remote_gateway("http://127.0.0.1:18943", 4, 18944)
         try:
             for conc in (1, 4, 16):
                 n = max(8, 2 * conc)
