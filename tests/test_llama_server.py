@@ -234,3 +234,19 @@ def test_remote_upstream_with_a_different_model_name(
     )
     assert chunks[-1].choices[0].finish_reason == "length"
     assert gw.model_state("far")["memory_bytes"] == 0  # nothing local to budget
+
+
+def test_sequential_streams_on_kept_alive_connections(
+    serve: Callable[..., RunningGateway], model_files: dict[str, Path], binaries: dict[str, Path]
+) -> None:
+    # llama-server has been seen closing kept-alive connections after a stream; this build did not do it in
+    # 12 tries, so the retry itself is proven against an injected close in test_upstream_faults.py.
+    gw = serve([server_manifest("srv", model_files["a"])])
+    client = gw.client()
+    for _ in range(12):
+        chunks = list(
+            client.chat.completions.create(
+                model="srv", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+            )
+        )
+        assert chunks[-1].choices[0].finish_reason in ("length", "stop")

@@ -3,6 +3,7 @@ path is proven against llama-server in test_llama_server.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -129,3 +130,84 @@ def test_session_affinity_sticks_and_degrades_when_busy(
         next(lines)  # the home replica is now busy (max_concurrency 1)
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
     assert ups[1 - home].app.requests == 1  # served by the other one instead of waiting
+
+
+class _ClosesSecondRequest:
+    """A raw HTTP/1.1 server that answers the first request on a connection (keep-alive) and closes the
+    connection on the second without a byte: what a stale pooled connection to llama-server looks like."""
+
+    BODY = b'{"id":"x","object":"chat.completion","created":0,"model":"m","choices":[]}'
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dropped = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        try:
+            for served in range(2):
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.lower().split(b"\r\n")
+                length = int(next((x.split(b":")[1] for x in lines if x.startswith(b"content-length")), b"0"))
+                await reader.readexactly(length)
+                if served:
+                    self.dropped += 1
+                    return
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                    % (len(self.BODY), self.BODY)
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed the connection first
+        finally:
+            writer.close()
+            self.writers.discard(writer)
+
+    def __enter__(self) -> _ClosesSecondRequest:
+        self.thread.start()
+        start = asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.server = asyncio.run_coroutine_threadsafe(start, self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def shutdown() -> None:
+            assert self.server is not None
+            self.server.close()
+            for w in list(self.writers):
+                w.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def test_a_stale_kept_alive_connection_is_retried_on_a_fresh_one(
+    serve: Callable[..., RunningGateway],
+) -> None:
+    with _ClosesSecondRequest() as upstream:
+        gw = serve(
+            [
+                {
+                    "name": "m",
+                    "backend": {
+                        "kind": "remote",
+                        "endpoints": [{"url": f"http://127.0.0.1:{upstream.port}"}],
+                    },
+                }
+            ]
+        )
+        for _ in range(4):
+            r = httpx.post(
+                f"{gw.base_url}/v1/chat/completions",
+                timeout=30,
+                json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+            )
+            assert r.status_code == 200, r.text
+        assert upstream.dropped >= 1  # the stale connection really was hit, and the client never saw it
