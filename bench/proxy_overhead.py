@@ -83,7 +83,8 @@ def wrk(url: str, body: dict[str, object], connections: int, seconds: int = 8) -
     return rps, float(p50.group(1)) * scale
 
 
-def gateway(manifest: dict[str, object], port: int) -> subprocess.Popen[bytes]:
+def gateway(manifest: dict[str, object], port: int, cores: str = "0") -> subprocess.Popen[bytes]:
+    """The gateway on ``cores`` (the processes it launches inherit them)."""
     d = Path(tempfile.mkdtemp())
     (d / "m.yaml").write_text(yaml.safe_dump(manifest))
     proc = spawn(
@@ -101,7 +102,7 @@ def gateway(manifest: dict[str, object], port: int) -> subprocess.Popen[bytes]:
             "--max-queue",
             "1000",
         ],
-        "0",
+        cores,
     )
     wait_http(f"http://127.0.0.1:{port}/health")
     return proc
@@ -161,8 +162,48 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
+def replicas_rows() -> list[tuple[str, str, str, str]]:
+    """Tokens/s at concurrency 8: one llama-server replica (2 threads) against two (1 thread each)."""
+    out = {}
+    for replicas, threads, port in ((1, 2, 18945), (2, 1, 18946)):
+        manifest = {
+            "name": "m",
+            "backend": {
+                "kind": "llama_server",
+                "model": str(MODEL),
+                "replicas": replicas,
+                "parallel": 4,
+                "threads": threads,
+                "n_ctx": 8192,
+            },
+        }
+        gw = gateway(manifest, port, "0,1")
+        try:
+            base = f"http://127.0.0.1:{port}"
+            stream_stats(base, "m", 2 * replicas, 2 * replicas)  # load and warm every replica
+            out[replicas], _ = stream_stats(base, "m", 8, 24)
+        finally:
+            gw.terminate()
+            gw.wait(30)
+    return [
+        (
+            "llama-server x2 vs x1, c=8: tok/s",
+            f"{out[1]:.1f} one replica",
+            f"{out[2]:.1f} two replicas ({out[2] / out[1]:.2f}x)",
+            "report",
+        )
+    ]
+
+
 def main() -> None:
     rows: list[tuple[str, str, str, str]] = []
+    if sys.argv[1:] == ["--replicas-only"]:
+        rows = replicas_rows()
+        print("| measure | reference | gateway | target |")
+        print("|---|---:|---:|---|")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        return
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
     upstream = spawn([sys.executable, "tests/fake_upstream.py", "--port", "18941", "--chunks", "64"], "1")
