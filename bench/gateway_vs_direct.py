@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import yaml
+from _table import print_table  # bench/, on the path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "manifests" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -68,7 +69,7 @@ def _connection(base: str) -> http.client.HTTPConnection:
     return conns[base]
 
 
-def stream_once(base: str, model: str, eos: int, path: str = "/v1/chat/completions") -> Run:
+def stream_once(base: str, model: str, path: str = "/v1/chat/completions") -> Run:
     body = {
         "model": model,
         "messages": MESSAGES,
@@ -93,13 +94,13 @@ def stream_once(base: str, model: str, eos: int, path: str = "/v1/chat/completio
     return Run(first - start, time.perf_counter() - start, n)  # type: ignore[operator]
 
 
-def concurrent(base: str, model: str, eos: int, streams: int) -> tuple[float, int]:
+def concurrent(base: str, model: str, streams: int) -> tuple[float, int]:
     """Aggregate tokens/s of ``streams`` simultaneous streams, and how many broke."""
     results: list[Run | Exception] = []
 
     def one() -> None:
         try:
-            results.append(stream_once(base, model, eos))
+            results.append(stream_once(base, model))
         except Exception as exc:
             results.append(exc)
 
@@ -181,7 +182,6 @@ def main() -> None:
     llm = llama_cpp.Llama(str(MODEL), n_ctx=2048, n_threads=THREADS, verbose=False)
     load_time = time.perf_counter() - t
     cold_ttft = direct_once(llm).ttft
-    eos = 0
 
     with tempfile.TemporaryDirectory() as tmp:
         write_manifests(Path(tmp))
@@ -193,13 +193,13 @@ def main() -> None:
         try:
             idle_rss = rss_mb(gw.pid)
             httpx.get(base + "/v1/models").raise_for_status()
-            stream_once(base, "smol", eos)  # load + warm
+            stream_once(base, "smol")  # load + warm
             # Direct and gateway runs alternate, so that both see the same machine (runs here drift by
             # 10-20% over minutes); the other engine is idle meanwhile.
             direct, via = [], []
             for _ in range(args.runs):
                 direct.append(direct_once(llm))
-                via.append(stream_once(base, "smol", eos))
+                via.append(stream_once(base, "smol"))
             llm.close()
             d_tps = statistics.median(r.decode_tps for r in direct)
             d_ttft = statistics.median(r.ttft for r in direct)
@@ -208,12 +208,12 @@ def main() -> None:
             switches = []
             for i in range(3):
                 target = "smol-b" if i % 2 == 0 else "smol"
-                switches.append(stream_once(base, target, eos).ttft)
+                switches.append(stream_once(base, target).ttft)
             switch = statistics.median(switches)
             httpx.post(base + "/admin/models/smol/evict", timeout=60)
             httpx.post(base + "/admin/models/smol-b/evict", timeout=60)
-            stream_once(base, "smol-par2", eos)
-            g4_tps, g4_broken = concurrent(base, "smol-par2", eos, 4)
+            stream_once(base, "smol-par2")
+            g4_tps, g4_broken = concurrent(base, "smol-par2", 4)
         finally:
             gw.terminate()
             gw.wait(30)
@@ -241,8 +241,8 @@ def main() -> None:
     try:
         pbase = f"http://127.0.0.1:{peer_port}"
         wait_http(pbase + "/v1/models", peer)
-        stream_once(pbase, "x", eos)
-        p4_tps, p4_broken = concurrent(pbase, "x", eos, 4)
+        stream_once(pbase, "x")
+        p4_tps, p4_broken = concurrent(pbase, "x", 4)
     finally:
         peer.terminate()
         peer.wait(30)
@@ -276,10 +276,7 @@ def main() -> None:
         ("gateway RSS, no model loaded MB", "", f"{idle_rss:.1f}", "<= 120"),
     ]
     print(f"SmolLM2-135M Q4_1, {TOKENS} tokens, temperature 0, {THREADS} threads, {args.runs} runs (medians)")
-    print("| measure | reference | gateway | target |")
-    print("|---|---:|---:|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(("measure", "reference", "gateway", "target"), rows)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import yaml
+from _table import print_table  # bench/, on the path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -199,10 +200,7 @@ def main() -> None:
     rows: list[tuple[str, str, str, str]] = []
     if sys.argv[1:] == ["--replicas-only"]:
         rows = replicas_rows()
-        print("| measure | reference | gateway | target |")
-        print("|---|---:|---:|---|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
+        print_table(("measure", "reference", "gateway", "target"), rows)
         return
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -260,10 +258,7 @@ def main() -> None:
         finally:
             gw.terminate()
             direct.terminate()
-    print("| measure | direct | through the gateway | target |")
-    print("|---|---:|---:|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(("measure", "direct", "through the gateway", "target"), rows)
 
 
 if __name__ == "__main__":
