@@ -103,6 +103,7 @@ class LlamaCppReplica:
         llama, self._llama = self._llama, None
         # Runs after any job still on the thread, which ends within a token now that it is cancelled.
         await asyncio.get_running_loop().run_in_executor(self._executor, _free, llama)
+        self._executor.shutdown(wait=False)  # a replica is not restarted: each load makes new ones
 
     async def health(self) -> bool:
         return self._llama is not None
