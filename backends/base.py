@@ -29,6 +29,7 @@ class OpenAIRequest:
     endpoint: Endpoint
     body: dict[str, Any]  # the validated request body; ``model`` is the public name the client asked for
     stream: bool
+    raw: bytes | None = None  # the client's bytes, for an HTTP upstream to forward untouched
 
 
 @dataclass

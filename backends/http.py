@@ -105,10 +105,9 @@ class HttpUpstream:
             return 0
 
     def _payload(self, request: OpenAIRequest) -> bytes:
-        body: dict[str, Any] = request.body
         if self.upstream_model:
-            body = {**body, "model": self.upstream_model}
-        return json.dumps(body).encode()
+            return json.dumps({**request.body, "model": self.upstream_model}).encode()
+        return request.raw if request.raw is not None else json.dumps(request.body).encode()
 
     async def forward(self, request: OpenAIRequest) -> UpstreamResponse:
         if self._session is None or self._fresh is None:

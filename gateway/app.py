@@ -23,7 +23,7 @@ from gateway.config import Settings
 from gateway.errors import GatewayError, Unauthorized, error_response
 from gateway.manifests import ManifestSet, load_directory
 from gateway.metrics import Metrics
-from gateway.openai_api import OpenAIRoutes
+from gateway.openai_api import HotPath, OpenAIRoutes
 from gateway.registry import Registry
 from gateway.scheduler import Scheduler
 
@@ -122,10 +122,11 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    openai = OpenAIRoutes(gateway)
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        *OpenAIRoutes(gateway).routes(),
+        *openai.routes(),
         *AdminRoutes(gateway).routes(),
     ]
     app = Starlette(
@@ -134,6 +135,7 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.state.gateway = gateway
+    served: ASGIApp = HotPath(app, openai.endpoints())
     if settings.api_key is not None:
-        return ApiKeyMiddleware(app, settings.api_key.get_secret_value())
-    return app
+        return ApiKeyMiddleware(served, settings.api_key.get_secret_value())
+    return served

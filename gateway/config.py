@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -95,6 +95,8 @@ class LlamaCppBackend(GgufEngine):
     """An in-process llama.cpp engine (llama-cpp-python). Each of ``parallel`` instances is a replica."""
 
     kind: Literal["llama_cpp"]
+    # The gateway is the OpenAI server for this engine, so it validates every field (gateway/requests.py).
+    gateway_validates: ClassVar[bool] = True
     n_threads: int | None = Field(None, ge=1, description="Default: cores / parallel.")
     chat_format: str | None = Field(None, description="A llama-cpp-python chat format name, e.g. chatml.")
     chat_template: Path | None = Field(None, description="A Jinja chat template file.")
@@ -122,6 +124,7 @@ class LlamaServerBackend(GgufEngine):
     """llama.cpp's own ``llama-server``, launched as a child process per replica."""
 
     kind: Literal["llama_server"]
+    gateway_validates: ClassVar[bool] = False
     replicas: int = Field(1, ge=1, le=64)
     parallel: int = Field(1, ge=1, le=256, description="Slots per replica (--parallel); its concurrency cap.")
     cont_batching: bool = True
@@ -163,6 +166,7 @@ class RemoteBackend(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["remote"]
+    gateway_validates: ClassVar[bool] = False
     endpoints: list[RemoteEndpoint] = Field(min_length=1)
     upstream_model: str | None = Field(
         None, description="The name the upstream knows; default: the public one."

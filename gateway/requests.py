@@ -1,5 +1,15 @@
-"""Validation of OpenAI request bodies. Unknown fields are kept (clients send extensions); known ones are
-checked, and the first problem becomes a 400 naming the offending ``param`` the way OpenAI does."""
+"""Validation of OpenAI request bodies. The first problem becomes a 400 naming the offending ``param`` the way
+OpenAI does.
+
+Two depths, by who runs the model:
+
+- ``validate``: the in-process engine, where the gateway *is* the OpenAI server. Every field it acts on is
+  checked; unknown fields are kept (clients send extensions).
+- ``check_passthrough``: HTTP upstreams (llama-server, vLLM, remote APIs) are OpenAI servers themselves and
+  support more than this gateway knows (logprobs, tools, guided decoding, ...). Only what the gateway acts on
+  is checked (model, stream, the prompt field); the rest is the upstream's to judge, and its 400s come back in
+  the OpenAI shape tagged ``source: upstream``. The original bytes are forwarded untouched.
+"""
 
 from __future__ import annotations
 
@@ -82,14 +92,38 @@ def _param(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def parse_body(raw: bytes, schema: type[_Body]) -> dict[str, Any]:
-    """Validate a request body; returns it as a dict, with defaults for the fields the engine needs."""
+def decode(raw: bytes) -> dict[str, Any]:
+    """The JSON object of a request body, with a non-empty string ``model``."""
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("invalid 'model': a model name (a non-empty string) is required", param="model")
+    return data
+
+
+PROMPT_FIELD = {"chat/completions": "messages", "completions": "prompt", "embeddings": "input"}
+
+
+def check_passthrough(data: dict[str, Any], endpoint: str) -> dict[str, Any]:
+    """The checks on a body bound for an HTTP upstream: what the gateway itself reads."""
+    if not isinstance(data.get("stream", False), bool):
+        raise InvalidRequest("invalid 'stream': Input should be a valid boolean", param="stream")
+    field = PROMPT_FIELD[endpoint]
+    value = data.get(field)
+    if value is None or value == "" or value == []:
+        raise InvalidRequest(f"invalid '{field}': Field required", param=field)
+    if field == "messages" and not isinstance(value, list):
+        raise InvalidRequest("invalid 'messages': Input should be a valid list", param="messages")
+    return data
+
+
+def validate(data: dict[str, Any], schema: type[_Body]) -> dict[str, Any]:
+    """Full validation for the in-process engine; returns the body with defaults for the fields it needs."""
     try:
         parsed = schema.model_validate(data)
     except ValidationError as exc:
