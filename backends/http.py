@@ -1,16 +1,16 @@
 """Forwarding to an OpenAI-compatible HTTP server (llama-server, vLLM, a remote API): the one helper that
 every HTTP backend shares.
 
-aiohttp is the client on this path, by measurement: a minimal Starlette proxy did ~3,200 req/s with aiohttp
-against ~400-600 with httpx on this machine (``../shared/ENVIRONMENT.md``), and the gateway's overhead target
-needs the former.
+The client is ``backends/http1.py``, by measurement: httpx was out at once (a minimal Starlette proxy did
+~400-600 req/s with it against ~3,200 with aiohttp, ``../shared/ENVIRONMENT.md``), and aiohttp, the gateway's
+first client, then cost more CPU per request than everything else in the gateway (bench/README.md).
 
 - The request body is re-serialised only when the upstream knows the model under another name.
 - The status and the first body chunk are read before the gateway answers, so a failure before the first byte
   is a proper error, and can be retried on another replica (``UpstreamUnavailable``).
 - A request that dies on a kept-alive connection before any response byte (llama-server closes idle
   connections without saying so) is retried once on a fresh connection: nothing reached the client yet.
-- The body is passed through as it arrives (``iter_any``), never re-chunked. ``close()`` drops the connection,
+- The body is passed through as it arrives, never re-chunked. ``close()`` drops the connection,
   which makes llama-server stop generating for a client that went away.
 """
 
@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Any
-
-import aiohttp
+from collections.abc import AsyncIterator, Callable
 
 from backends.base import OpenAIRequest, UpstreamResponse
+from backends.http1 import Client, Disconnected, HttpClientError, Response
 from gateway.errors import GatewayError, UpstreamError, sse_error_event
 
 PASS_HEADERS = ("content-type", "cache-control")
@@ -64,44 +62,33 @@ class HttpUpstream:
     def __init__(self, base_url: str, api_key: str | None = None, upstream_model: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.upstream_model = upstream_model
-        self.headers = {"content-type": "application/json"}
+        self.headers = b"content-type: application/json\r\n"
         if api_key:
-            self.headers["authorization"] = f"Bearer {api_key}"
-        self._session: aiohttp.ClientSession | None = None
-        self._fresh: aiohttp.ClientSession | None = None  # never reuses a connection: for the one retry
+            self.headers += f"authorization: Bearer {api_key}\r\n".encode("latin-1")
+        self._client: Client | None = None
 
     def open(self) -> None:
-        if self._session is None:
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-                timeout=timeout,
-                auto_decompress=False,
-            )
-            self._fresh = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, force_close=True),
-                timeout=timeout,
-                auto_decompress=False,
-            )
+        if self._client is None:
+            self._client = Client(self.base_url)
 
     async def close(self) -> None:
-        sessions = (self._session, self._fresh)
-        self._session = self._fresh = None
-        for session in sessions:
-            if session is not None:
-                await session.close()
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
 
     async def get(self, path: str, timeout: float) -> int:
-        """Status of a GET (health probes); 0 when unreachable. Never raises."""
-        if self._session is None:
+        """Status of a GET (health probes); 0 when unreachable or slower than ``timeout``. Never raises."""
+        if self._client is None:
             return 0
         try:
-            async with self._session.get(
-                self.base_url + path, headers=self.headers, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as resp:
-                await resp.read()
+            async with asyncio.timeout(timeout):
+                resp = await self._client.request("GET", path, self.headers)
+                try:
+                    await resp.read()
+                finally:
+                    resp.close()
                 return resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except (HttpClientError, TimeoutError, OSError):
             return 0
 
     def _payload(self, request: OpenAIRequest) -> bytes:
@@ -109,31 +96,34 @@ class HttpUpstream:
             return json.dumps({**request.body, "model": self.upstream_model}).encode()
         return request.raw if request.raw is not None else json.dumps(request.body).encode()
 
-    async def forward(self, request: OpenAIRequest) -> UpstreamResponse:
-        if self._session is None or self._fresh is None:
-            raise UpstreamUnavailable(f"upstream {self.base_url} is not running")
-        url = f"{self.base_url}/v1/{request.endpoint}"
-        data = self._payload(request)
+    async def _send(self, client: Client, path: str, data: bytes) -> Response:
         try:
-            resp = await self._session.post(url, data=data, headers=self.headers)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            # Most likely a pooled connection the upstream had closed: once more, on a new connection.
-            try:
-                resp = await self._fresh.post(url, data=data, headers=self.headers)
-            except (aiohttp.ClientError, OSError) as exc:
-                raise UpstreamUnavailable(f"cannot reach {self.base_url}: {exc}") from exc
-        except (aiohttp.ClientError, OSError) as exc:
+            return await client.request("POST", path, self.headers, data)
+        except Disconnected as exc:
+            if not exc.stale:
+                raise
+            # A pooled connection the upstream had closed (llama-server does, silently): the request never
+            # ran, so once more, on a new connection.
+            return await client.request("POST", path, self.headers, data, fresh=True)
+
+    async def forward(self, request: OpenAIRequest) -> UpstreamResponse:
+        client = self._client
+        if client is None:
+            raise UpstreamUnavailable(f"upstream {self.base_url} is not running")
+        try:
+            resp = await self._send(client, f"/v1/{request.endpoint}", self._payload(request))
+        except HttpClientError as exc:
             raise UpstreamUnavailable(f"cannot reach {self.base_url}: {exc}") from exc
         try:
             if resp.status >= 400:
                 raw = await resp.read()
-                resp.release()
+                resp.close()
                 if resp.status >= 500:
                     raise UpstreamUnavailable(_upstream_error(resp.status, raw).message)
                 raise _upstream_error(resp.status, raw)
             # A non-streamed answer is small and complete: read it whole and pass it on with its length.
-            first = await (resp.content.readany() if request.stream else resp.read())
-        except (aiohttp.ClientError, OSError) as exc:
+            first = await (resp.next_chunk() if request.stream else resp.read())
+        except HttpClientError as exc:
             resp.close()
             raise UpstreamUnavailable(f"{self.base_url} failed before answering: {exc}") from exc
         except BaseException:
@@ -156,13 +146,15 @@ class HttpUpstream:
         )
 
 
-async def _body(first: bytes, resp: aiohttp.ClientResponse, stream: bool, close: Any) -> AsyncIterator[bytes]:
+async def _body(
+    first: bytes, resp: Response, stream: bool, close: Callable[[], None]
+) -> AsyncIterator[bytes]:
     try:
         if first:
             yield first
-        async for chunk in resp.content.iter_any():
+        while chunk := await resp.next_chunk():
             yield chunk
-    except (aiohttp.ClientError, OSError) as exc:
+    except HttpClientError as exc:
         # Bytes already reached the client: nothing can be retried. Say what happened, in the stream.
         if stream:
             err: GatewayError = UpstreamError(f"the upstream failed mid-response: {exc}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 import time
@@ -14,6 +13,7 @@ import httpx
 import openai
 import pytest
 import uvicorn
+import uvloop
 import yaml
 
 from gateway.app import build_app, build_gateway
@@ -63,7 +63,8 @@ class RunningGateway:
         app = build_app(settings, self.gateway)
         config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+        # uvloop, as `llm-gateway serve` runs it (uvicorn picks it when installed)
+        self.thread = threading.Thread(target=lambda: uvloop.run(self.server.serve()), daemon=True)
         self.base_url = f"http://127.0.0.1:{settings.port}"
 
     def __enter__(self) -> RunningGateway:
