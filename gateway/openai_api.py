@@ -171,7 +171,7 @@ class OpenAIRoutes:
         except _ClientGone:
             return
         except GatewayError as err:
-            self.gw.metrics.requests.labels(model, endpoint, str(err.status)).inc()
+            self.gw.metrics.count_request(model, endpoint, err.status)
             if response.started:
                 raise
             await error_response(err)(scope, receive, send)
@@ -201,11 +201,9 @@ class OpenAIRoutes:
             lease.release()
 
         upstream.finished.add_done_callback(finished)
-        gw.metrics.requests.labels(slot.name, endpoint, str(upstream.status)).inc()
+        gw.metrics.count_request(slot.name, endpoint, upstream.status)
         try:
-            await stream_through(
-                upstream, send, started, gw.metrics.time_to_first_byte.labels(slot.name, endpoint).observe
-            )
+            await stream_through(upstream, send, started, gw.metrics.first_byte_observer(slot.name, endpoint))
         finally:
             upstream.close()
 
