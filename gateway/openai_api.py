@@ -6,6 +6,7 @@ covers the request from the moment its body is read until its last byte is sent.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -120,8 +121,8 @@ class OpenAIRoutes:
             lease.release()
             raise
 
-        def finished(_: object) -> None:
-            lease.pool.release(replica)
+        def finished(ended: asyncio.Future[bool]) -> None:
+            lease.pool.release(replica, failed=not _replica_did_its_part(ended))
             lease.release()
 
         upstream.finished.add_done_callback(finished)
@@ -144,7 +145,7 @@ async def _first_answer(
         preferred = preferred_replica(key, len(pool.replicas)) if key else None
         replica = await pool.acquire(timeout, preferred)
         try:
-            return replica, await replica.backend.forward(request)
+            response = await replica.backend.forward(request)
         except UpstreamUnavailable:
             pool.release(replica, failed=True)
             tried += 1
@@ -155,6 +156,17 @@ async def _first_answer(
             # replica runs one job at a time, so the next request simply starts after it).
             pool.release(replica)
             raise
+        else:
+            replica.served += 1
+            return replica, response
+
+
+def _replica_did_its_part(ended: asyncio.Future[bool]) -> bool:
+    """How a response ended, for the replica's record: False when it failed mid-response (it is ejected as
+    for a failure before the first byte). A client that left is not the replica's failure."""
+    if ended.cancelled():
+        return True
+    return ended.exception() is None and ended.result()
 
 
 def affinity_key(mode: str, body: dict[str, Any], headers: Headers) -> str | None:
