@@ -8,7 +8,8 @@ must never block it; engines that block (llama.cpp, the docker SDK) run in their
   Not called concurrently with itself or ``stop()`` (the model's lifecycle serialises them).
 - ``stop()``: ends in-flight work (each open response ends with an error event) and frees the replica;
   idempotent; never raises.
-- ``health()``: cheap, never raises; may run at any time.
+- ``health()``: cheap, never raises; may run at any time, concurrently with ``forward`` (the gateway's
+  active health checks call it on a timer while the model is loaded, beside the requests, holding no slot).
 - ``forward(request)``: may run concurrently up to ``capacity`` times. It returns once the status and the
   first body chunk are known, so that a failure before the first byte is a proper error, not a broken 200.
   The caller must call ``close()`` on the response, in a ``finally``.
@@ -38,14 +39,17 @@ class UpstreamResponse:
 
     ``close()`` is synchronous, idempotent and never blocks: it asks the backend to stop producing (a client
     disconnect, for example). ``finished`` resolves when the backend has really let go of the request, which
-    is when the replica's slot may be reused.
+    is when the replica's slot may be reused, to whether the replica did its part: ``False`` when it failed
+    mid-response (a connection reset, an engine error), which counts against the replica like a failure
+    before the first byte. A response the gateway closed early resolves ``True``: the client left, the
+    replica did not fail. Neither is an exception: the body has already said what went wrong to the client.
     """
 
     status: int
     headers: dict[str, str]
     body: AsyncIterator[bytes]
     close: Callable[[], None]
-    finished: asyncio.Future[None] = field(repr=False)
+    finished: asyncio.Future[bool] = field(repr=False)
 
 
 class BackendError(Exception):

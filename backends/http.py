@@ -12,6 +12,8 @@ first client, then cost more CPU per request than everything else in the gateway
   connections without saying so) is retried once on a fresh connection: nothing reached the client yet.
 - The body is passed through as it arrives, never re-chunked. ``close()`` drops the connection,
   which makes llama-server stop generating for a client that went away.
+- An upstream that fails mid-response gets an error event in the stream, and ``finished`` resolves ``False``
+  so that the replica is ejected; the gateway's own ``close()`` (the client left) resolves it ``True``.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ class HttpUpstream:
             await client.aclose()
 
     async def get(self, path: str, timeout: float) -> int:
-        """Status of a GET (health probes); 0 when unreachable or slower than ``timeout``. Never raises."""
+        """Status of a GET (health probes); 0 when unreachable, slower than ``timeout``, or closed by a restart
+        under a concurrent probe. Never raises."""
         if self._client is None:
             return 0
         try:
@@ -129,12 +132,15 @@ class HttpUpstream:
         except BaseException:
             resp.close()
             raise
-        finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        finished: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def end(ok: bool) -> None:
+            resp.close()
+            if not finished.done():  # the first end wins: a close by the gateway is never a failure
+                finished.set_result(ok)
 
         def close() -> None:
-            resp.close()
-            if not finished.done():
-                finished.set_result(None)
+            end(True)
 
         headers = {k: resp.headers[k] for k in PASS_HEADERS if k in resp.headers}
         if request.stream:
@@ -142,22 +148,24 @@ class HttpUpstream:
         else:
             headers["content-length"] = str(len(first))
         return UpstreamResponse(
-            resp.status, headers, _body(first, resp, request.stream, close), close, finished
+            resp.status, headers, _body(first, resp, request.stream, end), close, finished
         )
 
 
 async def _body(
-    first: bytes, resp: Response, stream: bool, close: Callable[[], None]
+    first: bytes, resp: Response, stream: bool, end: Callable[[bool], None]
 ) -> AsyncIterator[bytes]:
+    ok = True
     try:
         if first:
             yield first
         while chunk := await resp.next_chunk():
             yield chunk
     except HttpClientError as exc:
+        ok = False  # before the yield below, which may never resume (the client may be gone too)
         # Bytes already reached the client: nothing can be retried. Say what happened, in the stream.
         if stream:
             err: GatewayError = UpstreamError(f"the upstream failed mid-response: {exc}")
             yield sse_error_event(err)
     finally:
-        close()
+        end(ok)

@@ -7,7 +7,8 @@ server).
 
 Tokens cross from the engine thread to the event loop through an asyncio queue fed with
 ``call_soon_threadsafe``; the response body reads from it as the tokens are made. Closing a response sets
-the job's cancel flag, which the engine thread checks after every token.
+the job's cancel flag, which the engine thread checks after every token. ``finished`` is the job's own
+future: it resolves ``False`` only when the engine itself failed, not for a cancelled job or a rejected input.
 """
 
 from __future__ import annotations
@@ -140,9 +141,11 @@ class LlamaCppReplica:
         )
 
 
-def _run(llama: Any, job: Job, queue: asyncio.Queue[Any], loop: asyncio.AbstractEventLoop) -> None:
-    """The worker-thread side of a request: run it, then post the end marker or the error."""
+def _run(llama: Any, job: Job, queue: asyncio.Queue[Any], loop: asyncio.AbstractEventLoop) -> bool:
+    """The worker-thread side of a request: run it, then post the end marker or the error. Returns whether the
+    engine did its part (a cancelled job or a rejected input is not the engine's failure)."""
     outcome: Any = _END
+    ok = True
     try:
         if job.cancelled.is_set():  # cancelled while it waited for the thread
             raise Cancelled
@@ -154,8 +157,10 @@ def _run(llama: Any, job: Job, queue: asyncio.Queue[Any], loop: asyncio.Abstract
     except Exception as exc:
         log.exception("engine failure")
         outcome = UpstreamError(f"llama.cpp failed: {exc}")
+        ok = False
     with contextlib.suppress(RuntimeError):  # the event loop is gone (shutdown): nobody is listening
         loop.call_soon_threadsafe(queue.put_nowait, outcome)
+    return ok
 
 
 async def _body(first: bytes, queue: asyncio.Queue[Any], stream: bool) -> AsyncIterator[bytes]:

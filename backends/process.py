@@ -37,6 +37,7 @@ from gateway.config import LlamaServerBackend
 log = logging.getLogger(__name__)
 
 STOP_GRACE = 10.0
+HEALTH_TIMEOUT = 3.0
 MAX_RESTART_BACKOFF = 30.0
 _PR_SET_PDEATHSIG = 1
 
@@ -242,7 +243,12 @@ class LlamaServerReplica:
             await proc.wait()
 
     async def health(self) -> bool:
-        return self._healthy and self._proc is not None and self._proc.returncode is None
+        """Alive, and its ``/health`` answers 200: a process that hangs without exiting fails it too. The
+        probe is a local GET with a short timeout, so it stays cheap, and it takes none of the slots."""
+        if not (self._healthy and self._proc is not None and self._proc.returncode is None):
+            return False
+        http = self._http
+        return http is not None and await http.get("/health", timeout=HEALTH_TIMEOUT) == 200
 
     async def forward(self, request: OpenAIRequest) -> UpstreamResponse:
         if not self._healthy or self._http is None:

@@ -48,8 +48,12 @@ def _replica(replica: Replica, now: float) -> dict[str, Any]:
     backend = replica.backend
     return {
         "index": replica.index,
+        "healthy": replica.healthy(now),
+        "reason": replica.reason(now),  # why it is out of rotation, when it is
         "outstanding": replica.outstanding,
         "capacity": backend.capacity,
+        "served": replica.served,
+        "failures": replica.failures,  # consecutive failed requests
         "ejected_for": round(max(0.0, replica.ejected_until - now), 3),
         # What only some backends know: a child process's pid, URL and exit status.
         "pid": getattr(backend, "pid", None),

@@ -193,6 +193,11 @@ class ModelManifest(BaseModel):
     pinned: bool = Field(False, description="Load at startup and never evict.")
     idle_ttl: Duration | None = Field(None, description="Unload after this long unused.")
     max_queue: int | None = Field(None, ge=0, description="Default: the gateway's max_queue.")
+    health_check_interval: Duration = Field(
+        10.0,
+        description="While loaded, probe each replica's health this often; a failed probe takes the replica "
+        "out of rotation until one passes. 0 disables the active checks (passive ejection still applies).",
+    )
     affinity: Literal["none", "session", "prefix"] = Field(
         "session",
         description="Send related requests to the same replica, to reuse its prompt cache: 'session' by the "

@@ -9,6 +9,8 @@ States and the only allowed moves::
 ``ModelSlot._set`` is the single writer of ``state``. The scheduler drives the moves; request handlers only
 take and return leases, through ``Scheduler.acquire`` (one entry point, so no caller acts on a stale read).
 Memory counts as held from LOADING until the move back to UNLOADED, that is until the engine has let go.
+While the slot has a pool (READY and DRAINING), a task probes its replicas' health (``gateway.health``); it
+is stopped before the replicas are.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from backends.base import Backend
 from gateway.config import ModelManifest
 from gateway.errors import GatewayError
+from gateway.health import start_checks, stop_checks
 from gateway.pool import Pool
 
 
@@ -79,6 +82,7 @@ class ModelSlot:
         self.in_flight = 0
         self.loads = 0  # load attempts, for operators (and the test that concurrent requests share one)
         self.pool: Pool | None = None
+        self._checks: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -113,6 +117,7 @@ class ModelSlot:
             await asyncio.gather(*(b.stop() for b in backends))
             raise errors[0]
         self.pool = Pool(self.name, backends, self.max_queue, random.Random())
+        self._checks = start_checks(self.pool, self.manifest.health_check_interval)
         self.failure = None
         self.last_used = self._clock()
         self._set(State.READY)
@@ -144,14 +149,21 @@ class ModelSlot:
     async def finish_unload(self, error: GatewayError) -> int:
         """Fail queued requests, stop the replicas (which ends running ones), and return to UNLOADED."""
         pool, self.pool = self.pool, None
+        checks, self._checks = self._checks, None
         cancelled = 0
         try:
+            await stop_checks(checks)
             if pool is not None:
                 cancelled = pool.fail_waiters(error) + pool.outstanding
                 await asyncio.gather(*(r.backend.stop() for r in pool.replicas), return_exceptions=True)
         finally:
             self._set(State.UNLOADED)  # even if cancelled: never leave the memory counted forever
         return cancelled
+
+    @property
+    def health_checks(self) -> asyncio.Task[None] | None:
+        """The running health-check task, if any (for tests and operators)."""
+        return self._checks
 
     # -- leases ------------------------------------------------------------------------------------------
     def lease(self) -> Lease:

@@ -8,6 +8,7 @@ Request object cost a third of the gateway's time per proxied request (bench/REA
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -196,8 +197,8 @@ class OpenAIRoutes:
             lease.release()
             raise
 
-        def finished(_: object) -> None:
-            lease.pool.release(replica)
+        def finished(ended: asyncio.Future[bool]) -> None:
+            lease.pool.release(replica, failed=not _replica_did_its_part(ended))
             lease.release()
 
         upstream.finished.add_done_callback(finished)
@@ -218,7 +219,7 @@ async def _first_answer(
         preferred = preferred_replica(key, len(pool.replicas)) if key else None
         replica = await pool.acquire(timeout, preferred)
         try:
-            return replica, await replica.backend.forward(request)
+            response = await replica.backend.forward(request)
         except UpstreamUnavailable:
             pool.release(replica, failed=True)
             tried += 1
@@ -229,6 +230,17 @@ async def _first_answer(
             # replica runs one job at a time, so the next request simply starts after it).
             pool.release(replica)
             raise
+        else:
+            replica.served += 1
+            return replica, response
+
+
+def _replica_did_its_part(ended: asyncio.Future[bool]) -> bool:
+    """How a response ended, for the replica's record: False when it failed mid-response (it is ejected as
+    for a failure before the first byte). A client that left is not the replica's failure."""
+    if ended.cancelled():
+        return True
+    return ended.exception() is None and ended.result()
 
 
 def affinity_key(mode: str, body: dict[str, Any], headers: Headers) -> str | None:

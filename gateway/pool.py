@@ -3,6 +3,14 @@
 The choice of replica is ``balancing.choose`` (pure); this module owns the counts and the waiting. A request
 that finds every replica full waits here, in the gateway, never in the engine. Freed capacity is handed
 directly to the oldest waiter, so a newcomer cannot overtake the queue.
+
+A replica leaves the rotation two ways, and ``Replica`` holds the (pure) rules for both:
+
+- passive ejection: a request that fails on it (connection error, 5xx, a stream broken mid-response) ejects
+  it for a cooldown that doubles with each consecutive failure; a request that succeeds ends the streak;
+- active health checks (``gateway.health`` runs the timer): a failed probe marks it down until a probe
+  passes, and a passed probe also ends an ejection early. A passed probe does not end the failure streak:
+  reachable is not the same as serving well, so a replica that keeps failing requests keeps backing off.
 """
 
 from __future__ import annotations
@@ -26,11 +34,37 @@ class Replica:
     index: int
     backend: Backend
     outstanding: int = 0
-    failures: int = 0  # consecutive
-    ejected_until: float = 0.0
+    served: int = 0  # responses it started (status and first byte sent back), for operators
+    failures: int = 0  # consecutive failed requests
+    ejected_until: float = 0.0  # passive: out of rotation until then, after a failed request
+    down: bool = False  # active: its last health probe failed
 
     def healthy(self, now: float) -> bool:
-        return now >= self.ejected_until
+        return not self.down and now >= self.ejected_until
+
+    def reason(self, now: float) -> str | None:
+        """Why it is out of rotation, for operators; None when it is in."""
+        if self.down:
+            return "health check failed"
+        if now < self.ejected_until:
+            return f"ejected after {self.failures} consecutive failed request(s)"
+        return None
+
+    def request_failed(self, now: float) -> None:
+        self.failures += 1
+        cooldown = min(COOLDOWN * 2 ** (self.failures - 1), MAX_COOLDOWN)
+        self.ejected_until = now + cooldown
+
+    def request_succeeded(self) -> None:
+        self.failures = 0
+
+    def probed(self, ok: bool, now: float) -> bool:
+        """Apply a health probe's result; True when it moved the replica into or out of rotation."""
+        was = self.healthy(now)
+        self.down = not ok
+        if ok:
+            self.ejected_until = min(self.ejected_until, now)
+        return self.healthy(now) != was
 
 
 class Pool:
@@ -69,9 +103,10 @@ class Pool:
                 return replica
         now = time.monotonic()
         if not any(r.healthy(now) for r in self.replicas):
-            wait = min(r.ejected_until for r in self.replicas) - now
+            # An ejection ends at a known time; a replica that is down comes back at a probe: retry soon.
+            ends = [r.ejected_until - now for r in self.replicas if not r.down]
             raise ModelUnavailable(
-                f"every replica of '{self.model}' is failing; retry shortly", retry_after=wait
+                f"every replica of '{self.model}' is failing; retry shortly", retry_after=min(ends, default=1)
             )
         if self.queued >= self.max_queue:
             raise QueueFull(
@@ -96,16 +131,22 @@ class Pool:
         return waiter.result()
 
     def release(self, replica: Replica, failed: bool = False) -> None:
-        """Give the slot back. ``failed`` (connection error, 5xx) ejects the replica for a cooldown that
-        doubles with each consecutive failure; a success ends the streak."""
+        """Give the slot back. ``failed`` (connection error, 5xx, a stream broken mid-response) ejects the
+        replica for a cooldown that doubles with each consecutive failure; a success ends the streak."""
         replica.outstanding -= 1
         if failed:
-            replica.failures += 1
-            cooldown = min(COOLDOWN * 2 ** (replica.failures - 1), MAX_COOLDOWN)
-            replica.ejected_until = time.monotonic() + cooldown
+            replica.request_failed(time.monotonic())
         else:
-            replica.failures = 0
+            replica.request_succeeded()
         self._dispatch()
+
+    def probed(self, replica: Replica, ok: bool) -> bool:
+        """Record a health probe's result; True when it moved the replica into or out of rotation. A replica
+        back in rotation takes queued requests at once."""
+        changed = replica.probed(ok, time.monotonic())
+        if changed and ok:
+            self._dispatch()
+        return changed
 
     def _dispatch(self) -> None:
         while self._waiters:

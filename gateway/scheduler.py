@@ -223,7 +223,8 @@ class Scheduler:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        for task in list(self._loads.values()):
+        for task in [*self._loads.values(), *self._unloads.values()]:
+            # A model draining at shutdown finishes its unload (and stops its health checks) here too.
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
         for slot in self.slots.values():

@@ -1,8 +1,9 @@
 """A tiny OpenAI-shaped upstream for fault injection and for measuring the gateway's own overhead.
 
 It is never the proof that a feature works with a real engine (the llama-server tests are); it injects what a
-real engine does rarely: 500s, slow first bytes, connections reset mid-stream. Behaviour is chosen per
-instance (``mode``) and can be changed while it runs. Run alone for benchmarks:
+real engine does rarely: 500s, slow first bytes, connections reset mid-stream, a failing health endpoint.
+Behaviour is chosen per instance (``mode`` for requests, ``health_status`` for ``/health`` and
+``/v1/models``) and can be changed while it runs. Run alone for benchmarks:
 
     python tests/fake_upstream.py --port 9000 [--chunks 64]
 """
@@ -41,6 +42,8 @@ def _chunk(i: int) -> bytes:
 class FakeUpstream:
     def __init__(self, mode: str = "ok", chunks: int = 8, chunk_delay: float = 0.0) -> None:
         self.mode = mode  # ok | error500 | reset | slow_first
+        self.health_status = 200
+        self.probes = 0  # health requests, counted apart from ``requests``
         self.chunks = chunks
         self.chunk_delay = chunk_delay
         self.requests = 0
@@ -56,7 +59,8 @@ class FakeUpstream:
             if not message.get("more_body"):
                 break
         if scope["path"] in ("/health", "/v1/models"):
-            await self._send(send, 200, b'{"object":"list","data":[]}')
+            self.probes += 1
+            await self._send(send, self.health_status, b'{"object":"list","data":[]}')
             return
         self.requests += 1
         request = json.loads(body or b"{}")

@@ -1,5 +1,6 @@
 """Replica choice (``gateway.balancing.choose``): never a full or unhealthy replica, affinity when possible,
-and the less loaded replicas get more of the traffic."""
+and the less loaded replicas get more of the traffic. And what takes a replica out of rotation and brings it
+back (``gateway.pool.Replica``): failed requests (passive) and health probes (active)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.balancing import ReplicaView, choose
+from gateway.pool import COOLDOWN, MAX_COOLDOWN, Replica
 
 
 def test_none_when_every_replica_is_full_or_down() -> None:
@@ -110,3 +112,57 @@ def test_choice_property(replicas: list[ReplicaView], preferred: int | None, see
     assert picked in {r.index for r in open_}
     if preferred in {r.index for r in open_}:
         assert picked == preferred
+
+
+class _NoBackend:
+    """Replica's decisions never touch the backend."""
+
+    capacity = 1
+
+
+def replica() -> Replica:
+    return Replica(0, _NoBackend())  # type: ignore[arg-type]
+
+
+def test_failed_requests_eject_for_a_cooldown_that_doubles_and_a_success_ends_the_streak() -> None:
+    r = replica()
+    r.request_failed(now=100.0)
+    assert not r.healthy(100.0) and r.healthy(100.0 + COOLDOWN)
+    assert r.reason(100.0) == "ejected after 1 consecutive failed request(s)"
+    r.request_failed(now=200.0)
+    assert not r.healthy(200.0 + COOLDOWN) and r.healthy(200.0 + 2 * COOLDOWN)
+    for _ in range(20):
+        r.request_failed(now=300.0)
+    assert r.healthy(300.0 + MAX_COOLDOWN)  # capped
+    r.request_succeeded()
+    r.request_failed(now=400.0)
+    assert r.healthy(400.0 + COOLDOWN)  # the streak started over
+
+
+def test_a_failed_probe_takes_a_replica_out_until_a_probe_passes() -> None:
+    r = replica()
+    assert r.probed(ok=True, now=1.0) is False  # already in rotation: no change
+    assert r.probed(ok=False, now=2.0) is True
+    assert not r.healthy(2.0) and not r.healthy(1e9)  # down is not a cooldown: time alone does not end it
+    assert r.reason(1e9) == "health check failed"
+    assert r.probed(ok=False, now=3.0) is False  # still down: no change
+    assert r.probed(ok=True, now=4.0) is True
+    assert r.healthy(4.0) and r.reason(4.0) is None
+
+
+def test_a_passed_probe_ends_an_ejection_early_but_keeps_the_failure_streak() -> None:
+    r = replica()
+    r.request_failed(now=10.0)
+    r.request_failed(now=10.0)
+    assert not r.healthy(10.5)
+    assert r.probed(ok=True, now=10.5) is True
+    assert r.healthy(10.5)
+    r.request_failed(now=20.0)  # the third failure in a row: the cooldown keeps growing
+    assert not r.healthy(20.0 + 2 * COOLDOWN) and r.healthy(20.0 + 4 * COOLDOWN)
+
+
+def test_a_failed_probe_on_an_ejected_replica_keeps_it_out_after_the_cooldown() -> None:
+    r = replica()
+    r.request_failed(now=0.0)
+    assert r.probed(ok=False, now=0.5) is False  # it was already out
+    assert not r.healthy(COOLDOWN + 1) and r.reason(COOLDOWN + 1) == "health check failed"

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -250,3 +251,105 @@ def test_sequential_streams_on_kept_alive_connections(
             )
         )
         assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+
+# Longer than the 512 characters that the prefix affinity key looks at: only the suffix differs.
+SHARED_PREFIX = "You answer questions about a small bakery that sells bread, cakes and coffee. " * 8
+
+
+def prompt_tokens_processed(url: str) -> float:
+    """llama-server's own count of prompt tokens it evaluated (its /metrics, enabled by the gateway)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("llamacpp:prompt_tokens_total")
+    )
+
+
+def shared_prefix_load(gw: RunningGateway, model: str, clients: int = 3, each: int = 4) -> None:
+    """``clients`` concurrent clients, ``each`` requests apiece, all with the shared prefix and their own
+    question."""
+
+    def client_run(c: int) -> None:
+        client = gw.client()  # one client per thread, as a real load generator would
+        for i in range(each):
+            r = client.chat.completions.create(
+                model=model,
+                messages=[
+                    {"role": "system", "content": SHARED_PREFIX},
+                    {"role": "user", "content": f"Question {c}.{i}: is it open on day {i}?"},
+                ],
+                max_tokens=2,
+            )
+            assert r.choices[0].message.content is not None
+
+    threads = [threading.Thread(target=client_run, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def test_prefix_affinity_keeps_a_shared_prompt_on_one_replica_and_none_spreads_it(
+    serve: Callable[..., RunningGateway], binaries: dict[str, Path]
+) -> None:
+    # Four slots per replica: the three concurrent clients always find room on the preferred one. The health
+    # checks probe the real servers throughout, and must never take a busy replica out.
+    backend = {"replicas": 2, "parallel": 4, "n_ctx": 4096}
+    gw = serve(
+        [
+            {
+                **server_manifest("sticky", SMOLLM2, **backend),
+                "affinity": "prefix",
+                "health_check_interval": 0.2,
+            },
+            {
+                **server_manifest("spread", SMOLLM2, **backend),
+                "affinity": "none",
+                "health_check_interval": 0.2,
+            },
+        ]
+    )
+    shared_prefix_load(gw, "sticky")
+    sticky = replicas(gw, "sticky")
+    assert sorted(r["served"] for r in sticky) == [0, 12], sticky  # every request on the same replica
+    # The engines agree: the other llama-server never evaluated a prompt token.
+    processed = sorted(prompt_tokens_processed(r["url"]) for r in sticky)
+    assert processed[0] == 0 and processed[1] > 0, processed
+
+    shared_prefix_load(gw, "spread")
+    spread = replicas(gw, "spread")
+    served = [r["served"] for r in spread]
+    assert sum(served) == 12 and min(served) >= 3, spread  # least-outstanding over both
+    assert all(prompt_tokens_processed(r["url"]) > 0 for r in spread)
+
+    for r in sticky + spread:
+        assert r["healthy"] and r["failures"] == 0, r  # probes ran beside the load without a false alarm
+
+
+def test_a_hung_llama_server_is_taken_out_by_its_health_check_and_returns(
+    serve: Callable[..., RunningGateway], model_files: dict[str, Path], binaries: dict[str, Path]
+) -> None:
+    gw = serve([{**server_manifest("srv", model_files["a"], replicas=2), "health_check_interval": 0.2}])
+    client = gw.client()
+
+    def ask() -> None:
+        r = client.chat.completions.create(
+            model="srv", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+        assert r.choices[0].message.content is not None
+
+    ask()
+    hung = replicas(gw, "srv")[0]
+    os.kill(hung["pid"], signal.SIGSTOP)  # alive but answering nothing: no exit for the supervisor to see
+    try:
+        wait_for(lambda: not replicas(gw, "srv")[0]["healthy"], "the health check to notice the hung server")
+        assert replicas(gw, "srv")[0]["reason"] == "health check failed"
+        for _ in range(3):
+            ask()  # none of these waits on the hung server
+        now = replicas(gw, "srv")
+        assert now[0]["served"] == hung["served"] and now[0]["pid"] == hung["pid"]
+    finally:
+        os.kill(hung["pid"], signal.SIGCONT)
+    wait_for(lambda: replicas(gw, "srv")[0]["healthy"], "a passing probe to bring the server back")

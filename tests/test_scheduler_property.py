@@ -3,13 +3,15 @@
 Hypothesis drives random sequences of requests (held or released at once, alone or two at a time), lease
 releases, admin unloads, pin changes and engine start failures, and after every step checks what an operator
 relies on: the models that hold memory, and the engines really running, never add up to more than the
-budget; a ready model has a running engine and an unloaded one has none; a pinned ready model is never
+budget; a ready model has a running engine and its health checks running, an unloaded one has neither (and
+after shutdown no task at all is left pending); a pinned ready model is never
 evicted to make room for another; and a lone request gets exactly the answer the policy promises (served,
 503 insufficient_memory naming the holders, or 503 model_load_failed).
 
 Everything runs on one event loop owned by the machine. ``drain_grace=0`` and ``load_failure_backoff=0`` mean
 nothing waits on wall time: every step finishes as soon as the loop has run its callbacks, so a request that
-times out is reported as a failure (a hang), not as an allowed outcome.
+times out is reported as a failure (a hang), not as an allowed outcome. The health checks run on an hour's
+interval: they are started and cancelled for real, but no probe fires during a run.
 """
 
 from __future__ import annotations
@@ -104,15 +106,25 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.held: list[Lease] = []
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` to the end, then let background work (drains the request did not wait for) finish."""
+        """Run ``coro`` to the end, then let background work (drains the request did not wait for) finish.
+        Health checks are background work that only ends with an unload: they are not waited for."""
         result = self.loop.run_until_complete(coro)
-        while pending := [t for t in asyncio.all_tasks(self.loop) if not t.done()]:
+        while pending := self.background():
             self.loop.run_until_complete(asyncio.wait(pending))
         return result
 
+    def background(self) -> list[asyncio.Task[Any]]:
+        checks = {s.health_checks for s in self.all_slots}
+        return [t for t in asyncio.all_tasks(self.loop) if not t.done() and t not in checks]
+
     def make_slot(self, name: str, memory: int, pinned: bool) -> ModelSlot:
         manifest = ModelManifest.model_validate(
-            {"name": name, "pinned": pinned, "backend": {"kind": "llama_cpp", "model": str(ANY_FILE)}}
+            {
+                "name": name,
+                "pinned": pinned,
+                "health_check_interval": "1h",
+                "backend": {"kind": "llama_cpp", "model": str(ANY_FILE)},
+            }
         )
         return ModelSlot(manifest, memory, lambda: [FakeBackend(name, self.engines)], max_queue=4)
 
@@ -266,12 +278,15 @@ class SchedulerMachine(RuleBasedStateMachine):
             running = self.engines.running.get(slot.name, 0)
             # Between steps nothing is half way: no load or drain is left stuck.
             assert slot.state in (State.READY, State.UNLOADED), (slot.name, slot.state)
+            checks = slot.health_checks
             if slot.state is State.READY:
                 assert running == 1, f"{slot.name} is ready without a running engine"
                 assert slot.pool is not None
+                assert checks is not None and not checks.done(), f"{slot.name} is ready but not checked"
             else:
                 assert running == 0, f"{slot.name} is unloaded but its engine still runs"
                 assert slot.pool is None
+                assert checks is None, f"{slot.name} is unloaded but its health checks still run"
 
     @invariant()
     def no_unhandled_loop_errors(self) -> None:
@@ -286,6 +301,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert all(s.state is State.UNLOADED for s in self.all_slots)
                 assert not any(self.engines.running.values()), self.engines.running
                 assert all(s.in_flight == 0 for s in self.all_slots)
+                left = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+                assert not left, f"tasks left pending after shutdown: {left}"
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         finally:
             self.loop.close()

@@ -8,12 +8,14 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import RunningGateway, free_port
+from gateway.balancing import preferred_replica
+from tests.conftest import RunningGateway, free_port, wait_for
 from tests.fake_upstream import FakeUpstream, RunningUpstream, _chunk
 
 
@@ -36,6 +38,15 @@ def remote(name: str, ups: list[RunningUpstream], **extra: object) -> dict[str, 
 def ask(gw: RunningGateway, model: str = "m", **kw: object) -> str | None:
     r = gw.client().chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], **kw)
     return r.choices[0].message.content
+
+
+def session_for(index: int, replicas: int = 2) -> str:
+    """A session id whose affinity sends it to replica ``index`` whenever that replica is in rotation."""
+    return next(s for i in range(1000) if preferred_replica(s := f"session-{i}", replicas) == index)
+
+
+def replica_state(gw: RunningGateway, index: int, model: str = "m") -> dict[str, Any]:
+    return dict(gw.model_state(model)["replicas"][index])
 
 
 def test_a_failing_replica_is_retried_around_and_ejected(
@@ -82,6 +93,78 @@ def test_reset_mid_stream_ends_with_an_error_event_not_a_retry(
     assert good.app.requests == 0
 
 
+def test_a_replica_failing_its_health_check_leaves_the_rotation_before_a_request_fails_on_it(
+    serve: Callable[..., RunningGateway], upstreams: Callable[..., list[RunningUpstream]]
+) -> None:
+    sick, well = upstreams(FakeUpstream(), FakeUpstream())
+    gw = serve([{**remote("m", [sick, well]), "health_check_interval": 0.05}])
+    client = gw.client(default_headers={"X-Session-Id": session_for(0)})
+
+    def ask_home() -> str | None:
+        r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+        return r.choices[0].message.content
+
+    assert ask_home() == "ok" and sick.app.requests == 1  # its home replica, while that one is well
+    sick.app.health_status = 503
+    sick.app.mode = "error500"  # a request sent to it now would fail (and be retried on the other one)
+    wait_for(lambda: not replica_state(gw, 0)["healthy"], "the health check to take replica 0 out")
+    out = replica_state(gw, 0)
+    assert out["reason"] == "health check failed"
+    assert out["failures"] == 0  # taken out by the probe, not by a failed request
+    for _ in range(5):
+        assert ask_home() == "ok"
+    assert sick.app.requests == 1 and well.app.requests == 5  # nothing was sent to it while it was down
+    assert replica_state(gw, 0)["failures"] == 0
+
+    sick.app.health_status = 200
+    sick.app.mode = "ok"
+    wait_for(lambda: replica_state(gw, 0)["healthy"], "a passing probe to bring replica 0 back")
+    assert replica_state(gw, 0)["reason"] is None
+    assert ask_home() == "ok" and sick.app.requests == 2  # back in rotation: its sessions return to it
+    assert sick.app.probes > 2  # probed on the timer, beside the requests
+
+
+def test_a_stream_broken_mid_response_ejects_its_replica(
+    serve: Callable[..., RunningGateway], upstreams: Callable[..., list[RunningUpstream]]
+) -> None:
+    flaky, good = upstreams(FakeUpstream("reset"), FakeUpstream())
+    # No active checks: a passing probe would end the ejection early; this is about the passive side.
+    gw = serve([{**remote("m", [flaky, good]), "health_check_interval": 0}])
+    home = session_for(0)
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    with httpx.stream(
+        "POST", f"{gw.base_url}/v1/chat/completions", json=body, timeout=30, headers={"X-Session-Id": home}
+    ) as r:
+        assert r.status_code == 200
+        events = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
+    assert json.loads(events[-1])["error"]["source"] == "upstream"
+    assert flaky.app.requests == 1
+    wait_for(lambda: replica_state(gw, 0)["failures"] == 1, "the broken stream to count against replica 0")
+    # Within the cooldown, the session's next request goes to the other replica (non-streamed: the flaky
+    # upstream would even answer it; it is the ejection that keeps it away).
+    reply = gw.client(default_headers={"X-Session-Id": home}).chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "x"}]
+    )
+    assert reply.choices[0].message.content == "ok"
+    assert flaky.app.requests == 1 and good.app.requests == 1
+
+
+def test_a_client_leaving_mid_stream_is_not_the_replicas_failure(
+    serve: Callable[..., RunningGateway], upstreams: Callable[..., list[RunningUpstream]]
+) -> None:
+    (slow,) = upstreams(FakeUpstream(chunks=400, chunk_delay=0.01))
+    gw = serve([{**remote("m", [slow]), "health_check_interval": 0}])
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    with httpx.stream("POST", f"{gw.base_url}/v1/chat/completions", json=body, timeout=30) as r:
+        lines = r.iter_lines()
+        next(lines)
+        next(lines)
+    wait_for(lambda: replica_state(gw, 0)["outstanding"] == 0, "the gateway to let go of the stream")
+    state = replica_state(gw, 0)
+    assert state["failures"] == 0 and state["healthy"] and state["ejected_for"] == 0, state
+    assert ask(gw) == "ok"  # still in rotation: the only replica serves at once
+
+
 def test_requests_spread_over_replicas(
     serve: Callable[..., RunningGateway], upstreams: Callable[..., list[RunningUpstream]]
 ) -> None:
@@ -105,6 +188,7 @@ def test_requests_spread_over_replicas(
     counts = [u.app.requests for u in ups]
     # Least-outstanding choice: 8 concurrent clients over two replicas that take 3 each never pile onto one.
     assert sum(counts) == 40 and min(counts) >= 12, counts
+    assert [r["served"] for r in gw.model_state("m")["replicas"]] == counts  # the admin's count is right
 
 
 def test_session_affinity_sticks_and_degrades_when_busy(
