@@ -79,8 +79,8 @@ class HttpUpstream:
             await client.aclose()
 
     async def get(self, path: str, timeout: float) -> int:
-        """Status of a GET (health probes); 0 when unreachable, slower than ``timeout``, or closed by a restart
-        under a concurrent probe. Never raises."""
+        """Status of a GET (health probes); 0 when unreachable, slower than ``timeout``, or closed by a
+        restart under a concurrent probe. Never raises."""
         if self._client is None:
             return 0
         try:
