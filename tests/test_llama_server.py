@@ -170,6 +170,17 @@ def test_real_smollm2_in_llama_server_with_embeddings(
         )
     )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+    # Fields the gateway does not act on reach llama-server untouched (the in-process engine refuses
+    # logprobs with a 400; llama-server supports them).
+    r = client.chat.completions.create(
+        model="smol",
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=4,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    assert r.choices[0].logprobs is not None and r.choices[0].logprobs.content
+    assert len(r.choices[0].logprobs.content[0].top_logprobs) == 2
     e = client.embeddings.create(model="smol-embed", input=["hello", "world"])
     assert len(e.data) == 2 and len(e.data[0].embedding) == 576
     logs = httpx.get(f"{gw.base_url}/admin/models/smol/logs", timeout=10).json()["replicas"][0]["log"]
