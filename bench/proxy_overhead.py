@@ -7,7 +7,10 @@
 3. A real llama-server (SmolLM2, -np 4) at concurrency 1, 4 and 16: aggregate tokens/s and TTFT p50/p99,
    direct against through the gateway.
 
-    python bench/proxy_overhead.py    # needs wrk (apt-get install wrk) and `llm-gateway build-llama-server`
+    python bench/proxy_overhead.py [--overhead-only | --llama-server-only] [--rounds N]
+    python bench/proxy_overhead.py --replicas-only
+
+It needs wrk (apt-get install wrk) and `llm-gateway build-llama-server`.
 """
 
 from __future__ import annotations
@@ -251,8 +254,10 @@ def overhead_rows(rounds: int = 3) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def llama_server_rows(rounds: int = 2) -> list[tuple[str, str, str, str]]:
-    """A real llama-server, -np 4, at concurrency 1, 4, 16: warmed up, direct and gateway runs alternating."""
+def llama_server_rows(rounds: int = 1) -> list[tuple[str, str, str, str]]:
+    """A real llama-server, -np 4, at concurrency 1, 4, 16, warmed up. Direct and gateway batches alternate
+    one by one (which goes first alternates too), so that the machine's drift, which is larger than the
+    effect measured here, falls on both sides alike."""
     server = built_binary("llama-server")
     if server is None:
         print("llama-server is not built (llm-gateway build-llama-server): skipping its rows")
@@ -263,25 +268,24 @@ def llama_server_rows(rounds: int = 2) -> list[tuple[str, str, str, str]]:
     )
     wait_http("http://127.0.0.1:18943/health")
     gw = remote_gateway("http://127.0.0.1:18943", 4, 18944)
+    bases = ("http://127.0.0.1:18943", "http://127.0.0.1:18944")
     try:
-        for base in ("http://127.0.0.1:18943", "http://127.0.0.1:18944"):
+        for base in bases:
             stream_stats(base, "m", 4, 8)  # warm-up: prompt cache, page cache, connections
-        for conc in (1, 4, 16):
-            n = 16 if conc == 1 else 2 * conc
-            d_tps, g_tps, d_ttft, g_ttft = [], [], [], []
-            for _ in range(rounds):
-                tps, ttft = stream_stats("http://127.0.0.1:18943", "m", conc, n)
-                d_tps.append(tps)
-                d_ttft += ttft
-                tps, ttft = stream_stats("http://127.0.0.1:18944", "m", conc, n)
-                g_tps.append(tps)
-                g_ttft += ttft
-            d, g = sum(d_tps) / rounds, sum(g_tps) / rounds
-            dp50, gp50, dp99, gp99 = pct(d_ttft, 0.5), pct(g_ttft, 0.5), pct(d_ttft, 0.99), pct(g_ttft, 0.99)
+        for conc, batches in ((1, 24), (4, 8), (16, 3)):
+            tps: dict[str, list[float]] = {b: [] for b in bases}
+            ttft: dict[str, list[float]] = {b: [] for b in bases}
+            for i in range(batches * rounds):
+                for base in bases if i % 2 == 0 else bases[::-1]:
+                    rate, firsts = stream_stats(base, "m", conc, conc)
+                    tps[base].append(rate)
+                    ttft[base] += firsts
+            d, g = (sum(tps[b]) / len(tps[b]) for b in bases)
+            (dp50, dp99), (gp50, gp99) = ((pct(ttft[b], 0.5), pct(ttft[b], 0.99)) for b in bases)
             rows += [
                 (f"llama-server c={conc}: tok/s", f"{d:.1f}", f"{g:.1f} ({g / d:.2f}x)", ">= 0.97x"),
                 (
-                    f"llama-server c={conc}: TTFT p50 / p99 ms",
+                    f"llama-server c={conc}: TTFT p50 / p99 ms ({len(ttft[bases[0]])} each)",
                     f"{dp50:.1f} / {dp99:.1f}",
                     f"{gp50:.1f} / {gp99:.1f} ({gp50 - dp50:+.1f} / {gp99 - dp99:+.1f})",
                     "added <= 2 / 10 ms",
@@ -299,9 +303,10 @@ def main() -> None:
             ("measure", "one replica (2 threads)", "two replicas (1 thread each)", "target"), replicas_rows()
         )
         return
-    rows = [] if "--llama-server-only" in sys.argv else overhead_rows()
+    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else None
+    rows = [] if "--llama-server-only" in sys.argv else overhead_rows(rounds or 3)
     if "--overhead-only" not in sys.argv:
-        rows += llama_server_rows()
+        rows += llama_server_rows(rounds or 1)
     print_table(("measure", "direct", "through the gateway", "target"), rows)
 
 

@@ -135,7 +135,11 @@ class Pool:
         replica for a cooldown that doubles with each consecutive failure; a success ends the streak."""
         replica.outstanding -= 1
         if failed:
-            replica.request_failed(time.monotonic())
+            now = time.monotonic()
+            replica.request_failed(now)
+            # Requests queued behind the ejection get the replica back the moment its cooldown ends, not
+            # whenever some other replica next frees a slot.
+            asyncio.get_running_loop().call_later(replica.ejected_until - now, self._dispatch)
         else:
             replica.request_succeeded()
         self._dispatch()

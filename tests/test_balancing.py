@@ -4,14 +4,16 @@ back (``gateway.pool.Replica``): failed requests (passive) and health probes (ac
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from collections import Counter
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.balancing import ReplicaView, choose
-from gateway.pool import COOLDOWN, MAX_COOLDOWN, Replica
+from gateway.pool import COOLDOWN, MAX_COOLDOWN, Pool, Replica
 
 
 def test_none_when_every_replica_is_full_or_down() -> None:
@@ -166,3 +168,26 @@ def test_a_failed_probe_on_an_ejected_replica_keeps_it_out_after_the_cooldown() 
     r.request_failed(now=0.0)
     assert r.probed(ok=False, now=0.5) is False  # it was already out
     assert not r.healthy(COOLDOWN + 1) and r.reason(COOLDOWN + 1) == "health check failed"
+
+
+class _Slots:
+    """The least a Pool needs from a backend: its capacity."""
+
+    capacity = 1
+
+
+def test_a_request_queued_behind_an_ejection_gets_the_replica_when_the_cooldown_ends() -> None:
+    """Replica 0 fails and is ejected, replica 1 stays busy: the queued request must not wait for replica 1
+    to free up; it gets replica 0 back as soon as the cooldown is over."""
+
+    async def main() -> None:
+        pool = Pool("m", [_Slots(), _Slots()], max_queue=4, rng=random.Random(0))  # type: ignore[list-item]
+        first, second = await pool.acquire(1), await pool.acquire(1)
+        waiting = asyncio.create_task(pool.acquire(30))
+        await asyncio.sleep(0)
+        failed = first if first.index == 0 else second
+        pool.release(failed, failed=True)  # ejected for COOLDOWN; the other replica is never released
+        got = await asyncio.wait_for(waiting, 30)
+        assert got is failed and got.healthy(time.monotonic())
+
+    asyncio.run(main())
