@@ -224,6 +224,8 @@ def overhead_rows(rounds: int = 3) -> list[tuple[str, str, str, str]]:
         wait_http(f"http://127.0.0.1:{port}/health")
         gw = remote_gateway(f"http://127.0.0.1:{port}", 1000, port + 1)
         try:
+            for url in (f"http://127.0.0.1:{port}{path}", f"http://127.0.0.1:{port + 1}{path}"):
+                wrk(url, body, 16, 3)  # warm-up: a fresh gateway's first seconds run at about half speed
             direct, through, d1, g1 = [], [], [], []
             for _ in range(rounds):
                 direct.append(wrk(f"http://127.0.0.1:{port}{path}", body, 16)[0])

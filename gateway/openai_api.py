@@ -36,7 +36,7 @@ from gateway.requests import (
     decode,
     validate,
 )
-from gateway.streaming import cancel_on_disconnect, stream_through
+from gateway.streaming import CancelOnDisconnect, ClientGone, stream_through
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -94,16 +94,12 @@ class _Send:
         await self.send(message)
 
 
-class _ClientGone(Exception):
-    pass
-
-
 async def _read_body(receive: Receive) -> bytes:
     body = b""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _ClientGone
+            raise ClientGone
         body += message.get("body", b"")
         if not message.get("more_body"):
             return bytes(body)
@@ -167,9 +163,9 @@ class OpenAIRoutes:
                 request = OpenAIRequest(
                     endpoint, check_passthrough(data, endpoint), bool(data.get("stream")), raw
                 )
-            async with cancel_on_disconnect(receive):
+            async with CancelOnDisconnect(receive):
                 await self._serve(slot, request, Headers(scope=scope), response, started)
-        except _ClientGone:
+        except ClientGone:
             return
         except GatewayError as err:
             self.gw.metrics.count_request(model, endpoint, err.status)
