@@ -81,7 +81,7 @@ def server_args(spec: LlamaServerBackend, port: int) -> list[str]:
         "-np",
         str(spec.parallel),
         "-ngl",
-        str(spec.n_gpu_layers),
+        _gpu_layers(spec.n_gpu_layers),
         "-fa",
         "on" if spec.flash_attn else "off",
         "--metrics",
@@ -100,6 +100,13 @@ def server_args(spec: LlamaServerBackend, port: int) -> list[str]:
     if spec.rpc:
         args += ["--rpc", ",".join(spec.rpc)]
     return [*args, *spec.extra_args]
+
+
+def _gpu_layers(n: int) -> str:
+    """-1 means every layer. Recent llama-server reads ``-ngl -1`` as "auto" (fit what free memory allows,
+    measured on an H100: bench/README.md), and its own default is "auto" too, so 0 and -1 are spelled out.
+    999 rather than "all": older builds, which users may have on PATH, accept only numbers."""
+    return "999" if n < 0 else str(n)
 
 
 def _free_port() -> int:
