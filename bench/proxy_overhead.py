@@ -7,7 +7,7 @@
 3. A real llama-server (SmolLM2, -np 4) at concurrency 1, 4 and 16: aggregate tokens/s and TTFT p50/p99,
    direct against through the gateway.
 
-    python bench/proxy_overhead.py [--overhead-only | --llama-server-only] [--rounds N]
+    python bench/proxy_overhead.py [--overhead-only | --llama-server-only [--engine-core]] [--rounds N]
     python bench/proxy_overhead.py --replicas-only
 
 It needs wrk (apt-get install wrk) and `llm-gateway build-llama-server`.
@@ -16,7 +16,9 @@ It needs wrk (apt-get install wrk) and `llm-gateway build-llama-server`.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -118,47 +120,57 @@ def remote_gateway(upstream: str, cap: int, port: int) -> subprocess.Popen[bytes
     return gateway({"name": "m", "backend": {"kind": "remote", "endpoints": [endpoint]}}, port)
 
 
+def _stream_once(port: int, request: bytes) -> tuple[float, int]:
+    """One streamed chat over a raw socket (``connection: close``, read to the end): the time to the first
+    content token and the number of content events. A raw client keeps the load generator's own CPU small:
+    on 2 cores an httpx client competes with what it measures."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        start = time.perf_counter()
+        sock.sendall(request)
+        first, events, pending = float("nan"), 0, b""
+        while data := sock.recv(65536):
+            *complete, pending = (pending + data).split(b"\n\n")
+            for event in complete:
+                if b"data: {" in event and b'"content":"' in event:
+                    if not events:
+                        first = time.perf_counter() - start
+                    events += 1
+    return first, events
+
+
 def stream_stats(base: str, model: str, concurrency: int, requests: int) -> tuple[float, list[float]]:
     """Aggregate completion tokens/s and the TTFTs, for ``requests`` streams at ``concurrency``."""
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": "Tell me a story."}],
-        "max_tokens": 64,
-        "temperature": 0,
-        "stream": True,
-        "logit_bias": {"2": -100},
-    }
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "Tell me a story."}],
+            "max_tokens": 64,
+            "temperature": 0,
+            "stream": True,
+            "logit_bias": {"2": -100},
+        }
+    ).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    port = int(base.rsplit(":", 1)[1])
     ttfts: list[float] = []
     tokens = [0]
     lock = threading.Lock()
     todo = list(range(requests))
 
     def worker() -> None:
-        with httpx.Client(timeout=300) as client:
-            while True:
-                with lock:
-                    if not todo:
-                        return
-                    todo.pop()
-                start = time.perf_counter()
-                first = None
-                n = 0
-                for attempt in (1, 2):
-                    try:
-                        with client.stream("POST", base + "/v1/chat/completions", json=body) as r:
-                            for line in r.iter_lines():
-                                if line.startswith("data: {") and '"content"' in line:
-                                    first = first or time.perf_counter() - start
-                                    n += 1
-                        break
-                    except httpx.RemoteProtocolError:
-                        # llama-server drops idle kept-alive connections silently (ENVIRONMENT.md); the
-                        # gateway retries that itself, a plain client has to.
-                        if n or attempt == 2:
-                            raise
-                with lock:
-                    ttfts.append(first or float("nan"))
-                    tokens[0] += n
+        while True:
+            with lock:
+                if not todo:
+                    return
+                todo.pop()
+            first, n = _stream_once(port, request)
+            with lock:
+                ttfts.append(first)
+                tokens[0] += n
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     start = time.perf_counter()
@@ -256,17 +268,26 @@ def overhead_rows(rounds: int = 3) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def llama_server_rows(rounds: int = 1) -> list[tuple[str, str, str, str]]:
+def llama_server_rows(rounds: int = 1, isolated: bool = False) -> list[tuple[str, str, str, str]]:
     """A real llama-server, -np 4, at concurrency 1, 4, 16, warmed up. Direct and gateway batches alternate
     one by one (which goes first alternates too), so that the machine's drift, which is larger than the
-    effect measured here, falls on both sides alike."""
+    effect measured here, falls on both sides alike.
+
+    ``isolated``: llama-server gets core 1 to itself (one thread), the gateway and the bench's client share
+    core 0, as on a GPU host where the engine does not compete with the proxy for CPU. Otherwise llama-server
+    computes on both cores (two threads) and every byte the gateway forwards preempts one of its threads."""
     server = built_binary("llama-server")
     if server is None:
         print("llama-server is not built (llm-gateway build-llama-server): skipping its rows")
         return []
+    engine_cores, threads = ("1", "1") if isolated else ("0,1", "2")
+    if isolated:
+        os.sched_setaffinity(0, {0})
+    setup = "engine on core 1" if isolated else "shared cores"
     rows = []
     direct = spawn(
-        [str(server), "-m", str(MODEL), "--port", "18943", "-c", "8192", "-np", "4", "-t", "2"], "0,1"
+        [str(server), "-m", str(MODEL), "--port", "18943", "-c", "8192", "-np", "4", "-t", threads],
+        engine_cores,
     )
     wait_http("http://127.0.0.1:18943/health")
     gw = remote_gateway("http://127.0.0.1:18943", 4, 18944)
@@ -274,7 +295,7 @@ def llama_server_rows(rounds: int = 1) -> list[tuple[str, str, str, str]]:
     try:
         for base in bases:
             stream_stats(base, "m", 4, 8)  # warm-up: prompt cache, page cache, connections
-        for conc, batches in ((1, 24), (4, 8), (16, 3)):
+        for conc, batches in ((1, 24), (4, 8), (16, 5)):
             tps: dict[str, list[float]] = {b: [] for b in bases}
             ttft: dict[str, list[float]] = {b: [] for b in bases}
             for i in range(batches * rounds):
@@ -285,9 +306,9 @@ def llama_server_rows(rounds: int = 1) -> list[tuple[str, str, str, str]]:
             d, g = (sum(tps[b]) / len(tps[b]) for b in bases)
             (dp50, dp99), (gp50, gp99) = ((pct(ttft[b], 0.5), pct(ttft[b], 0.99)) for b in bases)
             rows += [
-                (f"llama-server c={conc}: tok/s", f"{d:.1f}", f"{g:.1f} ({g / d:.2f}x)", ">= 0.97x"),
+                (f"llama-server, {setup}, c={conc}: tok/s", f"{d:.1f}", f"{g:.1f} ({g / d:.2f}x)", ">=0.97x"),
                 (
-                    f"llama-server c={conc}: TTFT p50 / p99 ms ({len(ttft[bases[0]])} each)",
+                    f"llama-server, {setup}, c={conc}: TTFT p50 / p99 ms ({len(ttft[bases[0]])} each)",
                     f"{dp50:.1f} / {dp99:.1f}",
                     f"{gp50:.1f} / {gp99:.1f} ({gp50 - dp50:+.1f} / {gp99 - dp99:+.1f})",
                     "added <= 2 / 10 ms",
@@ -308,7 +329,7 @@ def main() -> None:
     rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else None
     rows = [] if "--llama-server-only" in sys.argv else overhead_rows(rounds or 3)
     if "--overhead-only" not in sys.argv:
-        rows += llama_server_rows(rounds or 1)
+        rows += llama_server_rows(rounds or 1, isolated="--engine-core" in sys.argv)
     print_table(("measure", "direct", "through the gateway", "target"), rows)
 
 

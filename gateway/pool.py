@@ -11,6 +11,13 @@ A replica leaves the rotation two ways, and ``Replica`` holds the (pure) rules f
 - active health checks (``gateway.health`` runs the timer): a failed probe marks it down until a probe
   passes, and a passed probe also ends an ejection early. A passed probe does not end the failure streak:
   reachable is not the same as serving well, so a replica that keeps failing requests keeps backing off.
+  The other way round, a request it served outweighs a missed probe: a server busy with long streams can
+  miss a probe's deadline (llama-server answers nothing while its HTTP threads are taken) and still serve.
+
+Probes steer traffic between replicas; they never make a model unservable on their own. When every replica
+is out and at least one only for a failed probe, requests go to those (Envoy's "panic routing"): a request
+that really fails ejects its replica, and then the model answers 503 with Retry-After. Refusing outright
+would turn a slow health endpoint into an outage.
 """
 
 from __future__ import annotations
@@ -40,7 +47,11 @@ class Replica:
     down: bool = False  # active: its last health probe failed
 
     def healthy(self, now: float) -> bool:
-        return not self.down and now >= self.ejected_until
+        return not self.down and not self.ejected(now)
+
+    def ejected(self, now: float) -> bool:
+        """Out for a cooldown after a failed request (not merely a failed probe)."""
+        return now < self.ejected_until
 
     def reason(self, now: float) -> str | None:
         """Why it is out of rotation, for operators; None when it is in."""
@@ -56,7 +67,9 @@ class Replica:
         self.ejected_until = now + cooldown
 
     def request_succeeded(self) -> None:
+        """A served request ends the failure streak, and outweighs a missed health probe."""
         self.failures = 0
+        self.down = False
 
     def probed(self, ok: bool, now: float) -> bool:
         """Apply a health probe's result; True when it moved the replica into or out of rotation."""
@@ -85,8 +98,12 @@ class Pool:
 
     def _pick(self, preferred: int | None = None) -> Replica | None:
         now = time.monotonic()
+        in_rotation = [r.healthy(now) for r in self.replicas]
+        if not any(in_rotation):  # panic routing: only probes may have taken them out (module docstring)
+            in_rotation = [not r.ejected(now) for r in self.replicas]
         views = [
-            ReplicaView(r.index, r.outstanding, r.backend.capacity, r.healthy(now)) for r in self.replicas
+            ReplicaView(r.index, r.outstanding, r.backend.capacity, ok)
+            for r, ok in zip(self.replicas, in_rotation, strict=True)
         ]
         index = choose(views, self._rng, preferred)
         if index is None:
@@ -102,11 +119,10 @@ class Pool:
             if replica is not None:
                 return replica
         now = time.monotonic()
-        if not any(r.healthy(now) for r in self.replicas):
-            # An ejection ends at a known time; a replica that is down comes back at a probe: retry soon.
-            ends = [r.ejected_until - now for r in self.replicas if not r.down]
+        if all(r.ejected(now) for r in self.replicas):
             raise ModelUnavailable(
-                f"every replica of '{self.model}' is failing; retry shortly", retry_after=min(ends, default=1)
+                f"every replica of '{self.model}' is failing; retry shortly",
+                retry_after=min(r.ejected_until - now for r in self.replicas),
             )
         if self.queued >= self.max_queue:
             raise QueueFull(

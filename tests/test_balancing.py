@@ -9,10 +9,12 @@ import random
 import time
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.balancing import ReplicaView, choose
+from gateway.errors import ModelUnavailable
 from gateway.pool import COOLDOWN, MAX_COOLDOWN, Pool, Replica
 
 
@@ -189,5 +191,37 @@ def test_a_request_queued_behind_an_ejection_gets_the_replica_when_the_cooldown_
         pool.release(failed, failed=True)  # ejected for COOLDOWN; the other replica is never released
         got = await asyncio.wait_for(waiting, 30)
         assert got is failed and got.healthy(time.monotonic())
+
+    asyncio.run(main())
+
+
+def test_a_served_request_outweighs_a_missed_probe() -> None:
+    """A server busy with long streams can miss a probe's deadline; a request it then completes shows it
+    serves, and puts it back in rotation without waiting for the next probe."""
+    r = replica()
+    r.probed(ok=False, now=1.0)
+    assert not r.healthy(1.0)
+    r.request_succeeded()
+    assert r.healthy(1.0) and r.reason(1.0) is None
+
+
+def test_probes_alone_never_make_a_model_unservable() -> None:
+    """Panic routing: every replica down by its probe still gets requests (a slow health endpoint must not
+    become an outage); one that really fails is ejected, and only then is the model refused."""
+
+    async def main() -> None:
+        pool = Pool("m", [_Slots(), _Slots()], max_queue=4, rng=random.Random(0))  # type: ignore[list-item]
+        now = time.monotonic()
+        pool.replicas[0].probed(ok=False, now=now)
+        assert (await pool.acquire(1)).index == 1  # while one replica is in rotation, only it is used
+        pool.release(pool.replicas[1])
+        pool.replicas[1].probed(ok=False, now=now)
+        both = {(await pool.acquire(1)).index, (await pool.acquire(1)).index}
+        assert both == {0, 1}  # every replica out by its probe alone: requests still go to them
+        for r in pool.replicas:
+            pool.release(r, failed=True)  # the requests themselves failed: now they are ejected
+        with pytest.raises(ModelUnavailable) as refused:
+            await pool.acquire(1)
+        assert refused.value.retry_after is not None and 0 < refused.value.retry_after <= COOLDOWN
 
     asyncio.run(main())

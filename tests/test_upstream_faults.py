@@ -124,6 +124,32 @@ def test_a_replica_failing_its_health_check_leaves_the_rotation_before_a_request
     assert sick.app.probes > 2  # probed on the timer, beside the requests
 
 
+def test_a_failing_health_endpoint_alone_does_not_take_the_model_down(
+    serve: Callable[..., RunningGateway], upstreams: Callable[..., list[RunningUpstream]]
+) -> None:
+    """The only replica fails its probes (a busy llama-server misses them: its HTTP threads are all
+    streaming) but serves: requests still reach it, and a served request puts it back in rotation."""
+    (busy,) = upstreams(FakeUpstream())
+    gw = serve([{**remote("m", [busy]), "health_check_interval": 0.05}])
+    assert ask(gw) == "ok"
+    busy.app.health_status = 503
+    wait_for(lambda: not replica_state(gw, 0)["healthy"], "the health check to take the replica out")
+    assert replica_state(gw, 0)["reason"] == "health check failed"
+    probes = busy.app.probes
+    wait_for(lambda: busy.app.probes > probes + 2, "more failed probes")
+    for _ in range(3):
+        assert ask(gw) == "ok"  # not 503: a probe alone never makes the model unservable
+    assert busy.app.requests == 4
+
+    busy.app.mode = "error500"  # now the requests themselves fail: that ejects it, and the model is refused
+    with pytest.raises(openai.APIStatusError) as failed:
+        ask(gw)
+    assert failed.value.status_code == 502
+    with pytest.raises(openai.APIStatusError) as refused:
+        ask(gw)
+    assert refused.value.status_code == 503 and refused.value.response.headers["retry-after"] == "1"
+
+
 def test_a_stream_broken_mid_response_ejects_its_replica(
     serve: Callable[..., RunningGateway], upstreams: Callable[..., list[RunningUpstream]]
 ) -> None:
