@@ -14,6 +14,16 @@ An instance of a llama.cpp model costs:
 The per-score and per-entry constants were fitted to measured RSS growth after a prompt that fills the context
 (the worst case a budget must cover): ``bench/estimate_accuracy.py``, numbers in ``bench/README.md``. Every
 instance counts its own weights: ``parallel`` instances each map the file, and RSS, like VRAM, counts each.
+
+Three corrections come from GPU memory measured with NVML on an H100 (``bench/vram_estimate.py``):
+
+- a ``llama-server`` process that offloads layers holds a CUDA context plus cuBLAS, kernels and the CUDA
+  pool, ~700 MiB whatever the model (``GPU_PROCESS_OVERHEAD``). The in-process kind shares the gateway's one
+  context across models, so it is not counted per model there;
+- llama-server splits its KV cache between its ``parallel`` slots (not unified), so each slot attends over
+  ``n_ctx / parallel`` and the attention scratch shrinks by that factor;
+- with flash attention the scratch is not zero: activations of the micro-batch (~64 bytes per embedding
+  dimension per token) and the mask (2 bytes per score).
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config import BackendSpec, GgufEngine, RemoteBackend
+from gateway.config import BackendSpec, GgufEngine, LlamaServerBackend, RemoteBackend
 from gateway.gguf_meta import GgufError, read_metadata
 
 MiB = 1024 * 1024
@@ -29,6 +39,8 @@ INSTANCE_OVERHEAD = 8 * MiB
 KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default KV cache type is f16
 ATTENTION_BYTES_PER_SCORE = 6.25
 BYTES_PER_VOCAB_ENTRY = 640
+GPU_PROCESS_OVERHEAD = 700 * MiB
+FLASH_ACTIVATION_BYTES = 64  # per embedding dimension per micro-batch token
 
 
 @dataclass(frozen=True)
@@ -99,15 +111,21 @@ def estimate_llama_cpp(info: GgufInfo, spec: GgufEngine, instances: int) -> Esti
     n_ctx = spec.n_ctx
     n_ubatch = min(spec.n_batch, 512, n_ctx)
     kv = info.n_layers * n_ctx * info.n_kv_heads * (info.head_dim_k + info.head_dim_v) * KV_BYTES_PER_ELEMENT
-    attention = 0 if spec.flash_attn else int(n_ctx * n_ubatch * info.n_heads * ATTENTION_BYTES_PER_SCORE)
+    server = isinstance(spec, LlamaServerBackend)
+    attended = n_ctx // spec.parallel if isinstance(spec, LlamaServerBackend) else n_ctx  # slots split it
+    if spec.flash_attn:
+        attention = n_ubatch * info.n_embd * FLASH_ACTIVATION_BYTES + n_ctx * n_ubatch * 2
+    else:
+        attention = int(attended * n_ubatch * info.n_heads * ATTENTION_BYTES_PER_SCORE)
     vocab = info.n_vocab * BYTES_PER_VOCAB_ENTRY
     if spec.embeddings:
         vocab += 2 * info.n_vocab * n_ubatch * 4
+    gpu_process = GPU_PROCESS_OVERHEAD if server and spec.n_gpu_layers != 0 else 0
     return Estimate(
         weights=info.weights_bytes,
         kv_cache=kv,
         compute=attention + vocab,
-        overhead=INSTANCE_OVERHEAD,
+        overhead=INSTANCE_OVERHEAD + gpu_process,
         instances=instances,
     )
 

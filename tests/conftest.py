@@ -66,6 +66,7 @@ class RunningGateway:
         # uvloop, as `llm-gateway serve` runs it (uvicorn picks it when installed)
         self.thread = threading.Thread(target=lambda: uvloop.run(self.server.serve()), daemon=True)
         self.base_url = f"http://127.0.0.1:{settings.port}"
+        self._clients: list[openai.OpenAI] = []
 
     def __enter__(self) -> RunningGateway:
         self.thread.start()
@@ -73,12 +74,17 @@ class RunningGateway:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for client in self._clients:  # closed here, not whenever the garbage collector gets to them
+            client.close()
         self.server.should_exit = True
         self.thread.join(30)
 
     def client(self, **kw: Any) -> openai.OpenAI:
+        """An SDK client for this gateway; closed with the gateway."""
         kw.setdefault("api_key", "unused")
-        return openai.OpenAI(base_url=f"{self.base_url}/v1", max_retries=0, **kw)
+        client = openai.OpenAI(base_url=f"{self.base_url}/v1", max_retries=0, **kw)
+        self._clients.append(client)
+        return client
 
     def admin(self) -> dict[str, Any]:
         return dict(httpx.get(f"{self.base_url}/admin/models", timeout=30).json())

@@ -198,13 +198,13 @@ def test_requests_spread_over_replicas(
     gw = serve([remote("m", ups, max_concurrency=3)])
 
     def worker() -> None:
-        client = gw.client()  # one client per thread, as a real load generator would
-        for _ in range(5):
-            list(
-                client.chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": "x"}], stream=True
+        with gw.client() as client:  # one client per thread, as a real load generator would
+            for _ in range(5):
+                list(
+                    client.chat.completions.create(
+                        model="m", messages=[{"role": "user", "content": "x"}], stream=True
+                    )
                 )
-            )
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for t in threads:
