@@ -25,6 +25,8 @@ pure-Python needs travelled as an ignored folder; then, from the repository root
         --models /tmp/models --results /tmp/res/vram.jsonl      # about 1 minute for the 24 cases
 
 ``--table-only`` prints the table of an existing results file; ``--generate-only`` writes the models.
+``--set validation`` runs other shapes and settings than the default set, from which the estimate's GPU
+constants were read (an out-of-sample check; give it its own ``--results`` file).
 """
 
 from __future__ import annotations
@@ -58,6 +60,31 @@ MODELS: dict[str, Shape] = {
 CONTEXTS = (4096, 32768)
 PARALLEL = (1, 4)
 FLASH = (False, True)
+
+# ``--set validation``: an out-of-sample check of the estimate's constants, which were read off the default
+# set. Other head layouts (24 heads of 128, 12 heads of 128 with 2 KV heads), other widths and depths,
+# contexts and slot counts (2 and 3: n_ctx / 3 is not a whole number of tokens) that the fit never saw.
+VALIDATION_MODELS: dict[str, Shape] = {
+    "val-4.8G": Shape(embd=3072, layers=24, heads=24, kv_heads=8, ff=8192, ctx_train=16384, dtype="f16"),
+    "val-0.8G": Shape(embd=1536, layers=12, heads=12, kv_heads=2, ff=6144, ctx_train=16384, dtype="f16"),
+}
+VALIDATION_CASES: list[tuple[str, int, int, bool]] = [  # (model, n_ctx, parallel, flash attention)
+    ("val-4.8G", 16384, 2, False),
+    ("val-4.8G", 16384, 2, True),
+    ("val-4.8G", 8192, 3, False),
+    ("val-4.8G", 8192, 3, True),
+    ("val-0.8G", 16384, 3, False),
+    ("val-0.8G", 16384, 3, True),
+    ("val-0.8G", 8192, 2, False),
+    ("val-0.8G", 8192, 2, True),
+]
+SETS: dict[str, tuple[dict[str, Shape], list[tuple[str, int, int, bool]]]] = {
+    "default": (
+        MODELS,
+        [(m, c, p, f) for m in MODELS for c in CONTEXTS for p in PARALLEL for f in FLASH],
+    ),
+    "validation": (VALIDATION_MODELS, VALIDATION_CASES),
+}
 
 LOG_BUFFERS = {
     "weights": re.compile(r"CUDA0 model buffer size =\s*([\d.]+) MiB"),
@@ -232,11 +259,11 @@ def measure(server: Path, nvml: Nvml, spec: LlamaServerBackend, log_path: Path) 
     }
 
 
-def model_path(models: Path, name: str) -> Path:
+def model_path(models: Path, name: str, shape: Shape) -> Path:
     path = models / f"{name}.gguf"
     if not path.exists():
         models.mkdir(parents=True, exist_ok=True)
-        write_model(path.with_suffix(".tmp"), MODELS[name]).rename(path)
+        write_model(path.with_suffix(".tmp"), shape).rename(path)
     return path
 
 
@@ -279,6 +306,9 @@ def main() -> None:
     p.add_argument("--models", type=Path, default=Path("/tmp/models"))
     p.add_argument("--results", type=Path, default=Path("vram_estimate.jsonl"))
     p.add_argument("--only", default="", help="run only the cases whose name contains this")
+    p.add_argument(
+        "--set", default="default", choices=sorted(SETS), help="the fitted cases, or the out-of-sample ones"
+    )
     p.add_argument("--generate-only", action="store_true")
     p.add_argument("--table-only", action="store_true")
     a = p.parse_args()
@@ -286,7 +316,8 @@ def main() -> None:
     if a.table_only:
         print(table(load(a.results)))
         return
-    paths = {name: model_path(a.models, name) for name in MODELS}
+    shapes, cases = SETS[a.set]
+    paths = {name: model_path(a.models, name, shape) for name, shape in shapes.items()}
     if a.generate_only:
         for path in paths.values():
             print(path, path.stat().st_size)
@@ -298,43 +329,36 @@ def main() -> None:
         context = cuda_context_bytes(nvml)
         print(f"# a CUDA context alone: {fmt(None if context is None else context / MiB)} MiB", flush=True)
     done = {r["case"] for r in load(a.results)}
-    for name, path in paths.items():
-        for n_ctx in CONTEXTS:
-            for parallel in PARALLEL:
-                for flash in FLASH:
-                    case = case_name(name, n_ctx, parallel, flash)
-                    if case in done or a.only not in case:
-                        continue
-                    spec = LlamaServerBackend(
-                        kind="llama_server",
-                        model=path,
-                        n_ctx=n_ctx,
-                        parallel=parallel,
-                        flash_attn=flash,
-                        n_gpu_layers=-1,
-                    )
-                    estimate, source = estimate_bytes(spec, None)
-                    parts = estimate_llama_cpp(read_gguf_info(path), spec, spec.instances)
-                    row: dict[str, Any] = {
-                        "case": case,
-                        "estimate": estimate,
-                        "source": source,
-                        "estimate_parts": {
-                            "weights": parts.weights,
-                            "kv": parts.kv_cache,
-                            "compute": parts.compute,
-                            "overhead": parts.overhead,
-                        },
-                        "device": nvml.name,
-                    }
-                    log = a.results.parent / f"{case.replace(' ', '_')}.log"
-                    try:
-                        row["measured"] = measure(a.server, nvml, spec, log)
-                    except Exception as exc:  # a failed case is a row of the table, not the end of the run
-                        row["error"] = repr(exc)[:200]
-                    with a.results.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    print(json.dumps(row), flush=True)
+    for name, n_ctx, parallel, flash in cases:
+        path = paths[name]
+        case = case_name(name, n_ctx, parallel, flash)
+        if case in done or a.only not in case:
+            continue
+        spec = LlamaServerBackend(
+            kind="llama_server", model=path, n_ctx=n_ctx, parallel=parallel, flash_attn=flash, n_gpu_layers=-1
+        )
+        estimate, source = estimate_bytes(spec, None)
+        parts = estimate_llama_cpp(read_gguf_info(path), spec, spec.instances)
+        row: dict[str, Any] = {
+            "case": case,
+            "estimate": estimate,
+            "source": source,
+            "estimate_parts": {
+                "weights": parts.weights,
+                "kv": parts.kv_cache,
+                "compute": parts.compute,
+                "overhead": parts.overhead,
+            },
+            "device": nvml.name,
+        }
+        log = a.results.parent / f"{case.replace(' ', '_')}.log"
+        try:
+            row["measured"] = measure(a.server, nvml, spec, log)
+        except Exception as exc:  # a failed case is a row of the table, not the end of the run
+            row["error"] = repr(exc)[:200]
+        with a.results.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
     print(table(load(a.results)))
 
 
