@@ -111,8 +111,8 @@ def estimate_llama_cpp(info: GgufInfo, spec: GgufEngine, instances: int) -> Esti
     n_ctx = spec.n_ctx
     n_ubatch = min(spec.n_batch, 512, n_ctx)
     kv = info.n_layers * n_ctx * info.n_kv_heads * (info.head_dim_k + info.head_dim_v) * KV_BYTES_PER_ELEMENT
-    server = isinstance(spec, LlamaServerBackend)
-    attended = n_ctx // spec.parallel if isinstance(spec, LlamaServerBackend) else n_ctx  # slots split it
+    server = spec if isinstance(spec, LlamaServerBackend) else None
+    attended = n_ctx // server.parallel if server else n_ctx  # llama-server's slots split the KV cache
     if spec.flash_attn:
         attention = n_ubatch * info.n_embd * FLASH_ACTIVATION_BYTES + n_ctx * n_ubatch * 2
     else:
