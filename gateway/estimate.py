@@ -20,8 +20,9 @@ Three corrections come from GPU memory measured with NVML on an H100 (``bench/vr
 - a ``llama-server`` process that offloads layers holds a CUDA context plus cuBLAS, kernels and the CUDA
   pool, ~700 MiB whatever the model (``GPU_PROCESS_OVERHEAD``). The in-process kind shares the gateway's one
   context across models, so it is not counted per model there;
-- llama-server splits its KV cache between its ``parallel`` slots (not unified), so each slot attends over
-  ``n_ctx / parallel`` and the attention scratch shrinks by that factor;
+- llama-server splits its KV cache between its ``parallel`` slots (not unified), each rounded up to a
+  multiple of 256 tokens, so each slot attends over ``n_ctx / parallel`` and the attention scratch shrinks
+  by that factor;
 - with flash attention the scratch is not zero: activations of the micro-batch (~64 bytes per embedding
   dimension per token) and the mask (2 bytes per score).
 """
@@ -41,6 +42,7 @@ ATTENTION_BYTES_PER_SCORE = 6.25
 BYTES_PER_VOCAB_ENTRY = 640
 GPU_PROCESS_OVERHEAD = 700 * MiB
 FLASH_ACTIVATION_BYTES = 64  # per embedding dimension per micro-batch token
+SLOT_PAD = 256  # llama.cpp rounds each slot's context up to a multiple of this
 
 
 @dataclass(frozen=True)
@@ -110,11 +112,14 @@ class Estimate:
 def estimate_llama_cpp(info: GgufInfo, spec: GgufEngine, instances: int) -> Estimate:
     n_ctx = spec.n_ctx
     n_ubatch = min(spec.n_batch, 512, n_ctx)
-    kv = info.n_layers * n_ctx * info.n_kv_heads * (info.head_dim_k + info.head_dim_v) * KV_BYTES_PER_ELEMENT
     server = spec if isinstance(spec, LlamaServerBackend) else None
-    attended = n_ctx // server.parallel if server else n_ctx  # llama-server's slots split the KV cache
+    attended, cached = n_ctx, n_ctx
+    if server is not None:  # llama-server splits its KV cache between its slots, each padded to 256 tokens
+        attended = -(-n_ctx // server.parallel // SLOT_PAD) * SLOT_PAD
+        cached = attended * server.parallel
+    kv = info.n_layers * cached * info.n_kv_heads * (info.head_dim_k + info.head_dim_v) * KV_BYTES_PER_ELEMENT
     if spec.flash_attn:
-        attention = n_ubatch * info.n_embd * FLASH_ACTIVATION_BYTES + n_ctx * n_ubatch * 2
+        attention = n_ubatch * info.n_embd * FLASH_ACTIVATION_BYTES + attended * n_ubatch * 2
     else:
         attention = int(attended * n_ubatch * info.n_heads * ATTENTION_BYTES_PER_SCORE)
     vocab = info.n_vocab * BYTES_PER_VOCAB_ENTRY
