@@ -96,9 +96,14 @@ class ModelSlot:
         self._changed = asyncio.Event()
 
     async def wait_change(self, timeout: float) -> bool:
-        """Wait for the next state change; False on timeout."""
+        """Wait for the next state change; False on timeout.
+
+        ``asyncio.timeout``, not ``wait_for``, here and in ``wait_idle``: on Python 3.11 ``wait_for`` swallows
+        a cancellation that arrives as the event fires, so a client that left in that instant would have its
+        request carry on, load and generate for nobody."""
         try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
         except TimeoutError:
             return False
         return True
@@ -138,10 +143,11 @@ class ModelSlot:
         self._set(State.DRAINING)
 
     async def wait_idle(self, grace: float) -> bool:
-        if self._idle.is_set():  # wait_for(..., 0) would time out even when idle
+        if self._idle.is_set():  # a timeout of 0 would expire even when idle
             return True
         try:
-            await asyncio.wait_for(self._idle.wait(), grace)
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True

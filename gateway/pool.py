@@ -161,10 +161,11 @@ class Pool:
         self._dispatch()
 
     def probed(self, replica: Replica, ok: bool) -> bool:
-        """Record a health probe's result; True when it moved the replica into or out of rotation. A replica
-        back in rotation takes queued requests at once."""
+        """Record a health probe's result; True when it moved the replica into or out of rotation. Queued
+        requests are dispatched on any change: a replica back in rotation takes them at once, and the last
+        one leaving it can start panic routing to replicas that are out only by their probes."""
         changed = replica.probed(ok, time.monotonic())
-        if changed and ok:
+        if changed:
             self._dispatch()
         return changed
 

@@ -225,3 +225,22 @@ def test_probes_alone_never_make_a_model_unservable() -> None:
         assert refused.value.retry_after is not None and 0 < refused.value.retry_after <= COOLDOWN
 
     asyncio.run(main())
+
+
+def test_the_last_replica_missing_its_probe_starts_panic_routing_for_the_queue() -> None:
+    """Replica 0 missed a probe while idle; replica 1 is busy and a request queues behind it. When replica 1
+    misses its probe too, panic routing lets the queued request have replica 0 at once, instead of waiting
+    for replica 1's stream to end."""
+
+    async def main() -> None:
+        pool = Pool("m", [_Slots(), _Slots()], max_queue=4, rng=random.Random(0))  # type: ignore[list-item]
+        idle, busy = pool.replicas
+        pool.probed(idle, ok=False)
+        assert await pool.acquire(1) is busy
+        waiting = asyncio.create_task(pool.acquire(30))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # replica 0 is out and replica 1 is full: it queues
+        pool.probed(busy, ok=False)
+        assert await waiting is idle
+
+    asyncio.run(main())
