@@ -32,6 +32,7 @@ from typing import Any
 from backends.base import OpenAIRequest, UpstreamResponse
 from backends.build import built_binary
 from backends.http import HttpUpstream, UpstreamUnavailable
+from backends.llama_args import server_args
 from gateway.config import LlamaServerBackend
 
 log = logging.getLogger(__name__)
@@ -64,49 +65,6 @@ def find_binary(spec: LlamaServerBackend, configured: Path | None) -> Path:
         "llama-server not found: set backend.binary or GATEWAY_LLAMA_SERVER, put it on PATH, "
         "or run `llm-gateway build-llama-server`"
     )
-
-
-def server_args(spec: LlamaServerBackend, port: int) -> list[str]:
-    args = [
-        "-m",
-        str(spec.model),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "-c",
-        str(spec.n_ctx),
-        "-b",
-        str(spec.n_batch),
-        "-np",
-        str(spec.parallel),
-        "-ngl",
-        _gpu_layers(spec.n_gpu_layers),
-        "-fa",
-        "on" if spec.flash_attn else "off",
-        "--metrics",
-        "--cont-batching" if spec.cont_batching else "--no-cont-batching",
-    ]
-    if spec.threads:
-        args += ["-t", str(spec.threads)]
-    if spec.threads_http:
-        args += ["--threads-http", str(spec.threads_http)]
-    if spec.chat_template:
-        args += ["--chat-template", spec.chat_template]
-    if spec.chat_template_file:
-        args += ["--chat-template-file", str(spec.chat_template_file)]
-    if spec.embeddings:
-        args += ["--embeddings", "--pooling", spec.pooling]
-    if spec.rpc:
-        args += ["--rpc", ",".join(spec.rpc)]
-    return [*args, *spec.extra_args]
-
-
-def _gpu_layers(n: int) -> str:
-    """-1 means every layer. Recent llama-server reads ``-ngl -1`` as "auto" (fit what free memory allows,
-    measured on an H100: bench/README.md), and its own default is "auto" too, so 0 and -1 are spelled out.
-    999 rather than "all": older builds, which users may have on PATH, accept only numbers."""
-    return "999" if n < 0 else str(n)
 
 
 def _free_port() -> int:

@@ -47,6 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backends.llama_args import server_args  # noqa: E402
 from gateway.config import LlamaServerBackend  # noqa: E402
 from gateway.estimate import MiB, estimate_bytes, estimate_llama_cpp, read_gguf_info  # noqa: E402
 from tests.synthetic_gguf import Shape, write_model  # noqa: E402
@@ -92,23 +93,13 @@ LOG_BUFFERS = {
     "compute": re.compile(r"CUDA0 compute buffer size =\s*([\d.]+) MiB"),
     "host_compute": re.compile(r"CUDA_Host compute buffer size =\s*([\d.]+) MiB"),
 }
+# Not the gateway's: llama.cpp logs its buffer sizes at this verbosity only.
+BUFFER_LOG_ARGS = ("-lv", "4")
 OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 
 
 def case_name(model: str, n_ctx: int, parallel: int, flash: bool) -> str:
     return f"{model} ctx {n_ctx} np {parallel} fa {'on' if flash else 'off'}"
-
-
-def server_args(spec: LlamaServerBackend, port: int) -> list[str]:
-    """The flags of ``backends.process.server_args`` for this spec (that module needs the gateway's web
-    stack, which the GPU machine lacks)."""
-    return [
-        "-m", str(spec.model), "--host", "127.0.0.1", "--port", str(port),
-        "-c", str(spec.n_ctx), "-b", str(spec.n_batch), "-np", str(spec.parallel),
-        "-ngl", str(spec.n_gpu_layers), "-fa", "on" if spec.flash_attn else "off",
-        "--metrics", "--cont-batching" if spec.cont_batching else "--no-cont-batching",
-        "-lv", "4",  # not the gateway's: llama.cpp logs its buffer sizes at this level only
-    ]  # fmt: skip
 
 
 class Nvml:
@@ -192,7 +183,8 @@ def measure(server: Path, nvml: Nvml, spec: LlamaServerBackend, log_path: Path) 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([str(server), *server_args(spec, port)], stdout=log, stderr=subprocess.STDOUT)
+        command = [str(server), *server_args(spec, port), *BUFFER_LOG_ARGS]
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         t0 = time.monotonic()
         wait_healthy(base, proc)

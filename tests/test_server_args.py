@@ -1,4 +1,4 @@
-"""The llama-server command line the gateway generates from a manifest (``backends.process.server_args``).
+"""The llama-server command line the gateway generates from a manifest (``backends.llama_args``).
 
 That the generated flags are accepted and do what they say is proven by the tests that launch a real
 llama-server (tests/test_llama_server.py); these pin down the mapping itself, including the spellings that
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backends.process import server_args
+from backends.llama_args import server_args
 from gateway.config import LlamaServerBackend
 
 
