@@ -10,6 +10,8 @@ must never block it; engines that block (llama.cpp, the docker SDK) run in their
   idempotent; never raises.
 - ``health()``: cheap, never raises; may run at any time, concurrently with ``forward`` (the gateway's
   active health checks call it on a timer while the model is loaded, beside the requests, holding no slot).
+- ``describe()``: what an operator may see about the replica (``ReplicaInfo``); cheap, synchronous, never
+  raises, never does I/O.
 - ``forward(request)``: may run concurrently up to ``capacity`` times. It returns once the status and the
   first body chunk are known, so that a failure before the first byte is a proper error, not a broken 200.
   The caller must call ``close()`` on the response, in a ``finally``.
@@ -52,6 +54,19 @@ class UpstreamResponse:
     finished: asyncio.Future[bool] = field(repr=False)
 
 
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """What the admin API shows about one replica; each kind fills what it knows."""
+
+    url: str | None = None  # where the gateway forwards to (HTTP kinds)
+    pid: int | None = None  # a launched process
+    container: str | None = None  # a container's name
+    engine: str | None = None  # the Docker engine it runs on
+    devices: tuple[str, ...] = ()  # the budget devices it was placed on
+    exit_status: str | None = None  # why it last died, with its last log lines
+    log: tuple[str, ...] = ()  # the last lines it wrote (launched kinds), oldest first
+
+
 class BackendError(Exception):
     """A replica could not start or failed while serving; the message is safe to show to clients."""
 
@@ -67,5 +82,7 @@ class Backend(Protocol):
     async def stop(self) -> None: ...
 
     async def health(self) -> bool: ...
+
+    def describe(self) -> ReplicaInfo: ...
 
     async def forward(self, request: OpenAIRequest) -> UpstreamResponse: ...

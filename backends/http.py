@@ -23,16 +23,10 @@ import json
 from collections.abc import AsyncIterator, Callable
 
 from backends.base import OpenAIRequest, UpstreamResponse
+from backends.errors import GatewayError, UpstreamError, UpstreamUnavailable, sse_error_event
 from backends.http1 import Client, Disconnected, HttpClientError, Response
-from gateway.errors import GatewayError, UpstreamError, sse_error_event
 
 PASS_HEADERS = ("content-type", "cache-control")
-
-
-class UpstreamUnavailable(UpstreamError):
-    """The upstream could not be reached or failed before answering; another replica may serve the request."""
-
-    code = "upstream_unavailable"
 
 
 class UpstreamHttpError(UpstreamError):

@@ -6,15 +6,27 @@ but the manifest models: ``bench/vram_estimate.py`` runs it on a GPU machine wit
 
 from __future__ import annotations
 
-from gateway.config import LlamaServerBackend
+from collections.abc import Sequence
+
+from backends.llama_server_spec import LlamaServerBackend, LlamaServerFlags
 
 
-def server_args(spec: LlamaServerBackend, port: int) -> list[str]:
+def server_args(
+    spec: LlamaServerFlags,
+    *,
+    model: str,
+    port: int,
+    host: str = "127.0.0.1",
+    chat_template_file: str | None = None,
+    rpc: Sequence[str] = (),
+) -> list[str]:
+    """The flags for ``spec``. Paths and addresses are passed in, because they differ between a process on
+    this machine and a container (where the files are mounted elsewhere and the workers are managed)."""
     args = [
         "-m",
-        str(spec.model),
+        model,
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "-c",
@@ -32,17 +44,25 @@ def server_args(spec: LlamaServerBackend, port: int) -> list[str]:
     ]
     if spec.threads:
         args += ["-t", str(spec.threads)]
+    if spec.threads_batch:
+        args += ["--threads-batch", str(spec.threads_batch)]
     if spec.threads_http:
         args += ["--threads-http", str(spec.threads_http)]
     if spec.chat_template:
         args += ["--chat-template", spec.chat_template]
-    if spec.chat_template_file:
-        args += ["--chat-template-file", str(spec.chat_template_file)]
+    if chat_template_file:
+        args += ["--chat-template-file", chat_template_file]
     if spec.embeddings:
         args += ["--embeddings", "--pooling", spec.pooling]
-    if spec.rpc:
-        args += ["--rpc", ",".join(spec.rpc)]
+    if rpc:
+        args += ["--rpc", ",".join(rpc)]
     return [*args, *spec.extra_args]
+
+
+def process_args(spec: LlamaServerBackend, port: int) -> list[str]:
+    """The flags of a llama-server on this machine: the manifest's own paths and RPC workers."""
+    template = str(spec.chat_template_file) if spec.chat_template_file else None
+    return server_args(spec, model=str(spec.model), port=port, chat_template_file=template, rpc=spec.rpc)
 
 
 def _gpu_layers(n: int) -> str:

@@ -21,10 +21,10 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from backends.base import OpenAIRequest, UpstreamResponse
+from backends.base import OpenAIRequest, ReplicaInfo, UpstreamResponse
+from backends.errors import GatewayError, InvalidRequest, ModelUnavailable, UpstreamError, sse_error_event
+from backends.llama_cpp_spec import LlamaCppBackend
 from backends.llama_jobs import RUNNERS, Cancelled, Job
-from gateway.config import LlamaCppBackend
-from gateway.errors import GatewayError, InvalidRequest, ModelUnavailable, UpstreamError, sse_error_event
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,9 @@ class LlamaCppReplica:
 
     async def health(self) -> bool:
         return self._llama is not None
+
+    def describe(self) -> ReplicaInfo:
+        return ReplicaInfo()  # in this process: no URL, pid or logs of its own
 
     async def forward(self, request: OpenAIRequest) -> UpstreamResponse:
         llama = self._llama

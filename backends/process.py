@@ -29,17 +29,18 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from backends.base import OpenAIRequest, UpstreamResponse
+from backends.base import OpenAIRequest, ReplicaInfo, UpstreamResponse
 from backends.build import built_binary
-from backends.http import HttpUpstream, UpstreamUnavailable
-from backends.llama_args import server_args
-from gateway.config import LlamaServerBackend
+from backends.errors import UpstreamUnavailable
+from backends.http import HttpUpstream
+from backends.llama_args import process_args
+from backends.llama_server_spec import LlamaServerBackend
+from backends.supervise import restart_with_backoff
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE = 10.0
 HEALTH_TIMEOUT = 3.0
-MAX_RESTART_BACKOFF = 30.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -96,13 +97,13 @@ class LlamaServerReplica:
     def capacity(self) -> int:
         return self._spec.parallel
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
-    def url(self) -> str | None:
-        return self._http.base_url if self._http else None
+    def describe(self) -> ReplicaInfo:
+        return ReplicaInfo(
+            url=self._http.base_url if self._http else None,
+            pid=self._proc.pid if self._proc else None,
+            exit_status=self.exit_status,
+            log=tuple(self.log_tail),
+        )
 
     async def start(self) -> None:
         if self._proc is not None and self._proc.returncode is None:
@@ -117,7 +118,7 @@ class LlamaServerReplica:
         port = _free_port()
         self._proc = await asyncio.create_subprocess_exec(
             str(binary),
-            *server_args(self._spec, port),
+            *process_args(self._spec, port),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -167,20 +168,13 @@ class LlamaServerReplica:
     async def _supervise(self, proc: asyncio.subprocess.Process) -> None:
         """Restart the process with backoff when it dies while it should be serving."""
         code = await proc.wait()
-        backoff = 1.0
-        while not self._stopping:
-            self._healthy = False
-            self.exit_status = f"exited with {code}: {self._last_lines()}"
-            log.warning("%s: llama-server %s; restarting in %.0fs", self._label, self.exit_status, backoff)
-            await asyncio.sleep(backoff)  # restart backoff
-            if self.stopping():  # stop() may have run during the sleep
-                return
-            try:
-                await self._launch()
-                return
-            except Exception as exc:
-                log.warning("%s: restart failed: %s", self._label, exc)
-                backoff = min(backoff * 2, MAX_RESTART_BACKOFF)
+        if self._stopping:
+            return
+        self._healthy = False
+        self.exit_status = f"exited with {code}: {self._last_lines()}"
+        await restart_with_backoff(
+            f"{self._label}: llama-server", self.exit_status, self._launch, self.stopping
+        )
 
     def stopping(self) -> bool:
         return self._stopping

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from backends.base import OpenAIRequest, UpstreamResponse
+from backends.base import OpenAIRequest, ReplicaInfo, UpstreamResponse
 from backends.http import HttpUpstream
-from gateway.config import RemoteEndpoint
+from backends.remote_spec import RemoteEndpoint
 
 
 class RemoteReplica:
@@ -25,6 +25,9 @@ class RemoteReplica:
 
     async def health(self) -> bool:
         return await self._http.get("/v1/models", timeout=5) == 200
+
+    def describe(self) -> ReplicaInfo:
+        return ReplicaInfo(url=self._http.base_url)
 
     async def forward(self, request: OpenAIRequest) -> UpstreamResponse:
         return await self._http.forward(request)

@@ -11,6 +11,7 @@ GET  /admin/models/{name}/logs      the last output lines of each replica's proc
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from backends.base import ReplicaInfo
 from gateway.lifecycle import ModelSlot
+from gateway.placement import HOST
 from gateway.pool import Replica
 
 if TYPE_CHECKING:
@@ -34,6 +37,7 @@ def describe(slot: ModelSlot, now: float) -> dict[str, Any]:
         "state": slot.state.value,
         "pinned": slot.pinned,
         "memory_bytes": slot.memory,
+        "memory_by_device": dict(slot.claims),
         "in_flight": slot.in_flight,
         "queued": slot.pool.queued if slot.pool else 0,
         "replicas": [_replica(r, now) for r in slot.pool.replicas] if slot.pool else [],
@@ -55,11 +59,13 @@ def _replica(replica: Replica, now: float) -> dict[str, Any]:
         "served": replica.served,
         "failures": replica.failures,  # consecutive failed requests
         "ejected_for": round(max(0.0, replica.ejected_until - now), 3),
-        # What only some backends know: a child process's pid, URL and exit status.
-        "pid": getattr(backend, "pid", None),
-        "url": getattr(backend, "url", None),
-        "exit_status": getattr(backend, "exit_status", None),
+        **_details(backend.describe()),
     }
+
+
+def _details(info: ReplicaInfo) -> dict[str, Any]:
+    """What the backend kind knows about the replica (a pid, a URL, a container...), without its log."""
+    return {k: v for k, v in dataclasses.asdict(info).items() if k != "log"}
 
 
 class AdminRoutes:
@@ -79,9 +85,14 @@ class AdminRoutes:
     def _state(self) -> dict[str, Any]:
         now = time.monotonic()
         sched = self.gw.scheduler
+        used = sched.used()
         return {
-            "memory_budget_bytes": sched.budget,
-            "memory_used_bytes": sched.used(),
+            "memory_budget_bytes": sched.budgets[HOST],
+            "memory_used_bytes": used[HOST],
+            "devices": [
+                {"device": d, "budget_bytes": b, "used_bytes": used.get(d, 0)}
+                for d, b in sched.budgets.items()
+            ],
             "models": [describe(s, now) for s in sched.slots.values()],
             "manifest_problems": [
                 {"file": str(p.file), "field": p.field, "reason": p.reason}
@@ -114,11 +125,7 @@ class AdminRoutes:
         slot = self.gw.registry.resolve(request.path_params["name"])
         replicas = slot.pool.replicas if slot.pool else []
         return JSONResponse(
-            {
-                "replicas": [
-                    {"index": r.index, "log": list(getattr(r.backend, "log_tail", []))} for r in replicas
-                ]
-            }
+            {"replicas": [{"index": r.index, "log": list(r.backend.describe().log)} for r in replicas]}
         )
 
     async def unpin(self, request: Request) -> Response:

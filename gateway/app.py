@@ -18,12 +18,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from backends.docker_engine import DockerEngine
 from gateway.admin import AdminRoutes
 from gateway.config import Settings
+from gateway.engines import Hosts, devices, docker_engine, engine_settings, instance_id
 from gateway.errors import GatewayError, Unauthorized, error_response
 from gateway.manifests import ManifestSet, load_directory
 from gateway.metrics import Metrics
 from gateway.openai_api import HotPath, OpenAIRoutes
+from gateway.placement import DoesNotFit, plan
 from gateway.registry import Registry
 from gateway.scheduler import Scheduler
 
@@ -45,23 +48,45 @@ class Gateway:
     registry: Registry
     scheduler: Scheduler
     metrics: Metrics
+    hosts: Hosts
+
+
+def build_hosts(settings: Settings) -> Hosts:
+    budget = (
+        int(settings.memory_budget) if settings.memory_budget is not None else int(available_memory() * 0.9)
+    )
+    configured = engine_settings(settings)
+    inventory, budgets = devices(configured, budget)
+    instance = instance_id(settings)
+    return Hosts({e.name: docker_engine(e, instance) for e in configured}, inventory, budgets)
 
 
 def build_gateway(settings: Settings) -> Gateway:
     manifests = load_directory(settings.manifests)
     for problem in manifests.problems:
         log.error("manifest skipped: %s", problem)
-    registry = Registry.build(manifests, settings)
-    budget = (
-        int(settings.memory_budget) if settings.memory_budget is not None else int(available_memory() * 0.9)
-    )
+    hosts = build_hosts(settings)
+    registry = Registry.build(manifests, settings, hosts)
     scheduler = Scheduler(
         registry.slots.values(),
-        budget,
+        hosts.budgets,
         drain_grace=settings.drain_grace,
         load_failure_backoff=settings.load_failure_backoff,
     )
-    return Gateway(settings, manifests, registry, scheduler, Metrics(scheduler))
+    for slot in registry.slots.values():
+        never = plan(slot.name, slot.demand, [], hosts.budgets)
+        if isinstance(never, DoesNotFit):
+            log.warning("%s can never be loaded here: %s", slot.name, never.reason)
+    return Gateway(settings, manifests, registry, scheduler, Metrics(scheduler), hosts)
+
+
+def engines_in_use(gw: Gateway) -> list[DockerEngine]:
+    """The engines some container model may run on: only those are touched (cleaned up at startup)."""
+    names: set[str] = set()
+    for slot in gw.registry.slots.values():
+        for unit in slot.demand:
+            names.update(o.engine for o in unit if o.engine)
+    return [gw.hosts.engines[n] for n in sorted(names)]
 
 
 class ApiKeyMiddleware:
@@ -104,17 +129,22 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engines = engines_in_use(gateway)
+        for engine in engines:  # before any container of this run starts (DockerEngine.ready waits for it)
+            engine.start_cleanup()
         gateway.scheduler.start_background()
         log.info(
-            "serving %d models (%d manifest problems), memory budget %.0f MiB",
+            "serving %d models (%d manifest problems), memory budget %s",
             len(gateway.registry.slots),
             len(gateway.manifests.problems),
-            gateway.scheduler.budget / 2**20,
+            ", ".join(f"{d} {b / 2**20:.0f} MiB" for d, b in gateway.scheduler.budgets.items()),
         )
         try:
             yield
         finally:
             await gateway.scheduler.shutdown()
+            for engine in engines:
+                await engine.close()
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

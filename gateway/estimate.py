@@ -32,7 +32,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config import BackendSpec, GgufEngine, LlamaServerBackend, RemoteBackend
+from backends.container_spec import LlamaCppContainer, RawContainer, VllmContainer
+from backends.llama_server_spec import LlamaServerFlags
+from backends.spec import GgufSettings
+from gateway.config import BackendSpec, RemoteBackend
 from gateway.gguf_meta import GgufError, read_metadata
 
 MiB = 1024 * 1024
@@ -109,10 +112,10 @@ class Estimate:
         return self.instances * self.per_instance
 
 
-def estimate_llama_cpp(info: GgufInfo, spec: GgufEngine, instances: int) -> Estimate:
+def estimate_llama_cpp(info: GgufInfo, spec: GgufSettings, instances: int) -> Estimate:
     n_ctx = spec.n_ctx
     n_ubatch = min(spec.n_batch, 512, n_ctx)
-    server = spec if isinstance(spec, LlamaServerBackend) else None
+    server = spec if isinstance(spec, LlamaServerFlags) else None  # a llama-server, process or container
     attended, cached = n_ctx, n_ctx
     if server is not None:  # llama-server splits its KV cache between its slots, each padded to 256 tokens
         attended = -(-n_ctx // server.parallel // SLOT_PAD) * SLOT_PAD
@@ -138,13 +141,20 @@ def estimate_llama_cpp(info: GgufInfo, spec: GgufEngine, instances: int) -> Esti
 def estimate_bytes(spec: BackendSpec, override: int | None) -> tuple[int, str]:
     """The budgeted bytes for a model, and where the number comes from.
 
-    A remote upstream holds no local memory. A damaged GGUF file still gets a budget (its size), so that its
-    load can run and report the real error."""
+    A remote upstream holds no local memory; a vLLM container holds a share of each of its GPUs, which the
+    placement computes per GPU (``gateway.demand``). A damaged GGUF file still gets a budget (its size), so
+    that its load can run and report the real error."""
     if override is not None:
         return override, "manifest override"
     if isinstance(spec, RemoteBackend):
         return 0, "remote: no local memory"
+    if isinstance(spec, VllmContainer):
+        return 0, f"vllm: {spec.gpu_memory_utilization:g} of each GPU"
+    if isinstance(spec, RawContainer):
+        return 0, "raw container: no estimate (give memory)"
+    model = Path(spec.model)  # a llama.cpp container's GGUF is on this machine, else memory is required
+    instances = spec.replicas if isinstance(spec, LlamaCppContainer) else spec.instances
     try:
-        return estimate_llama_cpp(read_gguf_info(spec.model), spec, spec.instances).total, "GGUF estimate"
+        return estimate_llama_cpp(read_gguf_info(model), spec, instances).total, "GGUF estimate"
     except (OSError, ValueError) as exc:
-        return spec.model.stat().st_size * spec.instances, f"unreadable GGUF ({exc}): file size"
+        return model.stat().st_size * instances, f"unreadable GGUF ({exc}): file size"

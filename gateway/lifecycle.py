@@ -8,7 +8,9 @@ States and the only allowed moves::
 
 ``ModelSlot._set`` is the single writer of ``state``. The scheduler drives the moves; request handlers only
 take and return leases, through ``Scheduler.acquire`` (one entry point, so no caller acts on a stale read).
-Memory counts as held from LOADING until the move back to UNLOADED, that is until the engine has let go.
+Memory counts as held from LOADING until the move back to UNLOADED, that is until the engine has let go: the
+placement chosen at ``begin_load`` (one option per unit of the model's demand: where each replica, worker or
+container goes) says on which devices, and the replicas are built for that placement.
 While the slot has a pool (READY and DRAINING), a task probes its replicas' health (``gateway.health``); it
 is stopped before the replicas are.
 """
@@ -19,14 +21,17 @@ import asyncio
 import enum
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from backends.base import Backend
 from gateway.config import ModelManifest
 from gateway.errors import GatewayError
 from gateway.health import start_checks, stop_checks
+from gateway.placement import Option, Unit
 from gateway.pool import Pool
+
+MakeBackends = Callable[[Sequence[Option]], list[Backend]]
 
 
 class State(enum.StrEnum):
@@ -64,14 +69,15 @@ class ModelSlot:
     def __init__(
         self,
         manifest: ModelManifest,
-        memory: int,
-        make_backends: Callable[[], list[Backend]],
+        demand: Sequence[Unit],
+        make_backends: MakeBackends,
         max_queue: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.manifest = manifest
         self.name = manifest.name
-        self.memory = memory
+        self.demand = demand
+        self.placement: tuple[Option, ...] = ()  # chosen while the model holds memory
         self.pinned = manifest.pinned
         self.max_queue = max_queue
         self._make_backends = make_backends
@@ -108,14 +114,32 @@ class ModelSlot:
             return False
         return True
 
+    @property
+    def claims(self) -> Mapping[str, int]:
+        """Bytes held per device: those of the placement while loading, ready or draining; else none."""
+        held: dict[str, int] = {}
+        for option in self.placement:
+            for device, n in option.claims.items():
+                held[device] = held.get(device, 0) + n
+        return held
+
+    @property
+    def memory(self) -> int:
+        """Bytes held, or, while unloaded, what the model's cheapest placement would hold."""
+        if self.placement:
+            return sum(o.total for o in self.placement)
+        return sum(min((o.total for o in unit), default=0) for unit in self.demand)
+
     # -- moves, called by the scheduler only -------------------------------------------------------------
-    def begin_load(self) -> None:
+    def begin_load(self, choice: Sequence[int]) -> None:
+        """Reserve the memory of the placement that ``choice`` picks (one option index per unit)."""
         self._set(State.LOADING)
+        self.placement = tuple(unit[i] for unit, i in zip(self.demand, choice, strict=True))
         self.loads += 1
 
     async def start(self) -> None:
         """Start every replica; on any failure, stop the ones that started and re-raise."""
-        backends = self._make_backends()
+        backends = self._make_backends(self.placement)
         results = await asyncio.gather(*(b.start() for b in backends), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -132,6 +156,7 @@ class ModelSlot:
         count = (self.failure.count + 1) if self.failure else 1
         wait = min(backoff * 2 ** (count - 1), MAX_BACKOFF)
         self.failure = Failure(message, self._clock() + wait, count)
+        self.placement = ()
         self._set(State.UNLOADED)
         return self.failure
 
@@ -163,6 +188,7 @@ class ModelSlot:
                 cancelled = pool.fail_waiters(error) + pool.outstanding
                 await asyncio.gather(*(r.backend.stop() for r in pool.replicas), return_exceptions=True)
         finally:
+            self.placement = ()
             self._set(State.UNLOADED)  # even if cancelled: never leave the memory counted forever
         return cancelled
 

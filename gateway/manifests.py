@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from backends.container_spec import PRESETS
 from gateway.config import BACKEND_KINDS, ModelManifest
 
 
@@ -43,9 +44,17 @@ def _field_path(loc: tuple[int | str, ...], prefix: str) -> str:
     for i, item in enumerate(loc):
         if isinstance(item, int):
             parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
-        elif not (i > 0 and loc[i - 1] == "backend" and item in BACKEND_KINDS):
-            parts.append(str(item))  # (pydantic puts the discriminated union's tag after "backend")
+        elif not _union_tag(loc, i):
+            parts.append(str(item))
     return ".".join(parts)
+
+
+def _union_tag(loc: tuple[int | str, ...], i: int) -> bool:
+    """pydantic puts a discriminated union's tag in the path: the kind after "backend", and a container's
+    preset after that. They are not fields."""
+    if i > 0 and loc[i - 1] == "backend" and loc[i] in BACKEND_KINDS:
+        return True
+    return i > 1 and loc[i - 2] == "backend" and loc[i - 1] == "container" and loc[i] in PRESETS
 
 
 def _documents(raw: Any) -> list[tuple[str, Any]]:

@@ -39,10 +39,16 @@ class _ModelCollector(Collector):
             running.add_metric([slot.name], float(slot.pool.outstanding if slot.pool else 0))
             waiting.add_metric([slot.name], float(slot.pool.queued if slot.pool else 0))
             memory.add_metric([slot.name], float(slot.memory))
-        used = GaugeMetricFamily("gateway_memory_used_bytes", "Estimated memory held by models")
-        used.add_metric([], float(self._scheduler.used()))
-        budget = GaugeMetricFamily("gateway_memory_budget_bytes", "Memory budget for models")
-        budget.add_metric([], float(self._scheduler.budget))
+        used = GaugeMetricFamily(
+            "gateway_memory_used_bytes", "Estimated memory held by models, per device", labels=["device"]
+        )
+        for device, n in self._scheduler.used().items():
+            used.add_metric([device], float(n))
+        budget = GaugeMetricFamily(
+            "gateway_memory_budget_bytes", "Memory budget for models, per device", labels=["device"]
+        )
+        for device, n in self._scheduler.budgets.items():
+            budget.add_metric([device], float(n))
         yield from (state, running, waiting, memory, used, budget)
 
 

@@ -22,9 +22,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backends.base import Endpoint, OpenAIRequest, UpstreamResponse
-from backends.http import UpstreamUnavailable
 from gateway.balancing import preferred_replica
-from gateway.errors import GatewayError, InvalidRequest, error_response
+from gateway.errors import GatewayError, InvalidRequest, UpstreamUnavailable, error_response
 from gateway.lifecycle import ModelSlot
 from gateway.pool import Pool, Replica
 from gateway.requests import (

@@ -7,25 +7,30 @@ decided here, once, from the manifest's discriminated ``backend`` union.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from backends.base import Backend
-from gateway.config import LlamaCppBackend, LlamaServerBackend, ModelManifest, Settings
+from gateway.config import LlamaCppBackend, LlamaServerBackend, ModelManifest, RemoteBackend, Settings
+from gateway.containers import container_factory
+from gateway.demand import demand
+from gateway.engines import Hosts
 from gateway.errors import ModelNotFound
 from gateway.estimate import estimate_bytes
-from gateway.lifecycle import ModelSlot
+from gateway.lifecycle import MakeBackends, ModelSlot
 from gateway.manifests import ManifestSet
+from gateway.placement import Option
 
 log = logging.getLogger(__name__)
 
 
-def backend_factory(manifest: ModelManifest, binary: Path | None) -> Callable[[], list[Backend]]:
+def backend_factory(manifest: ModelManifest, binary: Path | None, hosts: Hosts) -> MakeBackends:
+    """How to make the model's replicas for a placement (one ``Option`` per unit of its demand)."""
     spec = manifest.backend
     if isinstance(spec, LlamaCppBackend):
 
-        def make() -> list[Backend]:
+        def make(_: Sequence[Option]) -> list[Backend]:
             # Imported on first load: the engine's imports (numpy, llama_cpp) cost RSS with no model loaded.
             from backends.llama_cpp import LlamaCppReplica
 
@@ -34,20 +39,22 @@ def backend_factory(manifest: ModelManifest, binary: Path | None) -> Callable[[]
         return make
     if isinstance(spec, LlamaServerBackend):
 
-        def make_servers() -> list[Backend]:
+        def make_servers(_: Sequence[Option]) -> list[Backend]:
             from backends.process import LlamaServerReplica
 
             return [LlamaServerReplica(spec, f"{manifest.name}-{i}", binary) for i in range(spec.replicas)]
 
         return make_servers
-    remote = spec
+    if isinstance(spec, RemoteBackend):
+        remote = spec
 
-    def make_remote() -> list[Backend]:
-        from backends.remote import RemoteReplica
+        def make_remote(_: Sequence[Option]) -> list[Backend]:
+            from backends.remote import RemoteReplica
 
-        return [RemoteReplica(e, remote.upstream_model) for e in remote.endpoints]
+            return [RemoteReplica(e, remote.upstream_model) for e in remote.endpoints]
 
-    return make_remote
+        return make_remote
+    return container_factory(manifest, spec, hosts)
 
 
 @dataclass
@@ -63,7 +70,7 @@ class Registry:
         return slot
 
     @classmethod
-    def build(cls, manifests: ManifestSet, settings: Settings) -> Registry:
+    def build(cls, manifests: ManifestSet, settings: Settings, hosts: Hosts) -> Registry:
         slots: dict[str, ModelSlot] = {}
         names: dict[str, ModelSlot] = {}
         sources: dict[str, str] = {}
@@ -76,8 +83,8 @@ class Registry:
             sources[m.name] = source
             slot = ModelSlot(
                 m,
-                memory,
-                backend_factory(m, settings.llama_server),
+                demand(m.backend, memory, hosts.inventory, hosts.budgets),
+                backend_factory(m, settings.llama_server, hosts),
                 m.max_queue if m.max_queue is not None else settings.max_queue,
             )
             slots[m.name] = slot

@@ -2,10 +2,11 @@
 
 - ``acquire`` is the one way in for requests: it returns a lease on a ready model, starting a load if needed.
   Concurrent first requests join the one load task of their model.
-- One placement decision at a time (the decision lock): the pure ``placement.plan`` says what to evict; the
+- One placement decision at a time (the decision lock): the pure ``placement.plan`` says where the model goes
+  (per device: the host, each engine's RAM and GPUs) and what to evict there; the
   victims are marked draining under the lock, drained (grace period, then cancelled) and unloaded outside
   it, and the target decides again once they are gone. A model starts loading only when it fits, so the
-  estimates of models holding memory never add up to more than the budget.
+  estimates of models holding memory never add up to more than any device's budget.
 - When the target only fails to fit because other models are loading or draining, it waits for those
   transitions and decides again (llama-swap's "stopping waits, then starts"), instead of failing.
 - Engine loads and drains run outside the decision lock, so a slow load or a long drain does not hold up a
@@ -21,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
 from gateway.errors import GatewayError, InsufficientMemory, LoadFailed, ModelUnavailable
@@ -35,14 +36,14 @@ class Scheduler:
     def __init__(
         self,
         slots: Iterable[ModelSlot],
-        budget: int,
+        budgets: Mapping[str, int],
         *,
         drain_grace: float,
         load_failure_backoff: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.slots = {s.name: s for s in slots}
-        self.budget = budget
+        self.budgets = dict(budgets)  # per device (gateway.placement)
         self.drain_grace = drain_grace
         self.load_failure_backoff = load_failure_backoff
         self._clock = clock
@@ -78,8 +79,14 @@ class Scheduler:
             else:
                 await slot.wait_change(remaining)
 
-    def used(self) -> int:
-        return sum(s.memory for s in self.slots.values() if s.state in HOLDS_MEMORY)
+    def used(self) -> dict[str, int]:
+        """Bytes held per device (every budgeted device, 0 when nothing holds it)."""
+        held = dict.fromkeys(self.budgets, 0)
+        for s in self.slots.values():
+            if s.state in HOLDS_MEMORY:
+                for device, n in s.claims.items():
+                    held[device] = held.get(device, 0) + n
+        return held
 
     # -- loads -------------------------------------------------------------------------------------------
     def load(self, slot: ModelSlot) -> asyncio.Task[None]:
@@ -105,9 +112,9 @@ class Scheduler:
                 if slot.state is not State.UNLOADED:
                     return
                 residents = self._residents()
-                decision = plan(slot.name, slot.memory, residents, self.budget)
+                decision = plan(slot.name, slot.demand, residents, self.budgets)
                 if isinstance(decision, Fits) and not decision.evict:
-                    slot.begin_load()  # reserves the memory
+                    slot.begin_load(decision.choice)  # reserves the memory where it goes
                     break
                 if isinstance(decision, Fits):
                     log.info("evicting %s to load %s", ", ".join(decision.evict), slot.name)
@@ -143,7 +150,7 @@ class Scheduler:
         Only models that hold memory are waited on, and they are past their own decision, so two loads can
         never wait on each other."""
         settled = [replace(r, evictable=True) for r in residents]
-        if isinstance(plan(slot.name, slot.memory, settled, self.budget), DoesNotFit):
+        if isinstance(plan(slot.name, slot.demand, settled, self.budgets), DoesNotFit):
             return []
         tasks = (self._loads.get(r.name) or self._unloads.get(r.name) for r in residents if not r.evictable)
         return [t for t in tasks if t is not None]
@@ -152,7 +159,7 @@ class Scheduler:
         return [
             Resident(
                 name=s.name,
-                memory=s.memory,
+                claims=s.claims,
                 pinned=s.pinned,
                 in_flight=s.in_flight,
                 last_used=s.last_used,

@@ -25,10 +25,11 @@ from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
 
-from backends.base import BackendError, OpenAIRequest, UpstreamResponse
+from backends.base import BackendError, OpenAIRequest, ReplicaInfo, UpstreamResponse
 from gateway.config import ModelManifest
 from gateway.errors import GatewayError, InsufficientMemory, LoadFailed
 from gateway.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
+from gateway.placement import HOST, Option
 from gateway.scheduler import Scheduler
 
 T = TypeVar("T")
@@ -75,6 +76,9 @@ class FakeBackend:
 
     async def health(self) -> bool:
         return self.started
+
+    def describe(self) -> ReplicaInfo:
+        return ReplicaInfo()
 
     async def forward(self, request: OpenAIRequest) -> UpstreamResponse:
         raise NotImplementedError("not used by the scheduler")
@@ -126,7 +130,9 @@ class SchedulerMachine(RuleBasedStateMachine):
                 "backend": {"kind": "llama_cpp", "model": str(ANY_FILE)},
             }
         )
-        return ModelSlot(manifest, memory, lambda: [FakeBackend(name, self.engines)], max_queue=4)
+        return ModelSlot(
+            manifest, [[Option({HOST: memory})]], lambda _: [FakeBackend(name, self.engines)], max_queue=4
+        )
 
     @initialize(target=slots, specs=model_specs)
     def build(self, specs: list[tuple[int, bool, bool]]) -> Any:
@@ -134,7 +140,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             name = f"m{i}"
             self.engines.fails[name] = fails
             self.all_slots.append(self.make_slot(name, memory, pinned))
-        self.scheduler = Scheduler(self.all_slots, BUDGET, drain_grace=0, load_failure_backoff=0)
+        self.scheduler = Scheduler(self.all_slots, {HOST: BUDGET}, drain_grace=0, load_failure_backoff=0)
         return multiple(*self.all_slots)
 
     # -- helpers ---------------------------------------------------------------------------------------
@@ -264,7 +270,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         held = sum(s.memory for s in self.all_slots if s.state in HOLDS_MEMORY)
         assert held <= BUDGET
         if self.scheduler is not None:
-            assert self.sched.used() == held
+            assert self.sched.used()[HOST] == held
 
     @invariant()
     def running_engines_within_budget(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backends.llama_args import server_args
+from backends.llama_args import process_args as server_args
 from gateway.config import LlamaServerBackend
 
 

@@ -11,13 +11,14 @@ import pytest
 
 from gateway.config import ModelManifest
 from gateway.lifecycle import ModelSlot
+from gateway.placement import HOST, Option
 
 
 def slot() -> ModelSlot:
     manifest = ModelManifest.model_validate(
         {"name": "m", "backend": {"kind": "llama_cpp", "model": str(Path(__file__).resolve())}}
     )
-    return ModelSlot(manifest, 1, lambda: [], max_queue=1)
+    return ModelSlot(manifest, [[Option({HOST: 1})]], lambda _: [], max_queue=1)
 
 
 def test_a_cancellation_that_arrives_with_the_state_change_is_not_lost() -> None:
@@ -25,7 +26,7 @@ def test_a_cancellation_that_arrives_with_the_state_change_is_not_lost() -> None
         s = slot()
         waiter = asyncio.create_task(s.wait_change(60))
         await asyncio.sleep(0)  # the waiter is now parked on the event
-        s.begin_load()  # the state changes ...
+        s.begin_load((0,))  # the state changes ...
         waiter.cancel()  # ... and the client leaves, in the same loop iteration
         with pytest.raises(asyncio.CancelledError):
             await waiter
@@ -38,7 +39,7 @@ def test_wait_change_reports_a_change_and_a_timeout() -> None:
         s = slot()
         waiter = asyncio.create_task(s.wait_change(60))
         await asyncio.sleep(0)
-        s.begin_load()
+        s.begin_load((0,))
         assert await waiter is True
         assert await s.wait_change(0.01) is False
 

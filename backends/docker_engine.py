@@ -1,0 +1,165 @@
+"""One Docker Engine API endpoint (a host's Docker daemon, or podman serving the same API), driven with the
+``docker`` SDK.
+
+The SDK blocks, so every call runs on the engine's own small thread pool, under a deadline: the SDK's HTTP
+timeout bounds each request, and ``asyncio.timeout`` bounds the whole call (a pull, a stop). A failure to
+reach the engine, or a call past its deadline, is ``UpstreamUnavailable`` naming the engine, so a model on an
+unreachable host answers 503 with Retry-After (through the load backoff) and the others keep serving.
+
+Containers the gateway starts carry labels: the gateway's instance id, the model, the role. ``cleanup``
+removes what an earlier run of the same instance left (it may have been SIGKILLed); it runs once, before the
+engine's first container, and never touches a container without our instance label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from backends.errors import UpstreamUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LABEL_INSTANCE = "llm-gateway.instance"
+LABEL_MODEL = "llm-gateway.model"
+LABEL_ROLE = "llm-gateway.role"
+
+
+@dataclass(frozen=True)
+class EngineTls:
+    ca_cert: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    verify: bool = True
+
+
+class DockerEngine:
+    """A named engine. ``address`` is how the gateway (and other hosts' containers, for RPC) reach the ports
+    it publishes; ``publish_ip`` is the host interface they are published on."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        instance: str,
+        address: str,
+        publish_ip: str,
+        tls: EngineTls | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.instance = instance
+        self.address = address
+        self.publish_ip = publish_ip
+        self.timeout = timeout
+        self._tls = tls
+        self._client: Any = None
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"docker-{name}")
+        self._cleanup: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"DockerEngine({self.name!r}, {self.url!r})"
+
+    # -- calls -------------------------------------------------------------------------------------------
+    def _connect(self) -> Any:
+        import docker  # imported on first use: only container models need the SDK
+
+        if self._client is None:
+            tls: Any = False
+            if self._tls is not None:
+                cert = (
+                    (self._tls.client_cert, self._tls.client_key)
+                    if self._tls.client_cert and self._tls.client_key
+                    else None
+                )
+                tls = docker.tls.TLSConfig(
+                    client_cert=cert, ca_cert=self._tls.ca_cert, verify=self._tls.verify
+                )
+            self._client = docker.DockerClient(
+                base_url=self.url,
+                timeout=int(self.timeout),
+                tls=tls,
+                use_ssh_client=self.url.startswith("ssh://"),
+            )
+        return self._client
+
+    async def call(self, fn: Callable[[Any], T], what: str, timeout: float | None = None) -> T:
+        """Run ``fn(client)`` on the engine's threads within ``timeout`` (default: the engine's)."""
+        import docker.errors
+        import requests.exceptions
+
+        def run() -> T:
+            return fn(self._connect())
+
+        deadline = timeout if timeout is not None else self.timeout
+        try:
+            async with asyncio.timeout(deadline):
+                return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+        except TimeoutError:
+            raise UpstreamUnavailable(
+                f"Docker engine '{self.name}' ({self.url}) did not finish {what} within {deadline:.0f}s"
+            ) from None
+        except docker.errors.APIError as exc:
+            if exc.response is not None:  # the engine answered (no such image, a conflict): the caller's
+                raise
+            raise self._unreachable(what, exc) from exc
+        except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+            raise self._unreachable(what, exc) from exc
+
+    def _unreachable(self, what: str, exc: Exception) -> UpstreamUnavailable:
+        return UpstreamUnavailable(f"Docker engine '{self.name}' ({self.url}) is unreachable ({what}): {exc}")
+
+    # -- startup cleanup ---------------------------------------------------------------------------------
+    def start_cleanup(self) -> asyncio.Task[None]:
+        """Start the cleanup of this instance's leftovers, once (the gateway calls it at startup)."""
+        if self._cleanup is None:
+            self._cleanup = asyncio.create_task(self._remove_leftovers(), name=f"cleanup:{self.name}")
+        return self._cleanup
+
+    async def ready(self) -> None:
+        """Wait for that cleanup before starting a container, so it never removes one of this run's."""
+        await asyncio.shield(self.start_cleanup())
+
+    async def _remove_leftovers(self) -> None:
+        label = f"{LABEL_INSTANCE}={self.instance}"
+
+        def remove(client: Any) -> list[str]:
+            gone = []
+            for container in client.containers.list(all=True, filters={"label": label}):
+                container.remove(force=True)
+                gone.append(container.name)
+            return gone
+
+        try:
+            gone = await self.call(remove, "removing leftover containers")
+        except UpstreamUnavailable as exc:
+            log.warning("%s; leftovers of an earlier run were not removed", exc)
+            self._cleanup = None  # try again before the next container
+            return
+        if gone:
+            log.warning(
+                "engine %s: removed %d containers an earlier run left: %s", self.name, len(gone), gone
+            )
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run engine work that nobody waits for (removing a container whose start was cancelled)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.wait(self._background, timeout=self.timeout)
+        client, self._client = self._client, None
+        if client is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, client.close)
+        self._pool.shutdown(wait=False)

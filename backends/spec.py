@@ -1,0 +1,73 @@
+"""What every backend kind's manifest spec shares: durations, files relative to the manifest, and the GGUF
+engine settings of the llama.cpp kinds.
+
+Each kind owns its spec (the pydantic model of its manifest ``backend:`` block) beside its code, in
+``backends/<kind>_spec.py``; ``gateway.config`` composes the discriminated union from them. Spec modules
+import nothing heavy, so validating manifests never loads an engine.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept seconds as a number, or a string such as ``"90s"``, ``"10m"``, ``"1.5h"``."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError("expected a duration such as 30, '30s', '10m' or '1h'")
+        return float(match.group(1)) * _UNITS[match.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+
+
+def resolve_file(value: Path | None, info: ValidationInfo) -> Path | None:
+    """A path relative to the manifest's directory (or absolute) that must exist."""
+    if value is None:
+        return None
+    base = (info.context or {}).get("base_dir")
+    path = value if value.is_absolute() or base is None else Path(base) / value
+    path = path.resolve()
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return path
+
+
+def resolve_path(value: str | None, info: ValidationInfo) -> str | None:
+    """A path on another machine (a Docker engine's host): made absolute against the manifest's directory
+    when relative, not checked here (it may not exist on the gateway's machine)."""
+    if value is None or value.startswith("/"):
+        return value
+    base = (info.context or {}).get("base_dir")
+    return str((Path(base) / value).resolve()) if base is not None else value
+
+
+class GgufSettings(BaseModel):
+    """The llama.cpp engine settings that size its memory, whatever runs the engine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_ctx: int = Field(4096, ge=16)
+    n_batch: int = Field(512, ge=1)
+    n_gpu_layers: int = Field(0, ge=-1, description="-1 offloads every layer.")
+    flash_attn: bool = False
+    embeddings: bool = Field(False, description="Serve /v1/embeddings (one pooled vector per input).")
+    pooling: Literal["mean", "cls", "last"] = "mean"
+
+
+class GgufEngine(GgufSettings):
+    """A llama.cpp engine on the gateway's own machine: the GGUF file must be here."""
+
+    model: Path = Field(description="GGUF file, relative to the manifest or absolute.")
+
+    _file = field_validator("model")(resolve_file)
