@@ -138,18 +138,22 @@ async def run_container(
             f"(pull: {pull}): {exc.explanation or exc}"
         ) from exc
 
-    kwargs = spec.run_kwargs(engine.publish_ip)
+    kwargs = spec.run_kwargs("" if spec.public else engine.publish_ip)
     if "device_requests" in kwargs:
         kwargs["device_requests"] = [DeviceRequest(**r) for r in kwargs["device_requests"]]
 
     def run(client: Any) -> tuple[Any, int]:
-        container = client.containers.run(name=name, labels=labels, detach=True, **kwargs)
-        container.reload()
-        bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{spec.port}/tcp") or []
-        if not bindings:
+        container = client.containers.create(name=name, labels=labels, **kwargs)
+        try:  # the SDK's run() leaves a container whose start failed behind: remove it here
+            container.start()
+            container.reload()
+            bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{spec.port}/tcp") or []
+            if not bindings:
+                raise UpstreamUnavailable(f"engine '{engine.name}' published no port for {name}")
+            return container, int(bindings[0]["HostPort"])
+        except BaseException:
             container.remove(force=True)
-            raise UpstreamUnavailable(f"engine '{engine.name}' published no port for {name}")
-        return container, int(bindings[0]["HostPort"])
+            raise
 
     # Shielded: a start cancelled while the engine creates the container must still remove what it made.
     starting = asyncio.ensure_future(engine.call(run, f"starting {name}", timeout))

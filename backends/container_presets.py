@@ -38,6 +38,7 @@ class ContainerRun:
     network: str | None = None
     health_path: str = "/health"
     api_key: str | None = None  # what the gateway must send
+    public: bool = False  # published on every interface: other hosts' containers connect to it (RPC)
 
     def run_kwargs(self, publish_ip: str) -> dict[str, Any]:
         """Keyword arguments of ``DockerClient.containers.run`` (plain data; ``device_requests`` as dicts)."""
@@ -46,7 +47,10 @@ class ContainerRun:
             "command": self.command or None,  # None: the image's own CMD
             "environment": self.environment,
             "volumes": {host: {"bind": path, "mode": mode} for host, (path, mode) in self.mounts.items()},
-            "ports": {f"{self.port}/tcp": (publish_ip, None)},  # None: the engine picks a free host port
+            # The engine picks a free host port. An empty publish_ip means every interface: passed as no
+            # address at all, because podman 4.3 mishandles an explicit 0.0.0.0 (its NAT rule then matches
+            # nothing) where Docker treats both the same.
+            "ports": {f"{self.port}/tcp": (publish_ip, None) if publish_ip else None},
         }
         if self.entrypoint is not None:
             kwargs["entrypoint"] = self.entrypoint
@@ -101,11 +105,19 @@ def rpc_worker_run(spec: LlamaCppContainer, worker: RpcWorker, gpu_ids: Sequence
     return ContainerRun(
         image=worker.image or spec.image,
         entrypoint=worker.command,
-        command=["-H", "0.0.0.0", "-p", str(worker.port)],
+        command=[
+            "-H",
+            "0.0.0.0",
+            "-p",
+            str(worker.port),
+            *(["-t", str(worker.threads)] if worker.threads else []),
+        ],
         port=worker.port,
         environment=dict(spec.env),
+        mounts=_extra_mounts(spec.volumes),  # the same image as the server, by default: the same mounts
         gpu_ids=tuple(gpu_ids),
         health_path="",  # not HTTP: it is ready when its port accepts a connection
+        public=True,
     )
 
 

@@ -97,6 +97,7 @@ class RpcWorker(BaseModel):
         ["/app/rpc-server"], description="The worker binary in the image (its entrypoint is replaced)."
     )
     port: int = Field(50052, ge=1, le=65535, description="The port it listens on inside the container.")
+    threads: int | None = Field(None, ge=1, description="CPU threads of a CPU worker (rpc-server -t).")
 
 
 class LlamaCppContainer(ContainerCommon, LlamaServerFlags):

@@ -47,7 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backends.llama_args import server_args  # noqa: E402
+from backends.llama_args import process_args as server_args  # noqa: E402
 from gateway.config import LlamaServerBackend  # noqa: E402
 from gateway.estimate import MiB, estimate_bytes, estimate_llama_cpp, read_gguf_info  # noqa: E402
 from tests.synthetic_gguf import Shape, write_model  # noqa: E402

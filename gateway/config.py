@@ -45,11 +45,13 @@ class EngineSettings(BaseModel):
     )
     address: str | None = Field(
         None,
-        description="How the gateway reaches its published ports; default: the URL's host, or 127.0.0.1.",
+        description="How the gateway, and other hosts' containers, reach its published ports; default: the "
+        "URL's host, or 127.0.0.1 for unix:// (give the host's LAN address where it runs RPC workers).",
     )
     publish_ip: str | None = Field(
         None,
-        description="The host interface ports are published on; default 127.0.0.1 for unix://, else all.",
+        description="The host interface servers are published on ('' for all); default 127.0.0.1 for "
+        "unix://, else all. RPC workers are always published on all: other hosts' containers reach them.",
     )
     tls: EngineTlsSettings | None = None
     memory: ByteSize | None = Field(

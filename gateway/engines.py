@@ -119,7 +119,7 @@ def docker_engine(e: EngineSettings, instance: str) -> DockerEngine:
         e.url,
         instance=instance,
         address=address,
-        publish_ip=e.publish_ip or ("127.0.0.1" if e.local else "0.0.0.0"),
+        publish_ip=e.publish_ip if e.publish_ip is not None else ("127.0.0.1" if e.local else ""),
         tls=tls,
         timeout=e.timeout,
     )
