@@ -24,7 +24,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,20 +69,40 @@ class ManagedContainer:
         return f"{self.engine.address}:{self.port}"
 
     def _follow(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Thread: copy the log into the ring buffer until the container stops; then read its exit code."""
+        """Thread: copy the log into the ring buffer until the container stops; then read its exit code.
+
+        The SDK's read timeout also ends a log stream that is merely quiet, so an ended stream is checked
+        against the container's state, and followed again (new lines only) while it still runs."""
         code: int | None = None
-        try:
-            pending = b""
-            for chunk in self._container.logs(stream=True, follow=True):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                self.log.extend(line.decode(errors="replace").rstrip() for line in lines)
-                pending = pending[-8192:]  # a line without an end is not kept whole forever
-            code = int(self._container.wait(timeout=10)["StatusCode"])
-        except Exception as exc:  # removed under us, engine gone: the container is over either way
-            log.debug("%s: log stream ended: %s", self.name, exc)
+        tail: str | int = "all"
+        while True:
+            try:
+                stream = self._container.logs(stream=True, follow=True, tail=tail)
+                try:
+                    self._copy(stream)
+                finally:
+                    stream.close()  # its socket: the SDK does not close it when the stream ends
+            except Exception as exc:  # a quiet stream timed out, or the engine went away
+                log.debug("%s: log stream ended: %s", self.name, exc)
+            try:
+                self._container.reload()
+            except Exception:  # removed (by us, on stop) or unreachable: over either way
+                break
+            state = self._container.attrs.get("State", {})
+            if not state.get("Running"):
+                code = int(state.get("ExitCode", -1))
+                break
+            tail = 0
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
             loop.call_soon_threadsafe(_resolve, self.exited, code)
+
+    def _copy(self, chunks: Iterable[bytes]) -> None:
+        pending = b""
+        for chunk in chunks:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            self.log.extend(line.decode(errors="replace").rstrip() for line in lines)
+            pending = pending[-8192:]  # a line without an end is not kept whole forever
 
     def last_lines(self, n: int = 5) -> str:
         return " | ".join(list(self.log)[-n:]) or "(no output)"

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -321,6 +322,31 @@ def test_a_container_that_crashes_mid_stream(
     wait_for(served, "the container to be recreated", deadline=120)
     now = ours(clients, instance, model="crashy")["e1"]
     assert len(now) == 1 and name_of(now[0]) != name_of(victim)  # the dead one was removed, a new one serves
+
+
+def test_a_quiet_container_is_not_taken_for_a_dead_one(
+    serve: Callable[..., RunningGateway],
+    engine_urls: dict[str, str],
+    clients: dict[str, Any],
+    bin_dir: Path,
+    host_ip: str,
+    instance: str,
+    model_files: dict[str, Path],
+) -> None:
+    """The SDK's read timeout (the engine's ``timeout``) also ends a log stream that is only quiet."""
+    settings = engines(engine_urls, host_ip)
+    settings[0]["timeout"] = 1
+    manifest = llamacpp("quiet", model_files["a"], bin_dir, engines=["e1"])
+    manifest["health_check_interval"] = 0  # no probes: nothing for the server to log
+    gw = serve([manifest], engines=settings, instance_id=instance)
+    client = gw.client()
+    client.chat.completions.create(model="quiet", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    before = name_of(ours(clients, instance, model="quiet")["e1"][0])
+    time.sleep(3)  # silence longer than the read timeout: the duration is what is tested
+    client.chat.completions.create(model="quiet", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    replica = gw.model_state("quiet")["replicas"][0]
+    assert replica["exit_status"] is None and replica["container"] == before
+    assert [name_of(c) for c in ours(clients, instance, model="quiet")["e1"]] == [before]
 
 
 def test_a_missing_image_and_an_unreachable_engine_are_503s_and_other_models_serve(
