@@ -122,6 +122,12 @@ class ManagedContainer:
             await self.engine.call(stop_and_remove, f"removing {self.name}", grace + REMOVE_SLACK)
         except Exception as exc:
             log.warning("%s: could not remove container on %s: %s", self.name, self.engine.name, exc)
+            return
+        # The log follower sees the end and makes its last engine call; wait for it, so that no thread
+        # still uses the engine's client when the gateway closes it.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.engine.timeout):
+                await asyncio.shield(self.exited)
 
 
 def _resolve(future: asyncio.Future[int | None], code: int | None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -92,12 +93,25 @@ class DockerEngine:
             )
         return self._client
 
+    def _check_socket(self) -> None:
+        """A ``unix://`` engine whose socket does not answer is reported here: the SDK's own unix transport
+        leaks the socket of every connect that fails (docker 7.x), one per call to an absent engine."""
+        if not self.url.startswith("unix://"):
+            return
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.settimeout(self.timeout)
+            try:
+                probe.connect(self.url.removeprefix("unix://"))
+            except OSError as exc:
+                raise self._unreachable("connecting", exc) from exc
+
     async def call(self, fn: Callable[[Any], T], what: str, timeout: float | None = None) -> T:
         """Run ``fn(client)`` on the engine's threads within ``timeout`` (default: the engine's)."""
         import docker.errors
         import requests.exceptions
 
         def run() -> T:
+            self._check_socket()
             return fn(self._connect())
 
         deadline = timeout if timeout is not None else self.timeout

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from backends.container_spec import LlamaCppContainer, VllmContainer
 from gateway.cli import main
 from gateway.config import LlamaCppBackend, LlamaServerBackend, RemoteBackend
 from gateway.manifests import LoadedManifest, ManifestProblem, ManifestSet, load_directory, load_file
@@ -185,11 +186,59 @@ def test_other_backend_kinds_load(mdir: Path) -> None:
     [
         ("{kind: llama_server, model: model.gguf, n_ctx: abc}", "backend.n_ctx"),
         ("{kind: remote, endpoints: [{url: 'ftp://x'}]}", "backend.endpoints[0].url"),
+        ("{kind: container, preset: llamacpp, model: model.gguf, n_ctx: abc}", "backend.n_ctx"),
+        (
+            "{kind: container, preset: vllm, model: m, gpu_memory_utilization: 1.5}",
+            "backend.gpu_memory_utilization",
+        ),
+        ("{kind: container, preset: raw, image: x, volumes: ['relative']}", "backend.volumes[0]"),
+        (
+            "{kind: container, preset: llamacpp, model: model.gguf, rpc_workers: [{engine: b}]}",
+            "backend.rpc_workers[0].memory",
+        ),
+        ("{kind: container, preset: vllm, model: m, gpus: 2, tensor_parallel_size: 1}", "backend"),
+        ("{kind: container, preset: nosuch, image: x}", "backend"),
     ],
 )
 def test_problem_in_other_backend_kinds_names_the_field(mdir: Path, backend: str, field: str) -> None:
     write(mdir, "k.yaml", f"name: k\nbackend: {backend}\n")
     assert only_problem(load_directory(mdir)).field == field
+
+
+def test_container_presets_load_with_paths_on_the_engine_host(mdir: Path) -> None:
+    write(
+        mdir,
+        "c.yaml",
+        """        models:
+          - name: here
+            backend: {kind: container, preset: llamacpp, model: model.gguf, gpus: 1, volumes: ["data:/d:ro"]}
+          - name: there
+            backend: {kind: container, preset: llamacpp, model: /elsewhere/m.gguf}
+            memory: 6GiB
+          - name: v
+            backend: {kind: container, preset: vllm, model: Qwen/Qwen2.5-7B, tensor_parallel_size: 2}
+        """,
+    )
+    result = load_directory(mdir)
+    assert result.problems == []
+    here, there, v = (item.manifest.backend for item in result.models)
+    assert isinstance(here, LlamaCppContainer) and here.model == str((mdir / "model.gguf").resolve())
+    assert here.volumes == [f"{(mdir / 'data').resolve()}:/d:ro"]  # relative to the manifest
+    assert isinstance(there, LlamaCppContainer) and there.model == "/elsewhere/m.gguf"
+    assert isinstance(v, VllmContainer) and v.gpus == 2 and v.model == "Qwen/Qwen2.5-7B"  # an id, not a path
+
+
+@pytest.mark.parametrize(
+    ("doc", "words"),
+    [
+        ("backend: {kind: container, preset: llamacpp, model: /nowhere/m.gguf}", "give memory"),
+        ("backend: {kind: container, preset: vllm, model: m}\nmemory: 1GiB", "memory does not apply"),
+        ("backend: {kind: container, preset: raw, image: x, gpus: 1, gpu_ids: [0, 1]}", "gpu_ids names 2"),
+    ],
+)
+def test_container_manifest_mistakes_are_explained(mdir: Path, doc: str, words: str) -> None:
+    write(mdir, "c.yaml", f"name: c\n{doc}\n")
+    assert words in only_problem(load_directory(mdir)).reason
 
 
 def test_unknown_backend_kind_names_backend(mdir: Path) -> None:
