@@ -6,8 +6,7 @@ over several hosts, its RPC worker containers (started first, stopped with it).
   path answers 200 (an RPC worker: until its port accepts connections), all within the manifest's
   ``load_timeout``. Each probe has its own short timeout, so a slow load is never killed by one.
   A start that fails or is cancelled removes every container it had started.
-- Logs: a thread per container follows its log into a bounded ring buffer; the stream ending means the
-  container exited, and its exit code is read then.
+- Logs: a thread per container follows its log into a bounded ring buffer (``backends.managed_container``).
 - A container that exits while serving: in-flight requests fail on their broken connections (502, tagged
   upstream), the replica reports unhealthy with the exit code and last log lines, and the whole replica
   (workers included) is recreated with backoff (``backends.supervise``).
@@ -17,205 +16,21 @@ over several hosts, its RPC worker containers (started first, stopped with it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import re
-import secrets
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from backends.base import OpenAIRequest, ReplicaInfo, UpstreamResponse
 from backends.container_presets import ContainerRun
 from backends.docker_engine import LABEL_INSTANCE, LABEL_MODEL, LABEL_ROLE, DockerEngine
 from backends.errors import UpstreamUnavailable
 from backends.http import HttpUpstream
+from backends.managed_container import ManagedContainer, Placed, container_name, run_container
 from backends.supervise import restart_with_backoff
 
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 3.0
-LOG_LINES = 200
-REMOVE_SLACK = 30.0  # on top of the stop grace, for the engine to kill and remove
-
-
-@dataclass(frozen=True)
-class Placed:
-    """A container to run on an engine, with the budget devices it was placed on (for operators)."""
-
-    engine: DockerEngine
-    run: ContainerRun
-    devices: tuple[str, ...] = ()
-
-
-class ManagedContainer:
-    """One running container: its id, published port, log tail and exit."""
-
-    def __init__(self, engine: DockerEngine, name: str, container: Any, port: int) -> None:
-        self.engine = engine
-        self.name = name
-        self.port = port
-        self.log: deque[str] = deque(maxlen=LOG_LINES)
-        self._container = container
-        loop = asyncio.get_running_loop()
-        self.exited: asyncio.Future[int | None] = loop.create_future()
-        threading.Thread(target=self._follow, args=(loop,), name=f"logs-{name}", daemon=True).start()
-
-    @property
-    def address(self) -> str:
-        return f"{self.engine.address}:{self.port}"
-
-    def _follow(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Thread: copy the log into the ring buffer until the container stops; then read its exit code.
-
-        The SDK's read timeout also ends a log stream that is merely quiet, so an ended stream is checked
-        against the container's state, and followed again (new lines only) while it still runs."""
-        code: int | None = None
-        tail: str | int = "all"
-        while True:
-            try:
-                stream = self._container.logs(stream=True, follow=True, tail=tail)
-                try:
-                    self._copy(stream)
-                finally:
-                    stream.close()  # its socket: the SDK does not close it when the stream ends
-            except Exception as exc:  # a quiet stream timed out, or the engine went away
-                log.debug("%s: log stream ended: %s", self.name, exc)
-            try:
-                self._container.reload()
-            except Exception:  # removed (by us, on stop) or unreachable: over either way
-                break
-            state = self._container.attrs.get("State", {})
-            if not state.get("Running"):
-                code = int(state.get("ExitCode", -1))
-                break
-            tail = 0
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-            loop.call_soon_threadsafe(_resolve, self.exited, code)
-
-    def _copy(self, chunks: Iterable[bytes]) -> None:
-        pending = b""
-        for chunk in chunks:
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            self.log.extend(line.decode(errors="replace").rstrip() for line in lines)
-            pending = pending[-8192:]  # a line without an end is not kept whole forever
-
-    def last_lines(self, n: int = 5) -> str:
-        return " | ".join(list(self.log)[-n:]) or "(no output)"
-
-    async def remove(self, grace: float) -> None:
-        """SIGTERM, ``grace`` seconds, kill, remove. Never raises: an engine that is gone is logged."""
-
-        def stop_and_remove(_client: Any) -> None:
-            import docker.errors
-
-            with contextlib.suppress(docker.errors.NotFound):
-                self._container.stop(timeout=int(grace))
-            with contextlib.suppress(docker.errors.NotFound):
-                self._container.remove(force=True)
-
-        try:
-            await self.engine.call(stop_and_remove, f"removing {self.name}", grace + REMOVE_SLACK)
-        except Exception as exc:
-            log.warning("%s: could not remove container on %s: %s", self.name, self.engine.name, exc)
-            return
-        # The log follower sees the end and makes its last engine call; wait for it, so that no thread
-        # still uses the engine's client when the gateway closes it.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.engine.timeout):
-                await asyncio.shield(self.exited)
-
-
-def _resolve(future: asyncio.Future[int | None], code: int | None) -> None:
-    if not future.done():
-        future.set_result(code)
-
-
-async def run_container(
-    placed: Placed, name: str, labels: dict[str, str], pull: str, timeout: float
-) -> ManagedContainer:
-    """Create and start ``placed.run`` on its engine; returns once the engine has published its port."""
-    import docker.errors
-    from docker.types import DeviceRequest
-
-    engine, spec = placed.engine, placed.run
-    await engine.ready()
-
-    def ensure_image(client: Any) -> None:
-        if pull == "always":
-            client.images.pull(spec.image)
-            return
-        try:
-            client.images.get(spec.image)
-        except docker.errors.ImageNotFound:
-            if pull == "never":
-                raise
-            client.images.pull(spec.image)
-
-    try:
-        await engine.call(ensure_image, f"getting image {spec.image}", timeout)
-    except docker.errors.APIError as exc:
-        raise UpstreamUnavailable(
-            f"image '{spec.image}' is not on Docker engine '{engine.name}' and cannot be pulled "
-            f"(pull: {pull}): {exc.explanation or exc}"
-        ) from exc
-
-    kwargs = spec.run_kwargs("" if spec.public else engine.publish_ip)
-    if "device_requests" in kwargs:
-        kwargs["device_requests"] = [DeviceRequest(**r) for r in kwargs["device_requests"]]
-
-    def run(client: Any) -> tuple[Any, int]:
-        container = client.containers.create(name=name, labels=labels, **kwargs)
-        try:  # the SDK's run() leaves a container whose start failed behind: remove it here
-            container.start()
-            container.reload()
-            bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{spec.port}/tcp") or []
-            if not bindings:
-                raise UpstreamUnavailable(f"engine '{engine.name}' published no port for {name}")
-            return container, int(bindings[0]["HostPort"])
-        except BaseException:
-            container.remove(force=True)
-            raise
-
-    # Shielded: a start cancelled while the engine creates the container must still remove what it made.
-    starting = asyncio.ensure_future(engine.call(run, f"starting {name}", timeout))
-    try:
-        container, port = await asyncio.shield(starting)
-    except asyncio.CancelledError:
-        starting.add_done_callback(lambda task: _discard(engine, name, task))
-        raise
-    except docker.errors.APIError as exc:
-        raise UpstreamUnavailable(
-            f"Docker engine '{engine.name}' refused to start {name}: {exc.explanation or exc}"
-        ) from exc
-    return ManagedContainer(engine, name, container, port)
-
-
-def _discard(engine: DockerEngine, name: str, started: asyncio.Future[tuple[Any, int]]) -> None:
-    """Remove a container whose start was cancelled once the engine has created it anyway."""
-    if started.cancelled() or started.exception() is not None:
-        return
-    container, _ = started.result()
-
-    def remove(_client: Any) -> None:
-        container.remove(force=True)
-
-    async def discard() -> None:
-        try:
-            await engine.call(remove, f"removing {name}")
-        except Exception as exc:
-            log.warning("%s: could not remove the container of a cancelled start: %s", name, exc)
-
-    engine.spawn(discard())
-
-
-def container_name(model: str, role: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "-", model)[:40]
-    return f"llmgw-{safe}-{role}-{secrets.token_hex(3)}"
 
 
 class ContainerReplica:

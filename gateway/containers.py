@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from functools import partial
 
 from backends.base import Backend
-from backends.container import ContainerReplica, Placed
+from backends.container import ContainerReplica
 from backends.container_presets import ContainerRun, llamacpp_run, raw_run, rpc_worker_run, vllm_run
 from backends.container_spec import LlamaCppContainer, RawContainer, VllmContainer
 from backends.docker_engine import DockerEngine
 from backends.errors import UpstreamUnavailable
+from backends.managed_container import Placed
 from gateway.config import ModelManifest
 from gateway.engines import Hosts
 from gateway.lifecycle import MakeBackends

@@ -116,6 +116,12 @@ def ours(clients: dict[str, Any], instance: str, **labels: str) -> dict[str, lis
     }
 
 
+def ask(client: openai.OpenAI, model: str) -> str:
+    """A two-token chat; its answer (the test is that it answers)."""
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    return r.choices[0].message.content or ""
+
+
 def name_of(container: Any) -> str:
     return str(container.attrs["Names"][0]).lstrip("/")  # a sparse listing has no "Name"
 
@@ -190,9 +196,9 @@ def test_eviction_stops_and_removes_the_container(
         instance_id=instance,
     )
     client = gw.client()
-    client.chat.completions.create(model="a", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    ask(client, "a")
     assert count(ours(clients, instance, model="a"))["e1"] == 1
-    client.chat.completions.create(model="b", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    ask(client, "b")
     # Only one fits in e1's 150 MiB: loading b evicted a, and a's container is gone, not just stopped.
     assert count(ours(clients, instance, model="a"))["e1"] == 0
     assert count(ours(clients, instance, model="b"))["e1"] == 1
@@ -212,9 +218,7 @@ def test_replicas_spread_over_both_engines_and_a_full_one_is_not_used(
     spread = llamacpp("spread", model_files["a"], bin_dir, memory="200MiB", replicas=2)
     first = f"test-{uuid.uuid4().hex[:8]}"
     gw = serve([spread], engines=engines(engine_urls, host_ip, e1="250MiB", e2="250MiB"), instance_id=first)
-    gw.client().chat.completions.create(
-        model="spread", messages=[{"role": "user", "content": "x"}], max_tokens=2
-    )
+    ask(gw.client(), "spread")
     assert count(ours(clients, first, model="spread")) == {"e1": 1, "e2": 1}
     assert sorted(r["engine"] for r in gw.model_state("spread")["replicas"]) == ["e1", "e2"]
 
@@ -226,9 +230,7 @@ def test_replicas_spread_over_both_engines_and_a_full_one_is_not_used(
         [filler, spread], engines=engines(engine_urls, host_ip, e1="250MiB", e2="250MiB"), instance_id=second
     )
     wait_for(lambda: gw2.model_state("filler")["state"] == "ready", "the pinned model", deadline=120)
-    gw2.client().chat.completions.create(
-        model="spread", messages=[{"role": "user", "content": "x"}], max_tokens=2
-    )
+    ask(gw2.client(), "spread")
     assert count(ours(clients, second, model="spread")) == {"e1": 0, "e2": 2}
     assert gw2.model_state("filler")["state"] == "ready"
 
@@ -312,9 +314,7 @@ def test_a_container_that_crashes_mid_stream(
 
     def served() -> bool:  # the replica is recreated with backoff, and serves again
         try:
-            gw.client().chat.completions.create(
-                model="crashy", messages=[{"role": "user", "content": "x"}], max_tokens=2
-            )
+            ask(gw.client(), "crashy")
         except openai.APIError:
             return False
         return True
@@ -340,10 +340,10 @@ def test_a_quiet_container_is_not_taken_for_a_dead_one(
     manifest["health_check_interval"] = 0  # no probes: nothing for the server to log
     gw = serve([manifest], engines=settings, instance_id=instance)
     client = gw.client()
-    client.chat.completions.create(model="quiet", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    ask(client, "quiet")
     before = name_of(ours(clients, instance, model="quiet")["e1"][0])
     time.sleep(3)  # silence longer than the read timeout: the duration is what is tested
-    client.chat.completions.create(model="quiet", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    ask(client, "quiet")
     replica = gw.model_state("quiet")["replicas"][0]
     assert replica["exit_status"] is None and replica["container"] == before
     assert [name_of(c) for c in ours(clients, instance, model="quiet")["e1"]] == [before]
@@ -380,16 +380,16 @@ def test_a_missing_image_and_an_unreachable_engine_are_503s_and_other_models_ser
     client = gw.client()
     for model, names in (("noimage", "localhost/no-such:1"), ("far", "'gone'")):
         with pytest.raises(openai.APIStatusError) as info:
-            client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": "x"}], max_tokens=2
-            )
+            ask(client, model)
         assert info.value.status_code == 503
         assert int(info.value.response.headers["retry-after"]) >= 1
         assert names in info.value.message
-    r = client.chat.completions.create(model="ok", messages=[{"role": "user", "content": "x"}], max_tokens=2)
-    assert r.choices[0].message.content is not None
+    ask(client, "ok")
     # A start that failed left no container behind, and the load backoff holds the next request off.
     assert count(ours(clients, instance, model="noimage")) == {"e1": 0, "e2": 0}
+    with pytest.raises(openai.APIStatusError) as again:
+        ask(client, "noimage")
+    assert again.value.status_code == 503 and "localhost/no-such:1" in again.value.message
     assert gw.model_state("noimage")["loads"] == 1
 
 
@@ -416,15 +416,15 @@ def test_gpu_placement_with_device_totals_from_settings(
     )
     client = gw.client()
 
-    def ask(model: str) -> list[str]:
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    def placed(model: str) -> list[str]:
+        ask(client, model)
         return list(gw.model_state(model)["replicas"][0]["devices"])
 
-    assert ask("a") == ["e1:gpu0"]
-    assert ask("b") == ["e1:gpu1"]  # GPU 0 is full: the other GPU, nothing evicted
+    assert placed("a") == ["e1:gpu0"]
+    assert placed("b") == ["e1:gpu1"]  # GPU 0 is full: the other GPU, nothing evicted
     assert gw.model_state("a")["state"] == "ready"
     # c may only use GPU 1: b, which holds it, is evicted, not a (older, but on the other GPU).
-    assert ask("c") == ["e1:gpu1"]
+    assert placed("c") == ["e1:gpu1"]
     assert gw.model_state("b")["state"] == "unloaded" and gw.model_state("a")["state"] == "ready"
     used = {d["device"]: d["used_bytes"] for d in gw.admin()["devices"]}
     assert used["e1:gpu0"] == used["e1:gpu1"] == 700 * MiB
