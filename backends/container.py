@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from backends.base import OpenAIRequest, ReplicaInfo, UpstreamResponse
 from backends.container_presets import ContainerRun
-from backends.docker_engine import LABEL_INSTANCE, LABEL_MODEL, LABEL_ROLE, DockerEngine
+from backends.docker_engine import LABEL_INSTANCE, LABEL_MODEL, LABEL_ROLE, LABEL_RUN, DockerEngine
 from backends.errors import UpstreamUnavailable
 from backends.http import HttpUpstream
 from backends.managed_container import ManagedContainer, Placed, container_name, run_container
@@ -68,6 +68,7 @@ class ContainerReplica:
         self._healthy = False
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._removals: set[asyncio.Future[list[None]]] = set()
         self.exit_status: str | None = None
 
     @property
@@ -80,8 +81,13 @@ class ContainerReplica:
         self._stopping = False
         await self._launch()
 
-    def _labels(self, role: str) -> dict[str, str]:
-        return {LABEL_INSTANCE: self._engine.instance, LABEL_MODEL: self._model, LABEL_ROLE: role}
+    def _labels(self, role: str, engine: DockerEngine) -> dict[str, str]:
+        return {
+            LABEL_INSTANCE: engine.instance,
+            LABEL_RUN: engine.run,
+            LABEL_MODEL: self._model,
+            LABEL_ROLE: role,
+        }
 
     async def _launch(self) -> None:
         deadline = time.monotonic() + self._load_timeout
@@ -89,13 +95,11 @@ class ContainerReplica:
             started = await asyncio.gather(
                 *(self._start_one(w, "rpc-worker", deadline) for w in self._workers), return_exceptions=True
             )
-            self._running = [c for c in started if isinstance(c, ManagedContainer)]
             failed = next((e for e in started if isinstance(e, BaseException)), None)
             if failed is not None:
                 raise failed
             run = self._server([c.address for c in self._running])
             server = await self._start_one(Placed(self._engine, run), "server", deadline)
-            self._running.append(server)
             self._health_path = run.health_path
             key = run.api_key
             self._http = HttpUpstream(f"http://{server.address}", key)
@@ -112,13 +116,14 @@ class ContainerReplica:
     async def _start_one(self, placed: Placed, role: str, deadline: float) -> ManagedContainer:
         name = container_name(self._model, role)
         remaining = max(1.0, deadline - time.monotonic())
-        container = await run_container(placed, name, self._labels(role), self._pull, remaining)
+        container = await run_container(
+            placed, name, self._labels(role, placed.engine), self._pull, remaining
+        )
+        # Tracked at once: a start that fails or is cancelled later (another worker's, the server's)
+        # removes every container that is up, this one included.
+        self._running.append(container)
         if not placed.run.health_path:  # an RPC worker: ready when its port accepts a connection
-            try:
-                await _wait_port(container, deadline)
-            except BaseException:
-                await container.remove(self._stop_timeout)
-                raise
+            await _wait_port(container, deadline)
         return container
 
     async def _wait_healthy(self, server: ManagedContainer, http: HttpUpstream, deadline: float) -> None:
@@ -148,11 +153,19 @@ class ContainerReplica:
         await restart_with_backoff(self._label, self.exit_status, self._launch, lambda: self._stopping)
 
     async def _remove_all(self) -> None:
+        """Remove every container; returns when they are gone. The removal itself is shielded: a stop()
+        that cancels the supervisor in the middle of one waits for it here instead of leaving it running
+        unwatched (the model's memory counts until the containers are really gone)."""
         running, self._running = self._running, []
         http, self._http = self._http, None
         if http is not None:
             await http.close()
-        await asyncio.gather(*(c.remove(self._stop_timeout) for c in reversed(running)))
+        if running:
+            removal = asyncio.gather(*(c.remove(self._stop_timeout) for c in reversed(running)))
+            self._removals.add(removal)
+            removal.add_done_callback(self._removals.discard)
+        if self._removals:
+            await asyncio.shield(asyncio.gather(*self._removals))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -161,7 +174,7 @@ class ContainerReplica:
         if supervisor is not None and supervisor is not asyncio.current_task():
             supervisor.cancel()
             await asyncio.wait({supervisor})
-        await self._remove_all()
+        await self._remove_all()  # what is running, and any removal the supervisor had begun
 
     async def health(self) -> bool:
         if not self._healthy or self._http is None or any(c.exited.done() for c in self._running):

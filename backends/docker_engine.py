@@ -6,15 +6,17 @@ timeout bounds each request, and ``asyncio.timeout`` bounds the whole call (a pu
 reach the engine, or a call past its deadline, is ``UpstreamUnavailable`` naming the engine, so a model on an
 unreachable host answers 503 with Retry-After (through the load backoff) and the others keep serving.
 
-Containers the gateway starts carry labels: the gateway's instance id, the model, the role. ``cleanup``
-removes what an earlier run of the same instance left (it may have been SIGKILLed); it runs once, before the
-engine's first container, and never touches a container without our instance label.
+Containers the gateway starts carry labels: the gateway's instance id, this run's id, the model, the role.
+The cleanup removes what an earlier run of the same instance left (it may have been SIGKILLed); it runs
+before the engine's first container (again, if it failed), never touches a container without our instance
+label, and never one of this run's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +32,7 @@ T = TypeVar("T")
 LABEL_INSTANCE = "llm-gateway.instance"
 LABEL_MODEL = "llm-gateway.model"
 LABEL_ROLE = "llm-gateway.role"
+LABEL_RUN = "llm-gateway.run"  # this process's run: the cleanup never removes a container of its own run
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class DockerEngine:
         self._tls = tls
         self._client: Any = None
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"docker-{name}")
+        self.run = secrets.token_hex(6)
         self._cleanup: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -149,15 +153,16 @@ class DockerEngine:
         def remove(client: Any) -> list[str]:
             gone = []
             for container in client.containers.list(all=True, filters={"label": label}):
-                container.remove(force=True)
-                gone.append(container.name)
+                if container.labels.get(LABEL_RUN) != self.run:
+                    container.remove(force=True)
+                    gone.append(container.name)
             return gone
 
         try:
             gone = await self.call(remove, "removing leftover containers")
         except UpstreamUnavailable as exc:
             log.warning("%s; leftovers of an earlier run were not removed", exc)
-            self._cleanup = None  # try again before the next container
+            self._cleanup = None  # try again before the next container (it spares this run's own)
             return
         if gone:
             log.warning(

@@ -17,6 +17,7 @@ import logging
 import re
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class ManagedContainer:
         self._container = container
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[int | None] = loop.create_future()
+        self._removing = threading.Event()  # set by remove(): the follower stops retrying
         threading.Thread(target=self._follow, args=(loop,), name=f"logs-{name}", daemon=True).start()
 
     @property
@@ -62,10 +64,16 @@ class ManagedContainer:
         """Thread: copy the log into the ring buffer until the container stops; then read its exit code.
 
         The SDK's read timeout also ends a log stream that is merely quiet, so an ended stream is checked
-        against the container's state, and followed again (new lines only) while it still runs."""
+        against the container's state, and followed again (new lines only) while it still runs. An engine
+        that does not answer for a while is not an exit: the follower retries with backoff until the
+        container is gone or is being removed."""
+        import docker.errors
+
         code: int | None = None
         tail: str | int = "all"
-        while True:
+        backoff = 0.0
+        while not self._removing.is_set():
+            began = time.monotonic()
             try:
                 stream = self._container.logs(stream=True, follow=True, tail=tail)
                 try:
@@ -76,13 +84,20 @@ class ManagedContainer:
                 log.debug("%s: log stream ended: %s", self.name, exc)
             try:
                 self._container.reload()
-            except Exception:  # removed (by us, on stop) or unreachable: over either way
+            except docker.errors.NotFound:  # removed (by us, on stop, or by someone else): over
                 break
-            state = self._container.attrs.get("State", {})
-            if not state.get("Running"):
-                code = int(state.get("ExitCode", -1))
-                break
-            tail = 0
+            except Exception as exc:  # the engine does not answer: not an exit; ask again
+                log.debug("%s: cannot read its state: %s", self.name, exc)
+            else:
+                state = self._container.attrs.get("State", {})
+                if not state.get("Running"):
+                    code = int(state.get("ExitCode", -1))
+                    break
+                tail = 0
+            # A stream that ended at once (an engine that cannot give logs back, or is away) must not
+            # become a busy loop: wait, doubling up to 5 s, until a stream lasts.
+            backoff = 0.0 if time.monotonic() - began > 5 else min(max(backoff * 2, 0.1), 5.0)
+            self._removing.wait(backoff)
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
             loop.call_soon_threadsafe(_resolve, self.exited, code)
 
@@ -99,6 +114,8 @@ class ManagedContainer:
 
     async def remove(self, grace: float) -> None:
         """SIGTERM, ``grace`` seconds, kill, remove. Never raises: an engine that is gone is logged."""
+
+        self._removing.set()
 
         def stop_and_remove(_client: Any) -> None:
             import docker.errors

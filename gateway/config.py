@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from backends.container_spec import ContainerBackend, LlamaCppContainer, VllmContainer
+from backends.container_spec import ContainerBackend, LlamaCppContainer, RawContainer, VllmContainer
 from backends.llama_cpp_spec import LlamaCppBackend
 from backends.llama_server_spec import LlamaServerBackend
 from backends.remote_spec import RemoteBackend, RemoteEndpoint
@@ -155,6 +155,8 @@ class ModelManifest(BaseModel):
     @model_validator(mode="after")
     def _container_memory(self) -> ModelManifest:
         spec = self.backend
+        if isinstance(spec, RawContainer) and self.memory is None:
+            raise ValueError("a raw container's memory cannot be estimated: give memory (for all replicas)")
         if isinstance(spec, VllmContainer) and self.memory is not None:
             raise ValueError(
                 "a vllm container holds gpu_memory_utilization of each GPU: memory does not apply"

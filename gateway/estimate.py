@@ -151,7 +151,7 @@ def estimate_bytes(spec: BackendSpec, override: int | None) -> tuple[int, str]:
     if isinstance(spec, VllmContainer):
         return 0, f"vllm: {spec.gpu_memory_utilization:g} of each GPU"
     if isinstance(spec, RawContainer):
-        return 0, "raw container: no estimate (give memory)"
+        return 0, "raw container: no estimate (the manifest must give memory)"
     model = Path(spec.model)  # a llama.cpp container's GGUF is on this machine, else memory is required
     instances = spec.replicas if isinstance(spec, LlamaCppContainer) else spec.instances
     try:

@@ -274,6 +274,29 @@ def test_a_model_spread_over_rpc_worker_containers_on_both_engines(
     assert count(ours(clients, instance, model="split")) == {"e1": 0, "e2": 0}  # workers stop with the model
 
 
+def test_a_half_failed_start_removes_the_workers_it_had_started(
+    serve: Callable[..., RunningGateway],
+    engine_urls: dict[str, str],
+    clients: dict[str, Any],
+    bin_dir: Path,
+    host_ip: str,
+    instance: str,
+) -> None:
+    good = {"engine": "e1", "memory": "256MiB", "command": ["/app/ggml-rpc-server"]}
+    broken = {"engine": "e2", "memory": "256MiB", "command": ["/app/no-such-binary"]}
+    gw = serve(
+        [llamacpp("half", SMOLLM2, bin_dir, engines=["e1"], n_gpu_layers=99, rpc_workers=[good, broken])],
+        engines=engines(engine_urls, host_ip, e1="2GiB", e2="2GiB"),
+        instance_id=instance,
+    )
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(gw.client(), "half")
+    assert info.value.status_code == 503 and "'e2' refused to start" in info.value.message
+    assert count(ours(clients, instance)) == {"e1": 0, "e2": 0}  # the worker that did start is gone too
+    used = {d["device"]: d["used_bytes"] for d in gw.admin()["devices"]}
+    assert used["e1:ram"] == used["e2:ram"] == 0
+
+
 def test_a_container_that_crashes_mid_stream(
     serve: Callable[..., RunningGateway],
     engine_urls: dict[str, str],

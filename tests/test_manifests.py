@@ -233,6 +233,7 @@ def test_container_presets_load_with_paths_on_the_engine_host(mdir: Path) -> Non
     [
         ("backend: {kind: container, preset: llamacpp, model: /nowhere/m.gguf}", "give memory"),
         ("backend: {kind: container, preset: vllm, model: m}\nmemory: 1GiB", "memory does not apply"),
+        ("backend: {kind: container, preset: raw, image: x, gpus: 1}", "give memory"),
         ("backend: {kind: container, preset: raw, image: x, gpus: 1, gpu_ids: [0, 1]}", "gpu_ids names 2"),
     ],
 )
