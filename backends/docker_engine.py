@@ -15,6 +15,7 @@ label, and never one of this run's.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import secrets
 import socket
@@ -70,6 +71,7 @@ class DockerEngine:
         self.run = secrets.token_hex(6)
         self._cleanup: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._shared: dict[str, concurrent.futures.Future[Any]] = {}
 
     def __repr__(self) -> str:
         return f"DockerEngine({self.name!r}, {self.url!r})"
@@ -109,8 +111,15 @@ class DockerEngine:
             except OSError as exc:
                 raise self._unreachable("connecting", exc) from exc
 
-    async def call(self, fn: Callable[[Any], T], what: str, timeout: float | None = None) -> T:
-        """Run ``fn(client)`` on the engine's threads within ``timeout`` (default: the engine's)."""
+    async def call(
+        self, fn: Callable[[Any], T], what: str, timeout: float | None = None, *, once: str | None = None
+    ) -> T:
+        """Run ``fn(client)`` on the engine's threads within ``timeout`` (default: the engine's).
+
+        A call past its deadline raises, but its thread runs on until the SDK's own timeout ends it. For
+        calls that may legitimately run long (a pull), ``once`` names the work: while one such thread
+        runs, a new call with the same name waits for it instead of starting another, so retries under
+        the load backoff never pile threads up."""
         import docker.errors
         import requests.exceptions
 
@@ -119,9 +128,17 @@ class DockerEngine:
             return fn(self._connect())
 
         deadline = timeout if timeout is not None else self.timeout
+        self._shared = {k: f for k, f in self._shared.items() if not f.done()}
+        work = self._shared.get(once) if once else None
+        if work is None:
+            work = self._pool.submit(run)
+            if once:
+                self._shared[once] = work
+        waited = asyncio.wrap_future(work)
+        waited.add_done_callback(_retrieve)  # its error is the caller's, or nobody's after a timeout
         try:
             async with asyncio.timeout(deadline):
-                return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+                return await asyncio.shield(waited)
         except TimeoutError:
             raise UpstreamUnavailable(
                 f"Docker engine '{self.name}' ({self.url}) did not finish {what} within {deadline:.0f}s"
@@ -182,3 +199,8 @@ class DockerEngine:
         if client is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, client.close)
         self._pool.shutdown(wait=False)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -201,7 +201,7 @@ async def ensure_image(engine: DockerEngine, image: str, pull: str, timeout: flo
             client.images.pull(image)
 
     try:
-        await engine.call(get, f"getting image {image}", timeout)
+        await engine.call(get, f"getting image {image}", timeout, once=f"image:{image}")
     except docker.errors.APIError as exc:
         raise UpstreamUnavailable(
             f"image '{image}' is not on Docker engine '{engine.name}' and cannot be pulled "

@@ -4,7 +4,8 @@ Settings name the engines (``GATEWAY_ENGINES`` or ``--engines FILE``); with none
 ``DOCKER_HOST`` or the local socket, called ``local``. Each engine adds devices to the placement
 (``gateway.placement``): its RAM (``<engine>:ram``, from settings; a ``unix://`` engine without its own
 figure shares the gateway's ``host`` budget, because it is the same machine) and each of its GPUs
-(``<engine>:gpu<i>``, from settings, or NVML for a ``unix://`` engine where the gateway can read it).
+(``<engine>:gpu<i>`` from settings; or, for a ``unix://`` engine, this machine's GPUs read with NVML where
+the gateway can, ``host:gpu<i>``, shared by every local engine).
 """
 
 from __future__ import annotations
@@ -103,8 +104,11 @@ def devices(engines: list[EngineSettings], host_budget: int) -> tuple[list[Engin
             ram = HOST
         else:
             budgets[ram] = 0  # CPU containers need a figure for a remote engine: none fit until it is given
-        gpu_memory = [int(g) for g in e.gpus] if e.gpus is not None else (_nvml_gpus() if e.local else [])
-        gpus = tuple((i, f"{e.name}:gpu{i}") for i in range(len(gpu_memory)))
+        if e.gpus is not None:
+            gpu_memory, prefix = [int(g) for g in e.gpus], e.name
+        else:  # this machine's GPUs: one budget each, however many local engines can reach them
+            gpu_memory, prefix = (_nvml_gpus() if e.local else []), HOST
+        gpus = tuple((i, f"{prefix}:gpu{i}") for i in range(len(gpu_memory)))
         budgets.update({device: gpu_memory[i] for i, device in gpus})
         inventory.append(EngineDevices(e.name, ram, gpus))
     return inventory, budgets
