@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,49 +74,6 @@ def host_ip() -> str:
         return str(s.getsockname()[0])
 
 
-def engines(urls: dict[str, str], host_ip: str, **memory: str) -> list[dict[str, Any]]:
-    """Engine settings; ``memory`` gives an engine its own RAM budget (else it shares the host's)."""
-    out = []
-    for name, url in urls.items():
-        entry: dict[str, Any] = {"name": name, "url": url, "address": host_ip, "publish_ip": host_ip}
-        if name in memory:
-            entry["memory"] = memory[name]
-        out.append(entry)
-    return out
-
-
-def llamacpp(
-    name: str, model: Path, bin_dir: Path, memory: str | None = None, **backend: Any
-) -> dict[str, Any]:
-    spec = {
-        "kind": "container",
-        "preset": "llamacpp",
-        "image": IMAGE,
-        "pull": "never",
-        "model": str(model),
-        "volumes": ["/usr:/usr:ro", f"{bin_dir}:/app:ro"],
-        "n_ctx": 2048,
-        "threads": 1,
-        "load_timeout": 120,
-        "stop_timeout": 2,
-    }
-    spec.update(backend)
-    manifest: dict[str, Any] = {"name": name, "backend": spec, "health_check_interval": "1s"}
-    if memory is not None:
-        manifest["memory"] = memory
-    return manifest
-
-
-def ours(clients: dict[str, Any], instance: str, **labels: str) -> dict[str, list[Any]]:
-    """Containers of this gateway instance on each engine (running or not), filtered by labels."""
-    filters = [f"{LABEL_INSTANCE}={instance}", *(f"llm-gateway.{k}={v}" for k, v in labels.items())]
-    # sparse: no inspect per container, which fails for one the gateway removes meanwhile
-    return {
-        name: c.containers.list(all=True, sparse=True, filters={"label": filters})
-        for name, c in clients.items()
-    }
-
-
 def ask(client: openai.OpenAI, model: str) -> str:
     """A two-token chat; its answer (the test is that it answers)."""
     r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], max_tokens=2)
@@ -130,28 +88,90 @@ def count(found: dict[str, list[Any]]) -> dict[str, int]:
     return {name: len(cs) for name, cs in found.items()}
 
 
+@dataclass
+class Site:
+    """What every test here uses: the two engines, the llama.cpp build, this machine's address, the model
+    files, and a gateway site.instance id of the test's own (so it sees only its own containers)."""
+
+    start: Callable[..., RunningGateway]
+    urls: dict[str, str]
+    clients: dict[str, Any]
+    bin_dir: Path
+    host_ip: str
+    models: dict[str, Path]
+    instance: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}")
+
+    def engines(self, **memory: str) -> list[dict[str, Any]]:
+        """Engine settings; ``memory`` gives an engine its own RAM budget (else it shares the host's)."""
+        out = []
+        for name, url in self.urls.items():
+            entry: dict[str, Any] = {"name": name, "url": url}
+            entry |= {"address": self.host_ip, "publish_ip": self.host_ip}
+            if name in memory:
+                entry["memory"] = memory[name]
+            out.append(entry)
+        return out
+
+    def llamacpp(self, name: str, model: Path, memory: str | None = None, **backend: Any) -> dict[str, Any]:
+        """A manifest for the test image: the host's /usr and the llama.cpp build mounted, as a user mounts
+        models and configs."""
+        spec = {
+            "kind": "container",
+            "preset": "llamacpp",
+            "image": IMAGE,
+            "pull": "never",
+            "model": str(model),
+            "volumes": ["/usr:/usr:ro", f"{self.bin_dir}:/app:ro"],
+            "n_ctx": 2048,
+            "threads": 1,
+            "load_timeout": 120,
+            "stop_timeout": 2,
+        }
+        spec.update(backend)
+        manifest: dict[str, Any] = {"name": name, "backend": spec, "health_check_interval": "1s"}
+        if memory is not None:
+            manifest["memory"] = memory
+        return manifest
+
+    def serve(
+        self,
+        manifests: list[dict[str, Any]],
+        engines: list[dict[str, Any]] | None = None,
+        instance: str | None = None,
+    ) -> RunningGateway:
+        return self.start(manifests, engines=engines or self.engines(), instance_id=instance or self.instance)
+
+    def ours(self, instance: str | None = None, **labels: str) -> dict[str, list[Any]]:
+        """Containers of the gateway instance on each engine (running or not), filtered by labels."""
+        filters = [f"{LABEL_INSTANCE}={instance or self.instance}"]
+        filters += [f"llm-gateway.{k}={v}" for k, v in labels.items()]
+        # sparse: no inspect per container, which fails for one the gateway removes meanwhile
+        return {
+            name: c.containers.list(all=True, sparse=True, filters={"label": filters})
+            for name, c in self.clients.items()
+        }
+
+
 @pytest.fixture
-def instance() -> str:
-    return f"test-{uuid.uuid4().hex[:8]}"
-
-
-def test_cold_start_streaming_chat_embeddings_and_admin_details(
+def site(
     serve: Callable[..., RunningGateway],
     engine_urls: dict[str, str],
     clients: dict[str, Any],
     bin_dir: Path,
     host_ip: str,
-    instance: str,
-) -> None:
-    gw = serve(
+    model_files: dict[str, Path],
+) -> Site:
+    return Site(serve, engine_urls, clients, bin_dir, host_ip, model_files)
+
+
+def test_cold_start_streaming_chat_embeddings_and_admin_details(site: Site) -> None:
+    gw = site.serve(
         [
-            llamacpp("smol", SMOLLM2, bin_dir, threads=2, parallel=2, engines=["e1"]),
-            llamacpp("smol-embed", SMOLLM2, bin_dir, embeddings=True, n_ctx=512, engines=["e2"]),
+            site.llamacpp("smol", SMOLLM2, threads=2, parallel=2, engines=["e1"]),
+            site.llamacpp("smol-embed", SMOLLM2, embeddings=True, n_ctx=512, engines=["e2"]),
         ],
-        engines=engines(engine_urls, host_ip),
-        instance_id=instance,
     )
-    assert count(ours(clients, instance)) == {"e1": 0, "e2": 0}  # lazy: nothing runs before a request
+    assert count(site.ours()) == {"e1": 0, "e2": 0}  # lazy: nothing runs before a request
     client = gw.client()
     r = client.chat.completions.create(
         model="smol", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
@@ -166,104 +186,77 @@ def test_cold_start_streaming_chat_embeddings_and_admin_details(
     e = client.embeddings.create(model="smol-embed", input=["hello", "world"])
     assert len(e.data) == 2 and len(e.data[0].embedding) == 576
 
-    running = ours(clients, instance, model="smol", role="server")
+    running = site.ours(model="smol", role="server")
     assert count(running) == {"e1": 1, "e2": 0}
     replica = gw.model_state("smol")["replicas"][0]
     assert replica["engine"] == "e1" and replica["container"] == name_of(running["e1"][0])
-    assert replica["url"].startswith(f"http://{host_ip}:")
+    assert replica["url"].startswith(f"http://{site.host_ip}:")
     logs = httpx.get(f"{gw.base_url}/admin/models/smol/logs", timeout=10).json()["replicas"][0]["log"]
     assert any("slot" in line or "server is listening" in line for line in logs)
-    assert count(ours(clients, instance, model="smol-embed")) == {"e1": 0, "e2": 1}
+    assert count(site.ours(model="smol-embed")) == {"e1": 0, "e2": 1}
     gw.__exit__()  # a gateway that shuts down stops and removes its containers
-    assert count(ours(clients, instance)) == {"e1": 0, "e2": 0}
+    assert count(site.ours()) == {"e1": 0, "e2": 0}
 
 
-def test_eviction_stops_and_removes_the_container(
-    serve: Callable[..., RunningGateway],
-    engine_urls: dict[str, str],
-    clients: dict[str, Any],
-    bin_dir: Path,
-    host_ip: str,
-    instance: str,
-    model_files: dict[str, Path],
-) -> None:
-    gw = serve(
+def test_eviction_stops_and_removes_the_container(site: Site) -> None:
+    gw = site.serve(
         [
-            llamacpp("a", model_files["a"], bin_dir, memory="100MiB", engines=["e1"]),
-            llamacpp("b", model_files["b"], bin_dir, memory="100MiB", engines=["e1"]),
+            site.llamacpp("a", site.models["a"], memory="100MiB", engines=["e1"]),
+            site.llamacpp("b", site.models["b"], memory="100MiB", engines=["e1"]),
         ],
-        engines=engines(engine_urls, host_ip, e1="150MiB"),
-        instance_id=instance,
+        engines=site.engines(e1="150MiB"),
     )
     client = gw.client()
     ask(client, "a")
-    assert count(ours(clients, instance, model="a"))["e1"] == 1
+    assert count(site.ours(model="a"))["e1"] == 1
     ask(client, "b")
     # Only one fits in e1's 150 MiB: loading b evicted a, and a's container is gone, not just stopped.
-    assert count(ours(clients, instance, model="a"))["e1"] == 0
-    assert count(ours(clients, instance, model="b"))["e1"] == 1
+    assert count(site.ours(model="a"))["e1"] == 0
+    assert count(site.ours(model="b"))["e1"] == 1
     assert gw.model_state("a")["state"] == "unloaded"
     devices = {d["device"]: d for d in gw.admin()["devices"]}
     assert devices["e1:ram"]["used_bytes"] == 100 * MiB <= devices["e1:ram"]["budget_bytes"]
 
 
-def test_replicas_spread_over_both_engines_and_a_full_one_is_not_used(
-    serve: Callable[..., RunningGateway],
-    engine_urls: dict[str, str],
-    clients: dict[str, Any],
-    bin_dir: Path,
-    host_ip: str,
-    model_files: dict[str, Path],
-) -> None:
-    spread = llamacpp("spread", model_files["a"], bin_dir, memory="200MiB", replicas=2)
+def test_replicas_spread_over_both_engines_and_a_full_one_is_not_used(site: Site) -> None:
+    spread = site.llamacpp("spread", site.models["a"], memory="200MiB", replicas=2)
     first = f"test-{uuid.uuid4().hex[:8]}"
-    gw = serve([spread], engines=engines(engine_urls, host_ip, e1="250MiB", e2="250MiB"), instance_id=first)
+    gw = site.serve([spread], engines=site.engines(e1="250MiB", e2="250MiB"), instance=first)
     ask(gw.client(), "spread")
-    assert count(ours(clients, first, model="spread")) == {"e1": 1, "e2": 1}
+    assert count(site.ours(first, model="spread")) == {"e1": 1, "e2": 1}
     assert sorted(r["engine"] for r in gw.model_state("spread")["replicas"]) == ["e1", "e2"]
 
     # e1 is full with a pinned model: both replicas go to e2, and the pinned one stays.
     second = f"test-{uuid.uuid4().hex[:8]}"
-    filler = llamacpp("filler", model_files["b"], bin_dir, memory="200MiB", engines=["e1"])
+    filler = site.llamacpp("filler", site.models["b"], memory="200MiB", engines=["e1"])
     filler["pinned"] = True
-    gw2 = serve(
-        [filler, spread], engines=engines(engine_urls, host_ip, e1="250MiB", e2="250MiB"), instance_id=second
-    )
+    gw2 = site.serve([filler, spread], engines=site.engines(e1="250MiB", e2="250MiB"), instance=second)
     wait_for(lambda: gw2.model_state("filler")["state"] == "ready", "the pinned model", deadline=120)
     ask(gw2.client(), "spread")
-    assert count(ours(clients, second, model="spread")) == {"e1": 0, "e2": 2}
+    assert count(site.ours(second, model="spread")) == {"e1": 0, "e2": 2}
     assert gw2.model_state("filler")["state"] == "ready"
 
 
-def test_a_model_spread_over_rpc_worker_containers_on_both_engines(
-    serve: Callable[..., RunningGateway],
-    engine_urls: dict[str, str],
-    clients: dict[str, Any],
-    bin_dir: Path,
-    host_ip: str,
-    instance: str,
-) -> None:
+def test_a_model_spread_over_rpc_worker_containers_on_both_engines(site: Site) -> None:
     worker = {"memory": "512MiB", "command": ["/app/ggml-rpc-server"], "threads": 1}
-    gw = serve(
+    gw = site.serve(
         [
-            llamacpp(
+            site.llamacpp(
                 "split",
                 SMOLLM2,
-                bin_dir,
                 engines=["e1"],
                 n_gpu_layers=99,
                 threads=1,
                 rpc_workers=[{"engine": "e1", **worker}, {"engine": "e2", **worker}],
             )
         ],
-        engines=engines(engine_urls, host_ip, e1="2GiB", e2="2GiB"),
-        instance_id=instance,
+        engines=site.engines(e1="2GiB", e2="2GiB"),
     )
     r = gw.client().chat.completions.create(
         model="split", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
     )
     assert r.choices[0].message.content
-    workers = ours(clients, instance, model="split", role="rpc-worker")
+    workers = site.ours(model="split", role="rpc-worker")
     assert count(workers) == {"e1": 1, "e2": 1}
     for found in workers.values():  # both workers served the main server
         assert b"Accepted client connection" in found[0].logs()
@@ -271,45 +264,27 @@ def test_a_model_spread_over_rpc_worker_containers_on_both_engines(
     assert used["e1:ram"] > 512 * MiB and used["e2:ram"] == 512 * MiB
 
     httpx.post(f"{gw.base_url}/admin/models/split/evict", timeout=60).raise_for_status()
-    assert count(ours(clients, instance, model="split")) == {"e1": 0, "e2": 0}  # workers stop with the model
+    assert count(site.ours(model="split")) == {"e1": 0, "e2": 0}  # workers stop with the model
 
 
-def test_a_half_failed_start_removes_the_workers_it_had_started(
-    serve: Callable[..., RunningGateway],
-    engine_urls: dict[str, str],
-    clients: dict[str, Any],
-    bin_dir: Path,
-    host_ip: str,
-    instance: str,
-) -> None:
+def test_a_half_failed_start_removes_the_workers_it_had_started(site: Site) -> None:
     good = {"engine": "e1", "memory": "256MiB", "command": ["/app/ggml-rpc-server"]}
     broken = {"engine": "e2", "memory": "256MiB", "command": ["/app/no-such-binary"]}
-    gw = serve(
-        [llamacpp("half", SMOLLM2, bin_dir, engines=["e1"], n_gpu_layers=99, rpc_workers=[good, broken])],
-        engines=engines(engine_urls, host_ip, e1="2GiB", e2="2GiB"),
-        instance_id=instance,
+    gw = site.serve(
+        [site.llamacpp("half", SMOLLM2, engines=["e1"], n_gpu_layers=99, rpc_workers=[good, broken])],
+        engines=site.engines(e1="2GiB", e2="2GiB"),
     )
     with pytest.raises(openai.APIStatusError) as info:
         ask(gw.client(), "half")
     assert info.value.status_code == 503 and "'e2' refused to start" in info.value.message
-    assert count(ours(clients, instance)) == {"e1": 0, "e2": 0}  # the worker that did start is gone too
+    assert count(site.ours()) == {"e1": 0, "e2": 0}  # the worker that did start is gone too
     used = {d["device"]: d["used_bytes"] for d in gw.admin()["devices"]}
     assert used["e1:ram"] == used["e2:ram"] == 0
 
 
-def test_a_container_that_crashes_mid_stream(
-    serve: Callable[..., RunningGateway],
-    engine_urls: dict[str, str],
-    clients: dict[str, Any],
-    bin_dir: Path,
-    host_ip: str,
-    instance: str,
-    model_files: dict[str, Path],
-) -> None:
-    gw = serve(
-        [llamacpp("crashy", model_files["a"], bin_dir, n_ctx=65536, engines=["e1"])],
-        engines=engines(engine_urls, host_ip),
-        instance_id=instance,
+def test_a_container_that_crashes_mid_stream(site: Site) -> None:
+    gw = site.serve(
+        [site.llamacpp("crashy", site.models["a"], n_ctx=65536, engines=["e1"])],
     )
     body = {
         "model": "crashy",
@@ -322,7 +297,7 @@ def test_a_container_that_crashes_mid_stream(
         assert r.status_code == 200
         lines = r.iter_lines()
         next(lines)
-        victim = ours(clients, instance, model="crashy")["e1"][0]
+        victim = site.ours(model="crashy")["e1"][0]
         victim.kill()
         events = [line for line in lines if line.startswith("data: ")]
     last = json.loads(events[-1].removeprefix("data: "))
@@ -343,62 +318,45 @@ def test_a_container_that_crashes_mid_stream(
         return True
 
     wait_for(served, "the container to be recreated", deadline=120)
-    now = ours(clients, instance, model="crashy")["e1"]
+    now = site.ours(model="crashy")["e1"]
     assert len(now) == 1 and name_of(now[0]) != name_of(victim)  # the dead one was removed, a new one serves
 
 
-def test_a_quiet_container_is_not_taken_for_a_dead_one(
-    serve: Callable[..., RunningGateway],
-    engine_urls: dict[str, str],
-    clients: dict[str, Any],
-    bin_dir: Path,
-    host_ip: str,
-    instance: str,
-    model_files: dict[str, Path],
-) -> None:
+def test_a_quiet_container_is_not_taken_for_a_dead_one(site: Site) -> None:
     """The SDK's read timeout (the engine's ``timeout``) also ends a log stream that is only quiet."""
-    settings = engines(engine_urls, host_ip)
+    settings = site.engines()
     settings[0]["timeout"] = 1
-    manifest = llamacpp("quiet", model_files["a"], bin_dir, engines=["e1"])
+    manifest = site.llamacpp("quiet", site.models["a"], engines=["e1"])
     manifest["health_check_interval"] = 0  # no probes: nothing for the server to log
-    gw = serve([manifest], engines=settings, instance_id=instance)
+    gw = site.serve([manifest], engines=settings)
     client = gw.client()
     ask(client, "quiet")
-    before = name_of(ours(clients, instance, model="quiet")["e1"][0])
+    before = name_of(site.ours(model="quiet")["e1"][0])
     time.sleep(3)  # silence longer than the read timeout: the duration is what is tested
     ask(client, "quiet")
     replica = gw.model_state("quiet")["replicas"][0]
     assert replica["exit_status"] is None and replica["container"] == before
-    assert [name_of(c) for c in ours(clients, instance, model="quiet")["e1"]] == [before]
+    assert [name_of(c) for c in site.ours(model="quiet")["e1"]] == [before]
 
 
 def test_a_missing_image_and_an_unreachable_engine_are_503s_and_other_models_serve(
-    serve: Callable[..., RunningGateway],
-    engine_urls: dict[str, str],
-    clients: dict[str, Any],
-    bin_dir: Path,
-    host_ip: str,
-    instance: str,
-    model_files: dict[str, Path],
-    tmp_path: Path,
+    site: Site, tmp_path: Path
 ) -> None:
-    settings = engines(engine_urls, host_ip)
+    settings = site.engines()
     settings.append({"name": "gone", "url": f"unix://{tmp_path}/no-engine.sock", "timeout": 5})
-    gw = serve(
+    gw = site.serve(
         [
-            llamacpp("ok", model_files["a"], bin_dir, engines=["e1"]),
-            llamacpp(
+            site.llamacpp("ok", site.models["a"], engines=["e1"]),
+            site.llamacpp(
                 "noimage",
-                model_files["a"],
-                bin_dir,
+                site.models["a"],
                 engines=["e1"],
                 image="localhost/no-such:1",
                 pull="missing",
             ),
-            llamacpp("far", model_files["a"], bin_dir, engines=["gone"]),
+            site.llamacpp("far", site.models["a"], engines=["gone"]),
         ],
         engines=settings,
-        instance_id=instance,
     )
     client = gw.client()
     for model, names in (("noimage", "localhost/no-such:1"), ("far", "'gone'")):
@@ -409,33 +367,25 @@ def test_a_missing_image_and_an_unreachable_engine_are_503s_and_other_models_ser
         assert names in info.value.message
     ask(client, "ok")
     # A start that failed left no container behind, and the load backoff holds the next request off.
-    assert count(ours(clients, instance, model="noimage")) == {"e1": 0, "e2": 0}
+    assert count(site.ours(model="noimage")) == {"e1": 0, "e2": 0}
     with pytest.raises(openai.APIStatusError) as again:
         ask(client, "noimage")
     assert again.value.status_code == 503 and "localhost/no-such:1" in again.value.message
     assert gw.model_state("noimage")["loads"] == 1
 
 
-def test_gpu_placement_with_device_totals_from_settings(
-    serve: Callable[..., RunningGateway],
-    engine_urls: dict[str, str],
-    bin_dir: Path,
-    host_ip: str,
-    instance: str,
-    model_files: dict[str, Path],
-) -> None:
+def test_gpu_placement_with_device_totals_from_settings(site: Site) -> None:
     """Per-GPU budgets with GPU totals from settings (no GPU here: podman accepts the device request and
     ignores it, so the containers run on the CPU while the placement and budgets are the real ones)."""
-    settings = engines(engine_urls, host_ip)
+    settings = site.engines()
     settings[0]["gpus"] = ["1GiB", "1GiB"]
-    gw = serve(
+    gw = site.serve(
         [
-            llamacpp("a", model_files["a"], bin_dir, memory="700MiB", engines=["e1"], gpus=1),
-            llamacpp("b", model_files["b"], bin_dir, memory="700MiB", engines=["e1"], gpus=1),
-            llamacpp("c", model_files["c"], bin_dir, memory="700MiB", engines=["e1"], gpu_ids=[1]),
+            site.llamacpp("a", site.models["a"], memory="700MiB", engines=["e1"], gpus=1),
+            site.llamacpp("b", site.models["b"], memory="700MiB", engines=["e1"], gpus=1),
+            site.llamacpp("c", site.models["c"], memory="700MiB", engines=["e1"], gpu_ids=[1]),
         ],
         engines=settings,
-        instance_id=instance,
     )
     client = gw.client()
 
@@ -453,32 +403,22 @@ def test_gpu_placement_with_device_totals_from_settings(
     assert used["e1:gpu0"] == used["e1:gpu1"] == 700 * MiB
 
 
-def test_leftovers_of_a_sigkilled_gateway_are_removed_and_nothing_else(
-    engine_urls: dict[str, str],
-    clients: dict[str, Any],
-    bin_dir: Path,
-    host_ip: str,
-    instance: str,
-    model_files: dict[str, Path],
-    tmp_path: Path,
-) -> None:
+def test_leftovers_of_a_sigkilled_gateway_are_removed_and_nothing_else(site: Site, tmp_path: Path) -> None:
     manifests = tmp_path / "manifests"
     manifests.mkdir()
-    (manifests / "m.yaml").write_text(
-        yaml.safe_dump(llamacpp("m", model_files["a"], bin_dir, engines=["e1"]))
-    )
+    (manifests / "m.yaml").write_text(yaml.safe_dump(site.llamacpp("m", site.models["a"], engines=["e1"])))
     engines_file = tmp_path / "engines.yaml"
-    engines_file.write_text(yaml.safe_dump(engines(engine_urls, host_ip)))
-    e1 = clients["e1"]
+    engines_file.write_text(yaml.safe_dump(site.engines()))
+    e1 = site.clients["e1"]
     foreign = [
-        e1.containers.create(IMAGE, ["--version"], name=f"not-ours-{instance}"),
+        e1.containers.create(IMAGE, ["--version"], name=f"not-ours-{site.instance}"),
         e1.containers.create(
             IMAGE, ["--version"], labels={LABEL_INSTANCE: "another-gateway", LABEL_MODEL: "m"}
         ),
     ]
     try:
         port = free_port()
-        first = _gateway_process(manifests, engines_file, port, instance)
+        first = _gateway_process(manifests, engines_file, port, site.instance)
         try:
             httpx.post(
                 f"http://127.0.0.1:{port}/v1/chat/completions",
@@ -488,11 +428,11 @@ def test_leftovers_of_a_sigkilled_gateway_are_removed_and_nothing_else(
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait(30)
-        assert count(ours(clients, instance))["e1"] == 1  # the killed gateway's container outlived it
+        assert count(site.ours())["e1"] == 1  # the killed gateway's container outlived it
 
-        second = _gateway_process(manifests, engines_file, free_port(), instance)
+        second = _gateway_process(manifests, engines_file, free_port(), site.instance)
         try:
-            wait_for(lambda: count(ours(clients, instance))["e1"] == 0, "the leftover to be removed")
+            wait_for(lambda: count(site.ours())["e1"] == 0, "the leftover to be removed")
         finally:
             second.send_signal(signal.SIGTERM)
             second.wait(60)
