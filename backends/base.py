@@ -59,6 +59,7 @@ class ReplicaInfo:
     """What the admin API shows about one replica; each kind fills what it knows."""
 
     url: str | None = None  # where the gateway forwards to (HTTP kinds)
+    metrics_url: str | None = None  # the engine's own Prometheus metrics (llama-server, vLLM), if it has them
     pid: int | None = None  # a launched process
     container: str | None = None  # a container's name
     engine: str | None = None  # the Docker engine it runs on

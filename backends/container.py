@@ -65,6 +65,7 @@ class ContainerReplica:
         self._running: list[ManagedContainer] = []  # workers first, the server last
         self._http: HttpUpstream | None = None
         self._health_path = "/health"
+        self._metrics_path: str | None = None
         self._healthy = False
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -101,6 +102,7 @@ class ContainerReplica:
             run = self._server([c.address for c in self._running])
             server = await self._start_one(Placed(self._engine, run), "server", deadline)
             self._health_path = run.health_path
+            self._metrics_path = run.metrics_path
             key = run.api_key
             self._http = HttpUpstream(f"http://{server.address}", key)
             self._http.open()
@@ -185,6 +187,9 @@ class ContainerReplica:
         server = self._running[-1] if self._running else None
         return ReplicaInfo(
             url=self._http.base_url if self._http else None,
+            metrics_url=f"{self._http.base_url}{self._metrics_path}"
+            if self._http and self._metrics_path
+            else None,
             container=server.name if server else None,
             engine=self._engine.name,
             devices=self._devices,

@@ -37,6 +37,7 @@ class ContainerRun:
     ipc_mode: str | None = None
     network: str | None = None
     health_path: str = "/health"
+    metrics_path: str | None = "/metrics"  # llama-server (started with --metrics) and vLLM; None for raw
     api_key: str | None = None  # what the gateway must send
     public: bool = False  # published on every interface: other hosts' containers connect to it (RPC)
 
@@ -191,4 +192,5 @@ def raw_run(spec: RawContainer, gpu_ids: Sequence[int]) -> ContainerRun:
         ipc_mode=spec.ipc_mode,
         network=spec.network,
         health_path=spec.health_path,
+        metrics_path=None,
     )

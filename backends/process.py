@@ -100,6 +100,7 @@ class LlamaServerReplica:
     def describe(self) -> ReplicaInfo:
         return ReplicaInfo(
             url=self._http.base_url if self._http else None,
+            metrics_url=f"{self._http.base_url}/metrics" if self._http else None,
             pid=self._proc.pid if self._proc else None,
             exit_status=self.exit_status,
             log=tuple(self.log_tail),

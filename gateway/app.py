@@ -3,14 +3,15 @@ no module-level singletons. The one ``Gateway`` object is passed to the route cl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -19,14 +20,17 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backends.docker_engine import DockerEngine
+from gateway import observer
 from gateway.admin import AdminRoutes
-from gateway.config import Settings
+from gateway.config import ModelManifest, Settings
 from gateway.engines import Hosts, devices, docker_engine, engine_settings, instance_id
 from gateway.errors import GatewayError, Unauthorized, error_response
 from gateway.manifests import ManifestSet, load_directory
 from gateway.metrics import Metrics
+from gateway.metrics_state import refresh
 from gateway.openai_api import HotPath, OpenAIRoutes
 from gateway.placement import DoesNotFit, plan
+from gateway.promtext import CONTENT_TYPE
 from gateway.registry import Registry
 from gateway.scheduler import Scheduler
 
@@ -61,23 +65,36 @@ def build_hosts(settings: Settings) -> Hosts:
     return Hosts({e.name: docker_engine(e, instance) for e in configured}, inventory, budgets)
 
 
+def max_model_len(manifests: Iterable[ModelManifest]) -> int:
+    """The longest context declared, for the token-count histograms' buckets (vLLM: max_model_len)."""
+    longest = 0
+    for m in manifests:
+        for field in ("n_ctx", "ctx_size", "max_model_len"):
+            value = getattr(m.backend, field, None)
+            if isinstance(value, int):
+                longest = max(longest, value)
+    return longest or 32768
+
+
 def build_gateway(settings: Settings) -> Gateway:
     manifests = load_directory(settings.manifests)
     for problem in manifests.problems:
         log.error("manifest skipped: %s", problem)
     hosts = build_hosts(settings)
     registry = Registry.build(manifests, settings, hosts)
+    metrics = Metrics(list(registry.slots), max_model_len(m.manifest for m in manifests.models))
     scheduler = Scheduler(
         registry.slots.values(),
         hosts.budgets,
         drain_grace=settings.drain_grace,
         load_failure_backoff=settings.load_failure_backoff,
+        events=metrics,
     )
     for slot in registry.slots.values():
         never = plan(slot.name, slot.demand, [], hosts.budgets)
         if isinstance(never, DoesNotFit):
             log.warning("%s can never be loaded here: %s", slot.name, never.reason)
-    return Gateway(settings, manifests, registry, scheduler, Metrics(scheduler), hosts)
+    return Gateway(settings, manifests, registry, scheduler, metrics, hosts)
 
 
 def engines_in_use(gw: Gateway) -> list[DockerEngine]:
@@ -133,6 +150,12 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         for engine in engines:  # before any container of this run starts (DockerEngine.ready waits for it)
             engine.start_cleanup()
         gateway.scheduler.start_background()
+        timers = observer.start(
+            gateway.metrics,
+            gateway.scheduler,
+            settings.stats_interval if settings.metrics else 0,
+            settings.engine_scrape_interval if settings.metrics else 0,
+        )
         log.info(
             "serving %d models (%d manifest problems), memory budget %s",
             len(gateway.registry.slots),
@@ -142,6 +165,9 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         try:
             yield
         finally:
+            for timer in timers:
+                timer.cancel()
+            await asyncio.gather(*timers, return_exceptions=True)
             await gateway.scheduler.shutdown()
             for engine in engines:
                 await engine.close()
@@ -150,7 +176,8 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         return JSONResponse({"status": "ok"})
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        refresh(gateway.metrics, gateway.scheduler, time.monotonic())
+        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
     openai = OpenAIRoutes(gateway)
     routes = [

@@ -98,6 +98,13 @@ class Settings(BaseSettings):
         description="Labels this gateway's containers; default: derived from host, port and manifests.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    metrics: bool = Field(True, description="Measure requests for /metrics and the stats line.")
+    stats_interval: Duration = Field(
+        10.0, description="Seconds between stats lines in the log (one per model with traffic); 0: off."
+    )
+    engine_scrape_interval: Duration = Field(
+        5.0, description="Seconds between reads of the engines' own /metrics (llama-server, vLLM); 0: off."
+    )
 
 
 BackendSpec = Annotated[

@@ -23,8 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backends.base import Endpoint, OpenAIRequest, UpstreamResponse
 from gateway.balancing import preferred_replica
-from gateway.errors import GatewayError, InvalidRequest, UpstreamUnavailable, error_response
+from gateway.errors import GatewayError, InvalidRequest, QueueFull, UpstreamUnavailable, error_response
 from gateway.lifecycle import ModelSlot
+from gateway.metrics import Trace
 from gateway.pool import Pool, Replica
 from gateway.requests import (
     ChatRequest,
@@ -35,7 +36,7 @@ from gateway.requests import (
     decode,
     validate,
 )
-from gateway.streaming import CancelOnDisconnect, ClientGone, stream_through
+from gateway.streaming import CancelOnDisconnect, ClientGone, relay
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -104,9 +105,13 @@ async def _read_body(receive: Receive) -> bytes:
             return bytes(body)
 
 
+CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the response ended
+
+
 class OpenAIRoutes:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
+        self.observe = gw.settings.metrics
         self.created = int(time.time())
 
     def endpoints(self) -> dict[str, Handler]:
@@ -150,24 +155,32 @@ class OpenAIRoutes:
         started = time.perf_counter()
         response = _Send(send)
         model = ""
+        status = 500
         try:
             raw = await _read_body(receive)
             data = decode(raw)
             slot = self.gw.registry.resolve(data["model"])
             model = slot.name
             _check_endpoint(slot, endpoint, data["model"])
+            stream = bool(data.get("stream"))
+            strip_usage = self.observe and stream and endpoint != "embeddings" and ask_for_usage(data)
             if slot.manifest.backend.gateway_validates:
-                request = OpenAIRequest(endpoint, validate(data, SCHEMAS[endpoint]), bool(data.get("stream")))
+                request = OpenAIRequest(endpoint, validate(data, SCHEMAS[endpoint]), stream)
             else:
+                body = check_passthrough(data, endpoint)
                 request = OpenAIRequest(
-                    endpoint, check_passthrough(data, endpoint), bool(data.get("stream")), raw
+                    endpoint, body, stream, json.dumps(body).encode() if strip_usage else raw
                 )
+            trace = Trace(model, endpoint, started, _int(data.get("n"), 1), _max_tokens(data))
             async with CancelOnDisconnect(receive):
-                await self._serve(slot, request, Headers(scope=scope), response, started)
+                await self._serve(slot, request, Headers(scope=scope), response, trace, strip_usage)
+            status = trace.status
         except ClientGone:
-            return
+            status = CLIENT_GONE
         except GatewayError as err:
-            self.gw.metrics.count_request(model, endpoint, err.status)
+            status = err.status
+            if isinstance(err, QueueFull):
+                self.gw.metrics.rejected(model)
             if response.started:
                 raise
             await error_response(err)(scope, receive, send)
@@ -178,16 +191,26 @@ class OpenAIRoutes:
             await error_response(GatewayError(f"internal error: {type(exc).__name__}: {exc}"))(
                 scope, receive, send
             )
+        finally:
+            if self.observe:
+                self.gw.metrics.count_request(model, endpoint, status)
 
     async def _serve(
-        self, slot: ModelSlot, request: OpenAIRequest, headers: Headers, send: Send, started: float
+        self,
+        slot: ModelSlot,
+        request: OpenAIRequest,
+        headers: Headers,
+        send: Send,
+        trace: Trace,
+        strip_usage: bool,
     ) -> None:
         gw = self.gw
-        endpoint = request.endpoint
         lease = await gw.scheduler.acquire(slot, gw.settings.load_timeout)
         key = affinity_key(slot.manifest.affinity, request.body, headers)
         try:
-            replica, upstream = await _first_answer(lease.pool, request, key, gw.settings.queue_timeout)
+            replica, upstream = await _first_answer(
+                lease.pool, request, key, gw.settings.queue_timeout, trace, self._upstream_error
+            )
         except BaseException:
             lease.release()
             raise
@@ -197,15 +220,35 @@ class OpenAIRoutes:
             lease.release()
 
         upstream.finished.add_done_callback(finished)
-        gw.metrics.count_request(slot.name, endpoint, upstream.status)
+        trace.status = upstream.status
+        series = gw.metrics.series(slot.name, str(replica.index)) if self.observe else None
         try:
-            await stream_through(upstream, send, started, gw.metrics.first_byte_observer(slot.name, endpoint))
+            await relay(upstream, send, trace, series, strip_usage)
+        except BaseException:
+            trace.status = CLIENT_GONE if trace.status < 400 else trace.status
+            raise
         finally:
             upstream.close()
+            if series is not None:
+                series.record(trace, time.perf_counter())
+                if trace.status >= 500 and trace.first:
+                    self._upstream_error(slot.name, "mid_stream")
+
+    def _upstream_error(self, model: str, kind: str) -> None:
+        if self.observe:
+            self.gw.metrics.upstream_error(model, kind)
+
+
+UpstreamErrorHook = Callable[[str, str], None]
 
 
 async def _first_answer(
-    pool: Pool, request: OpenAIRequest, key: str | None, timeout: float
+    pool: Pool,
+    request: OpenAIRequest,
+    key: str | None,
+    timeout: float,
+    trace: Trace,
+    on_error: UpstreamErrorHook,
 ) -> tuple[Replica, UpstreamResponse]:
     """A replica's response, up to its first byte. A replica that fails before that is ejected for a
     cooldown and the request goes to another one (every replica at most once): nothing reached the client."""
@@ -213,10 +256,12 @@ async def _first_answer(
     while True:
         preferred = preferred_replica(key, len(pool.replicas)) if key else None
         replica = await pool.acquire(timeout, preferred)
+        trace.scheduled = time.perf_counter()
         try:
             response = await replica.backend.forward(request)
-        except UpstreamUnavailable:
+        except UpstreamUnavailable as err:
             pool.release(replica, failed=True)
+            on_error(pool.model, err.code or "upstream_unavailable")
             tried += 1
             if tried >= len(pool.replicas):
                 raise
@@ -254,3 +299,22 @@ def _check_endpoint(slot: ModelSlot, endpoint: Endpoint, name: str) -> None:
     if serves_embeddings is not None and (endpoint == "embeddings") != serves_embeddings:
         what = "embeddings only" if serves_embeddings else "no embeddings"
         raise InvalidRequest(f"model '{name}' serves {what}; it cannot answer /v1/{endpoint}", param="model")
+
+
+def ask_for_usage(data: dict[str, Any]) -> bool:
+    """Ask the backend for the stream's usage (``stream_options.include_usage``) if the client did not; True
+    when the gateway asked, so the usage event must be taken out again before the client sees it."""
+    options = data.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return False
+    data["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return True
+
+
+def _int(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _max_tokens(data: dict[str, Any]) -> int | None:
+    value = data.get("max_completion_tokens", data.get("max_tokens"))
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -29,6 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from backends.base import Backend
+from gateway.backend_metrics import EngineStats
 from gateway.balancing import ReplicaView, choose
 from gateway.errors import GatewayError, ModelUnavailable, QueueFull
 
@@ -45,6 +46,7 @@ class Replica:
     failures: int = 0  # consecutive failed requests
     ejected_until: float = 0.0  # passive: out of rotation until then, after a failed request
     down: bool = False  # active: its last health probe failed
+    engine_stats: EngineStats | None = None  # the last scrape of its engine's own metrics, if it has any
 
     def healthy(self, now: float) -> bool:
         return not self.down and not self.ejected(now)

@@ -24,12 +24,31 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from typing import Protocol
 
 from gateway.errors import GatewayError, InsufficientMemory, LoadFailed, ModelUnavailable
 from gateway.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
 from gateway.placement import DoesNotFit, Fits, Resident, plan
 
 log = logging.getLogger(__name__)
+
+
+class Events(Protocol):
+    """What the scheduler reports as it happens (the metrics implement it)."""
+
+    def load_finished(self, model: str, seconds: float, result: str) -> None:
+        """``result``: success, failure or cancelled."""
+
+    def evicted(self, model: str, reason: str) -> None:
+        """``reason``: lru, ttl, admin, failure or reload."""
+
+
+class _Quiet:
+    def load_finished(self, model: str, seconds: float, result: str) -> None:
+        pass
+
+    def evicted(self, model: str, reason: str) -> None:
+        pass
 
 
 class Scheduler:
@@ -41,7 +60,9 @@ class Scheduler:
         drain_grace: float,
         load_failure_backoff: float,
         clock: Callable[[], float] = time.monotonic,
+        events: Events | None = None,
     ) -> None:
+        self.events: Events = events or _Quiet()
         self.slots = {s.name: s for s in slots}
         self.budgets = dict(budgets)  # per device (gateway.placement)
         self.drain_grace = drain_grace
@@ -119,7 +140,7 @@ class Scheduler:
                 if isinstance(decision, Fits):
                     log.info("evicting %s to load %s", ", ".join(decision.evict), slot.name)
                     waits = [
-                        self._begin_unload(self.slots[n], f"evicted to load '{slot.name}'")
+                        self._begin_unload(self.slots[n], f"evicted to load '{slot.name}'", "lru")
                         for n in decision.evict
                     ]
                 else:
@@ -132,6 +153,8 @@ class Scheduler:
         try:
             await slot.start()
         except BaseException as exc:  # cancelled (shutdown) too: the slot must not stay LOADING
+            result = "failure" if isinstance(exc, Exception) else "cancelled"
+            self.events.load_finished(slot.name, self._clock() - started, result)
             message = exc.message if isinstance(exc, GatewayError) else f"{type(exc).__name__}: {exc}"
             failure = slot.load_failed(message, self.load_failure_backoff)
             if not isinstance(exc, Exception):
@@ -140,6 +163,7 @@ class Scheduler:
                 f"model '{slot.name}' failed to load: {message}",
                 retry_after=failure.retry_at - self._clock(),
             ) from exc
+        self.events.load_finished(slot.name, self._clock() - started, "success")
         log.info("loaded %s in %.2fs", slot.name, self._clock() - started)
 
     def _transitions_that_could_make_room(
@@ -170,9 +194,12 @@ class Scheduler:
         ]
 
     # -- unloads -----------------------------------------------------------------------------------------
-    def _begin_unload(self, slot: ModelSlot, why: str) -> asyncio.Task[None]:
-        """Mark a READY model draining and start its unload. Call with the decision lock held."""
+    def _begin_unload(self, slot: ModelSlot, why: str, reason: str | None) -> asyncio.Task[None]:
+        """Mark a READY model draining and start its unload. Call with the decision lock held. ``reason``
+        labels the eviction in the metrics (None: not an eviction, a shutdown)."""
         slot.begin_drain()
+        if reason is not None:
+            self.events.evicted(slot.name, reason)
         task = asyncio.create_task(self._drain_and_unload(slot, why), name=f"unload:{slot.name}")
         self._unloads[slot.name] = task
         task.add_done_callback(lambda _: self._unloads.pop(slot.name, None))
@@ -191,14 +218,16 @@ class Scheduler:
         else:
             log.info("unloaded %s (%s)", slot.name, why)
 
-    async def unload(self, slot: ModelSlot, why: str, idle_for: float | None = None) -> bool:
+    async def unload(
+        self, slot: ModelSlot, why: str, reason: str | None = "admin", idle_for: float | None = None
+    ) -> bool:
         """Drain and unload ``slot`` if it is ready (and, with ``idle_for``, idle that long); False if not."""
         async with self._decision:
             if slot.state is not State.READY:
                 return False
             if idle_for is not None and (slot.in_flight or self._clock() - slot.last_used < idle_for):
                 return False
-            task = self._begin_unload(slot, why)
+            task = self._begin_unload(slot, why, reason)
         await task
         return True
 
@@ -221,7 +250,7 @@ class Scheduler:
                 ttl = slot.manifest.idle_ttl
                 if ttl and not slot.pinned and slot.state is State.READY and now - slot.last_used >= ttl:
                     try:
-                        await self.unload(slot, f"idle for {ttl:g}s", idle_for=ttl)
+                        await self.unload(slot, f"idle for {ttl:g}s", "ttl", idle_for=ttl)
                     except Exception:
                         log.exception("idle unload of %s failed", slot.name)
 
@@ -235,4 +264,4 @@ class Scheduler:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
         for slot in self.slots.values():
-            await self.unload(slot, "shut down")
+            await self.unload(slot, "shut down", None)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 from starlette.types import Receive, Send
 
 from backends.base import UpstreamResponse
+from gateway.metrics import RequestSeries, Trace
+from gateway.usage import StreamReader, read_body
 
 
 class ClientGone(Exception):
@@ -56,20 +57,44 @@ class CancelOnDisconnect:
             raise ClientGone from None
 
 
-async def stream_through(
-    upstream: UpstreamResponse, send: Send, started: float, on_first_byte: Callable[[float], None]
+async def relay(
+    upstream: UpstreamResponse, send: Send, trace: Trace, series: RequestSeries | None, strip_usage: bool
 ) -> None:
+    """Send the upstream's response on as it arrives. With ``series`` (metrics on), note on ``trace`` when
+    its first bytes went out, its usage and finish reasons, and whether it ended as the upstream meant it
+    to, and observe inter-token latency per event (a chunk of several events spreads its gap over them)."""
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in upstream.headers.items()]
     await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
     if "content-length" in upstream.headers:  # a complete body (not a stream): one write, no chunked framing
         body = b"".join([chunk async for chunk in upstream.body])
-        on_first_byte(time.perf_counter() - started)
+        trace.first = time.perf_counter()
+        if series is not None:
+            trace.usage, trace.finish_reasons = read_body(body)
         await send({"type": "http.response.body", "body": body, "more_body": False})
+        trace.completed = True
         return
-    first = True
+    if series is None:
+        async for chunk in upstream.body:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        trace.completed = True
+        return
+    reader = StreamReader(strip_usage)
+    itl = series.itl
+    last = 0.0
     async for chunk in upstream.body:
-        if first:
-            on_first_byte(time.perf_counter() - started)
-            first = False
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+        out, events = reader.feed(chunk)
+        if not out:
+            continue
+        now = time.perf_counter()
+        if not trace.first:
+            trace.first = now
+        elif events:
+            itl.observe((now - last) / events, events)
+        last = now
+        await send({"type": "http.response.body", "body": out, "more_body": True})
+    await send({"type": "http.response.body", "body": reader.flush(), "more_body": False})
+    trace.usage, trace.finish_reasons = reader.usage, reader.finish_reasons
+    trace.completed = reader.error_status is None
+    if reader.error_status is not None:
+        trace.status = reader.error_status
