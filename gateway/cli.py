@@ -118,6 +118,28 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Manifests from a llama-cpp-python or llama-swap config, and every setting that does not carry over."""
+    from gateway.importing import SourceError, convert, report, write
+
+    try:
+        conversion = convert(args.source, args.format)
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        result = write(conversion, args.out, force=args.force)
+    except OSError as exc:
+        print(f"error: cannot write to {args.out}: {exc}", file=sys.stderr)
+        return 1
+    if result.existing:
+        names = ", ".join(str(p) for p in result.existing)
+        print(f"error: {names} already exist: nothing written (--force overwrites)", file=sys.stderr)
+        return 1
+    print(report(conversion, result, args.out))
+    return 0 if result.written else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     fetch.set_defaults(func=cmd_fetch)
     build = sub.add_parser("build-llama-server", help="build llama-server and the RPC worker from source")
     build.set_defaults(func=cmd_build)
+    imp = sub.add_parser("import", help="manifests from a llama-cpp-python or llama-swap config file")
+    imp.add_argument("source", type=Path, help="llama-cpp-python (JSON/YAML) or llama-swap config file")
+    imp.add_argument("--out", type=Path, default=Path("manifests/imported"), help="manifest directory")
+    imp.add_argument("--format", choices=["auto", "llama-cpp-python", "llama-swap"], default="auto")
+    imp.add_argument("--force", action="store_true", help="overwrite manifests that already exist")
+    imp.set_defaults(func=cmd_import)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
