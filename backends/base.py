@@ -66,6 +66,8 @@ class ReplicaInfo:
     devices: tuple[str, ...] = ()  # the budget devices it was placed on
     exit_status: str | None = None  # why it last died, with its last log lines
     log: tuple[str, ...] = ()  # the last lines it wrote (launched kinds), oldest first
+    kv_cache_usage: float | None = None  # 0..1, where the replica knows it without a request (in process)
+    memory_bytes: int | None = None  # what the engine reports it allocated (in process); else see ``pid``
 
 
 class BackendError(Exception):

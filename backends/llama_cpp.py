@@ -66,6 +66,19 @@ def build_llama(spec: LlamaCppBackend, n_threads: int) -> Any:
     return llama
 
 
+def allocated_bytes(llama: Any) -> int | None:
+    """The memory llama.cpp reports for a loaded instance: its weights plus its context's state size (the KV
+    cells in use and the output buffers); None where this llama-cpp-python lacks the calls."""
+    import llama_cpp
+
+    try:
+        weights = int(llama_cpp.llama_model_size(llama.model))
+        state = int(llama_cpp.llama_state_get_size(llama.ctx))
+    except (AttributeError, TypeError):
+        return None
+    return weights + state
+
+
 def default_threads(spec: LlamaCppBackend) -> int:
     # Threads x instances must not exceed the cores: oversubscribed, aggregate decode drops (ENVIRONMENT.md).
     return spec.n_threads or max(1, (os.cpu_count() or 1) // spec.parallel)
@@ -80,6 +93,7 @@ class LlamaCppReplica:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{label}")
         self._llama: Any = None
         self._jobs: set[Job] = set()
+        self._allocated: int | None = None  # llama.cpp's own count: weights + context state, once loaded
 
     @property
     def capacity(self) -> int:
@@ -95,6 +109,7 @@ class LlamaCppReplica:
             )
         except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError for bad files
             raise UpstreamError(f"llama.cpp could not load {self._spec.model.name}: {exc}") from exc
+        self._allocated = allocated_bytes(self._llama)
 
     async def stop(self) -> None:
         for job in list(self._jobs):
@@ -110,7 +125,13 @@ class LlamaCppReplica:
         return self._llama is not None
 
     def describe(self) -> ReplicaInfo:
-        return ReplicaInfo()  # in this process: no URL, pid or logs of its own
+        # In this process: no URL, pid or logs of its own. Its KV cache holds one sequence: the running
+        # request's tokens over the context (an int read across threads; a stale value is harmless).
+        llama = self._llama
+        if llama is None:
+            return ReplicaInfo()
+        used = llama.n_tokens / max(1, llama.n_ctx()) if self._jobs else 0.0
+        return ReplicaInfo(kv_cache_usage=min(1.0, used), memory_bytes=self._allocated)
 
     async def forward(self, request: OpenAIRequest) -> UpstreamResponse:
         llama = self._llama

@@ -9,6 +9,7 @@
 
     python bench/proxy_overhead.py [--overhead-only | --llama-server-only [--engine-core]] [--rounds N]
     python bench/proxy_overhead.py --replicas-only
+    python bench/proxy_overhead.py --metrics-only [--rounds N]   (metrics on against off)
 
 It needs wrk (apt-get install wrk) and `llm-gateway build-llama-server`.
 """
@@ -54,9 +55,13 @@ def wait_http(url: str) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def spawn(cmd: list[str], core: str) -> subprocess.Popen[bytes]:
+def spawn(cmd: list[str], core: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        ["taskset", "-c", core, *cmd], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ["taskset", "-c", core, *cmd],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -89,7 +94,9 @@ def wrk(url: str, body: dict[str, object], connections: int, seconds: int = 8) -
     return rps, float(p50.group(1)) * scale
 
 
-def gateway(manifest: dict[str, object], port: int, cores: str = "0") -> subprocess.Popen[bytes]:
+def gateway(
+    manifest: dict[str, object], port: int, cores: str = "0", env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """The gateway on ``cores`` (the processes it launches inherit them)."""
     d = Path(tempfile.mkdtemp())
     (d / "m.yaml").write_text(yaml.safe_dump(manifest))
@@ -109,15 +116,18 @@ def gateway(manifest: dict[str, object], port: int, cores: str = "0") -> subproc
             "1000",
         ],
         cores,
+        env,
     )
     wait_http(f"http://127.0.0.1:{port}/health")
     return proc
 
 
-def remote_gateway(upstream: str, cap: int, port: int) -> subprocess.Popen[bytes]:
+def remote_gateway(
+    upstream: str, cap: int, port: int, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """The gateway in front of one upstream, as a ``remote`` model named "m"."""
     endpoint = {"url": upstream, "max_concurrency": cap}
-    return gateway({"name": "m", "backend": {"kind": "remote", "endpoints": [endpoint]}}, port)
+    return gateway({"name": "m", "backend": {"kind": "remote", "endpoints": [endpoint]}}, port, env=env)
 
 
 def _stream_once(port: int, request: bytes) -> tuple[float, int]:
@@ -268,6 +278,69 @@ def overhead_rows(rounds: int = 3) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metrics_rows(rounds: int = 5) -> list[tuple[str, str, str, str]]:
+    """The cost of the metrics: two gateways on the same fake upstream, one with GATEWAY_METRICS=false; their
+    wrk runs alternate (which goes first alternates too), medians of ``rounds``. Besides req/s (which drifts
+    by several per cent between runs on this machine), the gateway's own CPU time per request, read from
+    /proc: the steadier measure of what the metrics cost."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    path = "/v1/chat/completions"
+    seconds = 5
+    upstream = spawn([sys.executable, "tests/fake_upstream.py", "--port", "18951"], "1")
+    wait_http("http://127.0.0.1:18951/health")
+    ports = {"off": 18952, "on": 18953}
+    gateways = {
+        key: remote_gateway("http://127.0.0.1:18951", 1000, port, {"GATEWAY_METRICS": str(key == "on")})
+        for key, port in ports.items()
+    }
+    rps: dict[tuple[str, bool], list[float]] = {(k, s): [] for k in ports for s in (False, True)}
+    cpu: dict[tuple[str, bool], list[float]] = {(k, s): [] for k in ports for s in (False, True)}
+    try:
+        for port in ports.values():
+            wrk(f"http://127.0.0.1:{port}{path}", body, 16, 3)  # warm-up
+        for i in range(rounds):
+            for stream in (False, True):
+                request = {**body, "stream": True} if stream else body
+                for key in list(ports) if i % 2 == 0 else list(ports)[::-1]:
+                    before = cpu_seconds(gateways[key].pid)
+                    rate = wrk(f"http://127.0.0.1:{ports[key]}{path}", request, 16, seconds)[0]
+                    rps[key, stream].append(rate)
+                    cpu[key, stream].append(
+                        (cpu_seconds(gateways[key].pid) - before) / (rate * seconds) * 1e6
+                    )
+    finally:
+        for gw in gateways.values():
+            gw.terminate()
+        upstream.terminate()
+    if "--verbose" in sys.argv:
+        print("req/s", rps, "\ncpu us/request", cpu)
+    rows = []
+    for stream, what in ((False, "non-streaming"), (True, "streamed, 64 chunks")):
+        off, on = median(rps["off", stream]), median(rps["on", stream])
+        c_off, c_on = median(cpu["off", stream]), median(cpu["on", stream])
+        rows += [
+            (
+                f"{what}: req/s, 16 conns ({rounds} rounds)",
+                f"{off:.0f}",
+                f"{on:.0f} ({on / off - 1:+.1%})",
+                ">= -5%",
+            ),
+            (
+                f"{what}: gateway CPU us per request",
+                f"{c_off:.0f}",
+                f"{c_on:.0f} ({c_on / c_off - 1:+.1%})",
+                "<= +5.3% (= -5% req/s)",
+            ),
+        ]
+    return rows
+
+
 def llama_server_rows(rounds: int = 1, isolated: bool = False) -> list[tuple[str, str, str, str]]:
     """A real llama-server, -np 4, at concurrency 1, 4, 16, warmed up. Direct and gateway batches alternate
     one by one (which goes first alternates too), so that the machine's drift, which is larger than the
@@ -327,6 +400,9 @@ def main() -> None:
         )
         return
     rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else None
+    if "--metrics-only" in sys.argv:
+        print_table(("measure", "metrics off", "metrics on", "target"), metrics_rows(rounds or 5))
+        return
     rows = [] if "--llama-server-only" in sys.argv else overhead_rows(rounds or 3)
     if "--overhead-only" not in sys.argv:
         rows += llama_server_rows(rounds or 1, isolated="--engine-core" in sys.argv)

@@ -10,8 +10,9 @@ of the engine (its counters back to zero) does not make the gateway's counters g
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -52,13 +53,11 @@ def parse(text: str) -> EngineStats:
     """The numbers of interest in a Prometheus text exposition (summed over an engine's label sets)."""
     found: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        key = _GAUGES.get(family.name) or _COUNTERS.get(family.name)
-        if key is None:
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_created"):
-                continue
-            found[key] = found.get(key, 0.0) + sample.value
+        for sample in family.samples:  # by sample name: TYPE lines differ on the ``_total`` suffix
+            name = sample.name.removesuffix("_total")
+            key = _GAUGES.get(name) or _COUNTERS.get(name)
+            if key is not None:
+                found[key] = found.get(key, 0.0) + sample.value
     queries = found.get("prefix_queries")
     if queries is None and "llama_prompt" in found:  # llama.cpp: every prompt token is a cache query
         queries = found["llama_prompt"] + found.get("prefix_hits", 0.0)
@@ -73,20 +72,50 @@ def parse(text: str) -> EngineStats:
 
 
 async def scrape(client: httpx.AsyncClient, url: str) -> EngineStats | None:
-    """An engine's stats, or None when it has none to give (unreachable, slow, not Prometheus text)."""
+    """An engine's stats, or None when it has none to give (unreachable, slow, not Prometheus text).
+
+    llama-server's metrics lack its KV cache use (it dropped the gauge); its ``/slots`` gives it: the tokens
+    of the requests in its slots (prompt and generated so far) over the slots' contexts."""
     try:
-        async with client.stream("GET", url, timeout=SCRAPE_TIMEOUT) as resp:
-            if resp.status_code != 200:
-                return None
-            body = bytearray()
-            async for chunk in resp.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_BYTES:
-                    return None
-        return parse(body.decode("utf-8", "replace"))
+        text = await _get(client, url)
+        if text is None:
+            return None
+        stats = parse(text)
+        if stats.processing is not None and stats.kv_cache_usage is None:
+            slots = await _get(client, url.removesuffix("/metrics") + "/slots")
+            if slots is not None:
+                stats = replace(stats, kv_cache_usage=slots_usage(json.loads(slots)))
+        return stats
     except (httpx.HTTPError, ValueError, OSError) as exc:
         log.debug("scrape of %s failed: %s", url, exc)
         return None
+
+
+async def _get(client: httpx.AsyncClient, url: str) -> str | None:
+    async with client.stream("GET", url, timeout=SCRAPE_TIMEOUT) as resp:
+        if resp.status_code != 200:
+            return None
+        body = bytearray()
+        async for chunk in resp.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_BYTES:
+                return None
+    return body.decode("utf-8", "replace")
+
+
+def slots_usage(slots: object) -> float | None:
+    """KV cache use from llama-server's ``/slots``: tokens of processing slots over all slots' contexts."""
+    if not isinstance(slots, list) or not slots:
+        return None
+    capacity = used = 0
+    for slot in slots:
+        if not isinstance(slot, dict):
+            return None
+        capacity += int(slot.get("n_ctx") or 0)
+        if slot.get("is_processing"):
+            decoded = sum(int(t.get("n_decoded") or 0) for t in slot.get("next_token") or [])
+            used += int(slot.get("n_prompt_tokens") or 0) + decoded
+    return min(1.0, used / capacity) if capacity else None
 
 
 def delta(before: float | None, after: float | None) -> float:

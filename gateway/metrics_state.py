@@ -66,15 +66,20 @@ def _model(m: Metrics, slot: ModelSlot, now: float) -> None:
     for replica in pool.replicas:
         engine = str(replica.index)
         m.running.labels(name, engine).set(replica.outstanding)
-        reason = replica.reason(now)
-        m.replica_up.labels(name, engine).set(0.0 if reason else 1.0)
-        if reason:
-            m.replica_out.labels(name, engine, "health_check" if replica.down else "ejected").set(1.0)
+        out = {"health_check": replica.down, "ejected": replica.ejected(now)}
+        m.replica_up.labels(name, engine).set(0.0 if any(out.values()) else 1.0)
+        for why, is_out in out.items():
+            m.replica_out.labels(name, engine, why).set(1.0 if is_out else 0.0)
         info = replica.backend.describe()
-        if info.pid is not None and (rss := resident_bytes(info.pid)) is not None:
+        held = info.memory_bytes
+        if held is None and info.pid is not None:
+            held = resident_bytes(info.pid)
+        if held is not None:
             device = info.devices[0] if info.devices else HOST
-            measured[device] = measured.get(device, 0.0) + rss
+            measured[device] = measured.get(device, 0.0) + held
         _engine_gauges(m, name, engine, replica.engine_stats)
+        if info.kv_cache_usage is not None:
+            m.kv_cache.labels(name, engine).set(info.kv_cache_usage)
     for device, rss_sum in measured.items():
         m.model_memory_measured.labels(name, device).set(rss_sum)
 

@@ -156,6 +156,7 @@ class OpenAIRoutes:
         response = _Send(send)
         model = ""
         status = 500
+        trace: Trace | None = None
         try:
             raw = await _read_body(receive)
             data = decode(raw)
@@ -168,9 +169,7 @@ class OpenAIRoutes:
                 request = OpenAIRequest(endpoint, validate(data, SCHEMAS[endpoint]), stream)
             else:
                 body = check_passthrough(data, endpoint)
-                request = OpenAIRequest(
-                    endpoint, body, stream, json.dumps(body).encode() if strip_usage else raw
-                )
+                request = OpenAIRequest(endpoint, body, stream, with_usage(raw, body) if strip_usage else raw)
             trace = Trace(model, endpoint, started, _int(data.get("n"), 1), _max_tokens(data))
             async with CancelOnDisconnect(receive):
                 await self._serve(slot, request, Headers(scope=scope), response, trace, strip_usage)
@@ -193,7 +192,11 @@ class OpenAIRoutes:
             )
         finally:
             if self.observe:
-                self.gw.metrics.count_request(model, endpoint, status)
+                if trace is None:
+                    self.gw.metrics.count_request(model, endpoint, status)
+                else:
+                    trace.status = status
+                    self.gw.metrics.finished(trace, time.perf_counter())
 
     async def _serve(
         self,
@@ -221,18 +224,13 @@ class OpenAIRoutes:
 
         upstream.finished.add_done_callback(finished)
         trace.status = upstream.status
-        series = gw.metrics.series(slot.name, str(replica.index)) if self.observe else None
+        trace.engine = str(replica.index)
         try:
-            await relay(upstream, send, trace, series, strip_usage)
-        except BaseException:
-            trace.status = CLIENT_GONE if trace.status < 400 else trace.status
-            raise
+            await relay(upstream, send, trace if self.observe else None, strip_usage)
         finally:
             upstream.close()
-            if series is not None:
-                series.record(trace, time.perf_counter())
-                if trace.status >= 500 and trace.first:
-                    self._upstream_error(slot.name, "mid_stream")
+        if trace.status >= 500 and trace.first:
+            self._upstream_error(slot.name, "mid_stream")
 
     def _upstream_error(self, model: str, kind: str) -> None:
         if self.observe:
@@ -309,6 +307,18 @@ def ask_for_usage(data: dict[str, Any]) -> bool:
         return False
     data["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     return True
+
+
+def with_usage(raw: bytes, body: dict[str, Any]) -> bytes:
+    """The client's bytes asking for usage too. When it sent no ``stream_options`` (the usual case), the
+    option goes in front of its own bytes, which stay as they were; otherwise the body is encoded again."""
+    start = raw.find(b"{")
+    if start != -1 and body["stream_options"] == {"include_usage": True} and b'"stream_options"' not in raw:
+        return raw[: start + 1] + INCLUDE_USAGE + raw[start + 1 :]
+    return json.dumps(body).encode()
+
+
+INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 
 
 def _int(value: object, default: int) -> int:

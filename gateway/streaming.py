@@ -15,8 +15,8 @@ import time
 from starlette.types import Receive, Send
 
 from backends.base import UpstreamResponse
-from gateway.metrics import RequestSeries, Trace
-from gateway.usage import StreamReader, read_body
+from gateway.metrics import Trace
+from gateway.usage import StreamReader
 
 
 class ClientGone(Exception):
@@ -57,43 +57,40 @@ class CancelOnDisconnect:
             raise ClientGone from None
 
 
-async def relay(
-    upstream: UpstreamResponse, send: Send, trace: Trace, series: RequestSeries | None, strip_usage: bool
-) -> None:
-    """Send the upstream's response on as it arrives. With ``series`` (metrics on), note on ``trace`` when
-    its first bytes went out, its usage and finish reasons, and whether it ended as the upstream meant it
-    to, and observe inter-token latency per event (a chunk of several events spreads its gap over them)."""
+async def relay(upstream: UpstreamResponse, send: Send, trace: Trace | None, strip_usage: bool) -> None:
+    """Send the upstream's response on as it arrives. With a ``trace`` (metrics on), note on it when the
+    first bytes went out, the gaps between chunks, and what the response said about itself (usage, finish
+    reasons, a final error); the arithmetic is done later, in a batch (``Metrics.flush``)."""
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in upstream.headers.items()]
     await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
     if "content-length" in upstream.headers:  # a complete body (not a stream): one write, no chunked framing
         body = b"".join([chunk async for chunk in upstream.body])
-        trace.first = time.perf_counter()
-        if series is not None:
-            trace.usage, trace.finish_reasons = read_body(body)
         await send({"type": "http.response.body", "body": body, "more_body": False})
-        trace.completed = True
+        if trace is not None:
+            trace.first = time.perf_counter()
+            trace.body = body  # read for usage when the metrics are next brought up to date
+            trace.completed = True
         return
-    if series is None:
+    if trace is None:
         async for chunk in upstream.body:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        trace.completed = True
         return
-    reader = StreamReader(strip_usage)
-    itl = series.itl
+    reader = StreamReader(strip_usage, every_chunk=trace.n > 1)
+    feed, clock, gaps = reader.feed, time.perf_counter, trace.gaps  # locals: this loop runs per chunk
     last = 0.0
     async for chunk in upstream.body:
-        out, events = reader.feed(chunk)
+        out = feed(chunk)
         if not out:
             continue
-        now = time.perf_counter()
-        if not trace.first:
+        now = clock()
+        if last:
+            gaps.append(now - last)
+        else:
             trace.first = now
-        elif events:
-            itl.observe((now - last) / events, events)
         last = now
         await send({"type": "http.response.body", "body": out, "more_body": True})
-    await send({"type": "http.response.body", "body": reader.flush(), "more_body": False})
+    await send({"type": "http.response.body", "body": reader.close(), "more_body": False})
     trace.usage, trace.finish_reasons = reader.usage, reader.finish_reasons
     trace.completed = reader.error_status is None
     if reader.error_status is not None:

@@ -39,6 +39,12 @@ def _chunk(i: int) -> bytes:
     )
 
 
+USAGE_EVENT = (
+    b'data: {"id":"x","object":"chat.completion.chunk","choices":[],'
+    b'"usage":{"prompt_tokens":1,"completion_tokens":64,"total_tokens":65}}\n\n'
+)
+
+
 class FakeUpstream:
     def __init__(self, mode: str = "ok", chunks: int = 8, chunk_delay: float = 0.0) -> None:
         self.mode = mode  # ok | error500 | reset | slow_first
@@ -86,6 +92,8 @@ class FakeUpstream:
             await send({"type": "http.response.body", "body": _chunk(i), "more_body": True})
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
+        if (request.get("stream_options") or {}).get("include_usage"):
+            await send({"type": "http.response.body", "body": USAGE_EVENT, "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
     @staticmethod

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.backend_metrics import delta, parse
+from gateway.backend_metrics import delta, parse, slots_usage
 from gateway.metrics import Metrics, Trace
 from gateway.promtext import buckets_1_2_5
 from gateway.usage import StreamReader, read_body
@@ -65,8 +65,8 @@ def test_the_exposition_parses_and_carries_what_was_recorded() -> None:
     trace.scheduled, trace.first, trace.status, trace.completed = 10.5, 11.0, 200, True
     trace.usage = read_body(b'{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":5}}')[0]
     trace.finish_reasons = ["length"]
-    m.series("a", "0").record(trace, ended=13.0)
-    m.series("a", "0").itl.observe(0.02, times=4)
+    trace.engine, trace.gaps = "0", [0.5] * 4
+    m.finished(trace, ended=13.0)
     m.load_finished("a", 1.5, "success")
     m.evicted("a", "lru")
 
@@ -87,6 +87,9 @@ def test_the_exposition_parses_and_carries_what_was_recorded() -> None:
     assert samples["vllm:request_decode_time_seconds_sum", key] == 2.0
     assert samples["vllm:request_time_per_output_token_seconds_sum", key] == 0.5  # 2 s over 4 gaps
     assert samples["vllm:inter_token_latency_seconds_count", key] == 4
+    assert samples["vllm:inter_token_latency_seconds_sum", key] == 2.0
+    assert samples["gateway_requests_total", (("endpoint", "chat/completions"), ("model_name", "a"),
+                                              ("status", "200"))] == 1  # fmt: skip
     reason = (("engine", "0"), ("finished_reason", "length"), ("model_name", "a"))
     assert samples["vllm:request_success_total", reason] == 1
     # cumulative buckets: the 3 s request is in le=5.0 but not in le=2.5
@@ -121,44 +124,49 @@ def test_forget_drops_every_series_of_a_model() -> None:
 def test_read_body_finds_usage_and_every_finish_reason() -> None:
     usage, reasons = read_body(
         b'{"choices":[{"finish_reason": "stop"},{"finish_reason":"length"}],'
-        b'"usage":{"prompt_tokens":4,"completion_tokens":9,"prompt_tokens_details":{"cached_tokens":2}}}'
+        b'"usage":{"prompt_tokens":4,"completion_tokens":9,"prompt_tokens_details":{"cached_tokens":2}}}',
+        choices=2,
     )
     assert usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) == (4, 9, 2)
     assert reasons == ["stop", "length"]
 
 
-@given(st.lists(st.integers(1, len(STREAM) - 1), max_size=12), st.booleans())
+@given(st.lists(st.integers(1, len(STREAM) - 1), max_size=12), st.booleans(), st.booleans())
 def test_stream_reader_strips_only_the_usage_event_however_the_stream_is_cut(
-    cuts: list[int], strip: bool
+    cuts: list[int], strip: bool, every_chunk: bool
 ) -> None:
     bounds = [0, *sorted(set(cuts)), len(STREAM)]
-    reader = StreamReader(strip_usage=strip)
-    out = b""
-    events = 0
-    for a, b in itertools.pairwise(bounds):
-        sent, n = reader.feed(STREAM[a:b])
-        out += sent
-        events += n
-    out += reader.flush()
+    reader = StreamReader(strip_usage=strip, every_chunk=every_chunk)
+    out = b"".join(reader.feed(STREAM[a:b]) for a, b in itertools.pairwise(bounds)) + reader.close()
     assert out == (STREAM.replace(USAGE, b"") if strip else STREAM)
     assert reader.usage is not None
     assert (reader.usage.prompt_tokens, reader.usage.completion_tokens) == (31, 3)
     assert reader.finish_reasons == ["length"]
-    assert events == (5 if strip else 6)
+    assert reader.error_status is None
+
+
+def test_finish_reasons_of_several_choices_are_all_read() -> None:
+    events = [_event({"choices": [{"index": i, "delta": {}, "finish_reason": "stop"}]}) for i in range(2)]
+    filler = [_event({"choices": [{"index": 1, "delta": {"content": "x"}, "finish_reason": None}]})] * 20
+    reader = StreamReader(strip_usage=False, every_chunk=True)
+    for chunk in [events[0], *filler, events[1], DONE]:
+        reader.feed(chunk)
+    reader.close()
+    assert reader.finish_reasons == ["stop", "stop"]
 
 
 def test_whole_events_pass_as_the_same_bytes() -> None:
     reader = StreamReader(strip_usage=True)
     chunk = CONTENT[0] + CONTENT[1]
-    sent, _ = reader.feed(chunk)
-    assert sent is chunk
+    assert reader.feed(chunk) is chunk
 
 
 def test_an_error_event_is_counted_with_its_status() -> None:
     reader = StreamReader(strip_usage=False)
     reader.feed(CONTENT[0])
     reader.feed(b'data: {"error":{"message":"x","type":"server_error","code":"model_unavailable"}}\n\n')
+    reader.close()
     assert reader.error_status == 503
 
 
@@ -176,3 +184,13 @@ def test_engine_counter_deltas_survive_a_restart() -> None:
     assert delta(10, 25) == 15
     assert delta(25, 4) == 4  # the engine restarted: its counters began again at zero
     assert delta(5, None) == 0
+
+
+def test_kv_cache_use_from_llama_servers_slots() -> None:
+    slots = [
+        {"id": 0, "n_ctx": 1024, "is_processing": False, "n_prompt_tokens": 900},  # idle: its cache is free
+        {"id": 1, "n_ctx": 1024, "is_processing": True, "n_prompt_tokens": 200,
+         "next_token": [{"n_decoded": 56}]},
+    ]  # fmt: skip
+    assert slots_usage(slots) == 256 / 2048
+    assert slots_usage([]) is None and slots_usage({"error": "x"}) is None

@@ -9,7 +9,7 @@
 #   eval "$(tests/engine/start.sh | grep '^GATEWAY_TEST_ENGINES=')"; export GATEWAY_TEST_ENGINES
 #
 # What it does:
-#  1. apt-get installs podman and runc if they are missing.
+#  1. apt-get installs podman and runc if they are missing (and prometheus, for the metrics tests).
 #  2. Registers tests/engine/runc-no-rlimits as podman's default OCI runtime in
 #     /etc/containers/containers.conf (merged into an existing file; a backup is kept as
 #     containers.conf.llm-gateway.bak). Machines without CAP_SYS_RESOURCE cannot apply the
@@ -73,6 +73,8 @@ if [ -z "$need" ] && ! command -v runc >/dev/null 2>&1 && [ ! -x /usr/sbin/runc 
     need="runc"
 fi
 command -v curl >/dev/null 2>&1 || need="$need curl"
+# Not an engine, but the other real part the tests need from Debian: Prometheus (and its promtool).
+command -v promtool >/dev/null 2>&1 && [ -x /usr/bin/prometheus ] || need="$need prometheus"
 if [ -n "$need" ]; then
     log "installing $need"
     export DEBIAN_FRONTEND=noninteractive
@@ -81,7 +83,7 @@ if [ -n "$need" ]; then
         apt-get install -y $need >&2
     fi
 fi
-for tool in podman curl; do
+for tool in podman curl promtool; do
     command -v "$tool" >/dev/null 2>&1 || { log "$tool not found"; exit 1; }
 done
 
