@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -17,21 +16,24 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from backends.docker_engine import DockerEngine
 from gateway import observer
 from gateway.admin import AdminRoutes
+from gateway.auth import AuthMiddleware, Keys, load_key_file
 from gateway.config import ModelManifest, Settings
 from gateway.engines import Hosts, devices, docker_engine, engine_settings, instance_id
-from gateway.errors import GatewayError, Unauthorized, error_response
+from gateway.errors import GatewayError, error_response
 from gateway.manifests import ManifestSet, load_directory
 from gateway.metrics import Metrics
 from gateway.metrics_state import refresh
 from gateway.openai_api import HotPath, OpenAIRoutes
+from gateway.pins import Pins
 from gateway.placement import DoesNotFit, plan
 from gateway.promtext import CONTENT_TYPE
 from gateway.registry import Registry
+from gateway.reload import Reloader, ReloadResult, on_sighup, watch
 from gateway.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,14 @@ class Gateway:
     scheduler: Scheduler
     metrics: Metrics
     hosts: Hosts
+    pins: Pins
+    never_fits: dict[str, str]  # models that cannot fit in any budget here, and why
+    reloader: Reloader | None = None
+
+    async def reload(self) -> ReloadResult:
+        if self.reloader is None:
+            self.reloader = Reloader(self)
+        return await self.reloader.reload()
 
 
 def build_hosts(settings: Settings) -> Hosts:
@@ -90,11 +100,30 @@ def build_gateway(settings: Settings) -> Gateway:
         load_failure_backoff=settings.load_failure_backoff,
         events=metrics,
     )
+    pins = Pins(settings.state_file or settings.manifests / ".llm-gateway-pins.json")
+    never_fits = {}
     for slot in registry.slots.values():
+        slot.pinned = pins.pinned(slot.name, slot.manifest.pinned)
         never = plan(slot.name, slot.demand, [], hosts.budgets)
         if isinstance(never, DoesNotFit):
+            never_fits[slot.name] = never.reason
             log.warning("%s can never be loaded here: %s", slot.name, never.reason)
-    return Gateway(settings, manifests, registry, scheduler, metrics, hosts)
+    return Gateway(settings, manifests, registry, scheduler, metrics, hosts, pins, never_fits)
+
+
+def api_keys(settings: Settings) -> Keys:
+    """The keys from the settings and the key file."""
+    named = {name: key.get_secret_value() for name, key in settings.api_keys.items()}
+    if settings.api_keys_file is not None:
+        named.update(load_key_file(settings.api_keys_file))
+    if settings.api_key is not None:
+        named.setdefault("default", settings.api_key.get_secret_value())
+    admin = settings.admin_key or settings.api_key
+    return Keys(
+        api={name: key.encode() for name, key in named.items()},
+        admin=admin.get_secret_value().encode() if admin else None,
+        metrics=settings.metrics_key.get_secret_value().encode() if settings.metrics_key else None,
+    )
 
 
 def engines_in_use(gw: Gateway) -> list[DockerEngine]:
@@ -104,23 +133,6 @@ def engines_in_use(gw: Gateway) -> list[DockerEngine]:
         for unit in slot.demand:
             names.update(o.engine for o in unit if o.engine)
     return [gw.hosts.engines[n] for n in sorted(names)]
-
-
-class ApiKeyMiddleware:
-    """Bearer-token check for /v1 and /admin when an API key is set; health and metrics stay open."""
-
-    def __init__(self, app: ASGIApp, key: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {key}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(("/v1", "/admin")):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not secrets.compare_digest(given, self.expected):
-                err = Unauthorized("Incorrect or missing API key: send 'Authorization: Bearer <key>'.")
-                await error_response(err)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
@@ -156,6 +168,9 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
             settings.stats_interval if settings.metrics else 0,
             settings.engine_scrape_interval if settings.metrics else 0,
         )
+        if settings.watch:
+            timers.append(asyncio.create_task(watch(gateway), name="manifest-watch"))
+        on_sighup(gateway)
         log.info(
             "serving %d models (%d manifest problems), memory budget %s",
             len(gateway.registry.slots),
@@ -193,6 +208,5 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
     )
     app.state.gateway = gateway
     served: ASGIApp = HotPath(app, openai.endpoints())
-    if settings.api_key is not None:
-        return ApiKeyMiddleware(served, settings.api_key.get_secret_value())
-    return served
+    keys = api_keys(settings)
+    return AuthMiddleware(served, keys) if keys.any else served

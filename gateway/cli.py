@@ -26,6 +26,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             "load_timeout",
             "log_level",
             "engines_file",
+            "watch",
         )
         if (value := getattr(args, key, None)) is not None
     }
@@ -57,6 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = build_app(settings)
+    warn_if_open(settings)
     uvicorn.run(
         app,
         host=settings.host,
@@ -65,6 +67,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=settings.log_level == "debug",
     )
     return 0
+
+
+def warn_if_open(settings: Settings) -> None:
+    """No keys and not on loopback: anyone who can reach the port can use and administer the gateway."""
+    from gateway.app import api_keys
+
+    if not api_keys(settings).any and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("gateway").warning(
+            "\n%s\nNO API KEYS ARE SET and the gateway listens on %s: anyone who can reach port %d can run "
+            "every model and use /admin (load, unload, reload). Set GATEWAY_API_KEYS and GATEWAY_ADMIN_KEY, "
+            "or bind to 127.0.0.1.\n%s",
+            "!" * 100,
+            settings.host,
+            settings.port,
+            "!" * 100,
+        )
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -151,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--queue-timeout", dest="queue_timeout", help="e.g. 300s")
     serve.add_argument("--load-timeout", dest="load_timeout", help="e.g. 10m")
     serve.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--watch", action="store_true", default=None, help="reload when a manifest changes (GATEWAY_WATCH)"
+    )
     serve.set_defaults(func=cmd_serve)
     check = sub.add_parser("check", help="validate manifests and print memory estimates")
     _add_common(check)

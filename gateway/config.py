@@ -85,7 +85,17 @@ class Settings(BaseSettings):
     load_timeout: Duration = Field(600.0, description="How long a request waits for its model to load.")
     drain_grace: Duration = Field(30.0, description="Grace for in-flight requests when a model is evicted.")
     load_failure_backoff: Duration = Field(5.0, description="First wait before retrying a failed load.")
-    api_key: SecretStr | None = None
+    api_key: SecretStr | None = Field(None, description="One key for /v1 and /admin (earlier versions).")
+    api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict, description='API keys for /v1 by name (JSON), e.g. {"alice": "sk-..."}.'
+    )
+    api_keys_file: Path | None = Field(None, description="A YAML file mapping key names to API keys.")
+    admin_key: SecretStr | None = Field(None, description="The key for /admin (and /v1).")
+    metrics_key: SecretStr | None = Field(None, description="If set, /metrics needs it (or the admin key).")
+    state_file: Path | None = Field(
+        None,
+        description="The file keeping pins set through the admin API (<manifests>/.llm-gateway-pins.json)",
+    )
     llama_server: Path | None = Field(None, description="The llama-server binary for llama_server models.")
     engines: list[EngineSettings] = Field(
         [],
@@ -98,6 +108,7 @@ class Settings(BaseSettings):
         description="Labels this gateway's containers; default: derived from host, port and manifests.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    watch: bool = Field(False, description="Reload whenever a manifest file changes.")
     metrics: bool = Field(True, description="Measure requests for /metrics and the stats line.")
     stats_interval: Duration = Field(
         10.0, description="Seconds between stats lines in the log (one per model with traffic); 0: off."

@@ -87,6 +87,9 @@ class ModelSlot:
         self.last_used = 0.0
         self.in_flight = 0
         self.loads = 0  # load attempts, for operators (and the test that concurrent requests share one)
+        self.load_seconds: float | None = None  # how long the last successful load took
+        self.replaced_by: ModelSlot | None = None  # a reload's new version, serving once this one unloads
+        self.removed = False  # a reload removed it: once unloaded, requests for it get 404
         self.pool: Pool | None = None
         self._checks: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -138,9 +141,14 @@ class ModelSlot:
         self.loads += 1
 
     async def start(self) -> None:
-        """Start every replica; on any failure, stop the ones that started and re-raise."""
+        """Start every replica; on any failure, or when cancelled (an operator cancelled the load, or the
+        gateway shuts down), stop every replica (those that started and those half way) and re-raise."""
         backends = self._make_backends(self.placement)
-        results = await asyncio.gather(*(b.start() for b in backends), return_exceptions=True)
+        try:
+            results = await asyncio.gather(*(b.start() for b in backends), return_exceptions=True)
+        except BaseException:
+            await asyncio.shield(asyncio.gather(*(b.stop() for b in backends), return_exceptions=True))
+            raise
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             await asyncio.gather(*(b.stop() for b in backends))
@@ -159,6 +167,11 @@ class ModelSlot:
         self.placement = ()
         self._set(State.UNLOADED)
         return self.failure
+
+    def load_cancelled(self) -> None:
+        """Back to UNLOADED after an operator cancelled the load: no failure, no backoff."""
+        self.placement = ()
+        self._set(State.UNLOADED)
 
     def clear_failure(self) -> None:
         """Forget the last failure so that the next request tries to load at once (admin load)."""

@@ -209,6 +209,7 @@ class OpenAIRoutes:
     ) -> None:
         gw = self.gw
         lease = await gw.scheduler.acquire(slot, gw.settings.load_timeout)
+        slot = lease.slot  # a reload may have put a new version in its place while the request waited
         key = affinity_key(slot.manifest.affinity, request.body, headers)
         try:
             replica, upstream = await _first_answer(

@@ -71,23 +71,38 @@ class Registry:
 
     @classmethod
     def build(cls, manifests: ManifestSet, settings: Settings, hosts: Hosts) -> Registry:
-        slots: dict[str, ModelSlot] = {}
-        names: dict[str, ModelSlot] = {}
-        sources: dict[str, str] = {}
+        registry = cls({}, {}, {})
         for item in manifests.models:
-            m = item.manifest
-            override = int(m.memory) if m.memory is not None else None
-            memory, source = estimate_bytes(m.backend, override)
-            if source.startswith("unreadable"):
-                log.warning("%s: %s", m.name, source)
-            sources[m.name] = source
-            slot = ModelSlot(
-                m,
-                demand(m.backend, memory, hosts.inventory, hosts.budgets),
-                backend_factory(m, settings.llama_server, hosts),
-                m.max_queue if m.max_queue is not None else settings.max_queue,
-            )
-            slots[m.name] = slot
-            for n in (m.name, *m.aliases):
-                names[n] = slot
-        return cls(slots, names, sources)
+            registry.add(make_slot(item.manifest, settings, hosts))
+        return registry
+
+    def add(self, made: tuple[ModelSlot, str]) -> None:
+        slot, source = made
+        self.slots[slot.name] = slot
+        self.estimate_sources[slot.name] = source
+        for n in (slot.name, *slot.manifest.aliases):
+            self.names[n] = slot
+
+    def remove(self, slot: ModelSlot) -> None:
+        """Stop resolving ``slot``'s name and aliases (a new request gets 404)."""
+        for n in (slot.name, *slot.manifest.aliases):
+            if self.names.get(n) is slot:
+                del self.names[n]
+        if self.slots.get(slot.name) is slot:
+            del self.slots[slot.name]
+            self.estimate_sources.pop(slot.name, None)
+
+
+def make_slot(m: ModelManifest, settings: Settings, hosts: Hosts) -> tuple[ModelSlot, str]:
+    """A model's slot, and how its memory was estimated."""
+    override = int(m.memory) if m.memory is not None else None
+    memory, source = estimate_bytes(m.backend, override)
+    if source.startswith("unreadable"):
+        log.warning("%s: %s", m.name, source)
+    slot = ModelSlot(
+        m,
+        demand(m.backend, memory, hosts.inventory, hosts.budgets),
+        backend_factory(m, settings.llama_server, hosts),
+        m.max_queue if m.max_queue is not None else settings.max_queue,
+    )
+    return slot, source

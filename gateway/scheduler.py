@@ -26,9 +26,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from gateway.errors import GatewayError, InsufficientMemory, LoadFailed, ModelUnavailable
+from gateway.errors import GatewayError, InsufficientMemory, LoadFailed, ModelNotFound, ModelUnavailable
 from gateway.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
 from gateway.placement import DoesNotFit, Fits, Resident, plan
+from gateway.planning import Plan, explain
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,19 @@ class Scheduler:
         self._decision = asyncio.Lock()
         self._loads: dict[str, asyncio.Task[None]] = {}
         self._unloads: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: set[str] = set()  # loads an operator cancelled
         self._reaper: asyncio.Task[None] | None = None
 
     # -- the request path --------------------------------------------------------------------------------
     async def acquire(self, slot: ModelSlot, timeout: float) -> Lease:
         deadline = self._clock() + timeout
         while True:
+            if slot.state is State.UNLOADED and slot.replaced_by is not None:  # a reload changed it
+                slot = slot.replaced_by
+                self.adopt(slot)
+                continue
+            if slot.state is State.UNLOADED and slot.removed:
+                raise ModelNotFound(slot.name)
             if slot.state is State.READY:
                 return slot.lease()
             remaining = deadline - self._clock()
@@ -93,12 +101,26 @@ class Scheduler:
                     )
                 task = self.load(slot)
                 await asyncio.wait({task}, timeout=remaining)
+                if task.done() and task.cancelled():
+                    raise ModelUnavailable(f"the load of '{slot.name}' was cancelled", retry_after=1)
                 if task.done() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
             elif slot.state is State.LOADING and slot.name in self._loads:
                 await asyncio.wait({self._loads[slot.name]}, timeout=remaining)
             else:
                 await slot.wait_change(remaining)
+
+    def adopt(self, slot: ModelSlot) -> None:
+        """Serve ``slot`` under its name (a reload's new or changed model). Idempotent. The version it
+        replaces must hold no memory any more: only one slot of a name is ever a resident."""
+        old = self.slots.get(slot.name)
+        assert old is None or old is slot or old.state is State.UNLOADED
+        self.slots[slot.name] = slot
+
+    def forget(self, slot: ModelSlot) -> None:
+        """Stop tracking ``slot`` (a reload removed it, and it has unloaded)."""
+        if self.slots.get(slot.name) is slot:
+            del self.slots[slot.name]
 
     def used(self) -> dict[str, int]:
         """Bytes held per device (every budgeted device, 0 when nothing holds it)."""
@@ -132,7 +154,7 @@ class Scheduler:
             async with self._decision:
                 if slot.state is not State.UNLOADED:
                     return
-                residents = self._residents()
+                residents = self.residents()
                 decision = plan(slot.name, slot.demand, residents, self.budgets)
                 if isinstance(decision, Fits) and not decision.evict:
                     slot.begin_load(decision.choice)  # reserves the memory where it goes
@@ -155,6 +177,10 @@ class Scheduler:
         except BaseException as exc:  # cancelled (shutdown) too: the slot must not stay LOADING
             result = "failure" if isinstance(exc, Exception) else "cancelled"
             self.events.load_finished(slot.name, self._clock() - started, result)
+            if slot.name in self._cancelled:  # an operator's choice, not the model's failure: no backoff
+                self._cancelled.discard(slot.name)
+                slot.load_cancelled()
+                raise
             message = exc.message if isinstance(exc, GatewayError) else f"{type(exc).__name__}: {exc}"
             failure = slot.load_failed(message, self.load_failure_backoff)
             if not isinstance(exc, Exception):
@@ -163,7 +189,8 @@ class Scheduler:
                 f"model '{slot.name}' failed to load: {message}",
                 retry_after=failure.retry_at - self._clock(),
             ) from exc
-        self.events.load_finished(slot.name, self._clock() - started, "success")
+        slot.load_seconds = self._clock() - started
+        self.events.load_finished(slot.name, slot.load_seconds, "success")
         log.info("loaded %s in %.2fs", slot.name, self._clock() - started)
 
     def _transitions_that_could_make_room(
@@ -179,7 +206,8 @@ class Scheduler:
         tasks = (self._loads.get(r.name) or self._unloads.get(r.name) for r in residents if not r.evictable)
         return [t for t in tasks if t is not None]
 
-    def _residents(self) -> list[Resident]:
+    def residents(self) -> list[Resident]:
+        """The models holding memory now, as the placement sees them."""
         return [
             Resident(
                 name=s.name,
@@ -194,22 +222,40 @@ class Scheduler:
         ]
 
     # -- unloads -----------------------------------------------------------------------------------------
-    def _begin_unload(self, slot: ModelSlot, why: str, reason: str | None) -> asyncio.Task[None]:
+    def plan(self, slot: ModelSlot) -> Plan:
+        """What loading ``slot`` now would do: the same placement call a load makes, without the load."""
+        return explain(slot.name, slot.demand, self.residents(), self.budgets)
+
+    async def cancel_load(self, slot: ModelSlot) -> bool:
+        """Cancel ``slot``'s load if one runs (its waiters get a 503); True if there was one."""
+        task = self._loads.get(slot.name)
+        if task is None or task.done():
+            return False
+        self._cancelled.add(slot.name)
+        task.cancel()
+        await asyncio.wait({task})
+        self._cancelled.discard(slot.name)
+        return True
+
+    def _begin_unload(
+        self, slot: ModelSlot, why: str, reason: str | None, grace: float | None = None
+    ) -> asyncio.Task[None]:
         """Mark a READY model draining and start its unload. Call with the decision lock held. ``reason``
         labels the eviction in the metrics (None: not an eviction, a shutdown)."""
         slot.begin_drain()
         if reason is not None:
             self.events.evicted(slot.name, reason)
-        task = asyncio.create_task(self._drain_and_unload(slot, why), name=f"unload:{slot.name}")
+        task = asyncio.create_task(
+            self._drain_and_unload(slot, why, self.drain_grace if grace is None else grace),
+            name=f"unload:{slot.name}",
+        )
         self._unloads[slot.name] = task
         task.add_done_callback(lambda _: self._unloads.pop(slot.name, None))
         return task
 
-    async def _drain_and_unload(self, slot: ModelSlot, why: str) -> None:
-        if not await slot.wait_idle(self.drain_grace):
-            log.warning(
-                "%s: %d requests still running after %.0fs grace", slot.name, slot.in_flight, self.drain_grace
-            )
+    async def _drain_and_unload(self, slot: ModelSlot, why: str, grace: float) -> None:
+        if not await slot.wait_idle(grace):
+            log.warning("%s: %d requests still running after %.0fs grace", slot.name, slot.in_flight, grace)
         cancelled = await slot.finish_unload(
             ModelUnavailable(f"model '{slot.name}' was {why}", retry_after=1)
         )
@@ -219,16 +265,25 @@ class Scheduler:
             log.info("unloaded %s (%s)", slot.name, why)
 
     async def unload(
-        self, slot: ModelSlot, why: str, reason: str | None = "admin", idle_for: float | None = None
+        self,
+        slot: ModelSlot,
+        why: str,
+        reason: str | None = "admin",
+        idle_for: float | None = None,
+        grace: float | None = None,
     ) -> bool:
-        """Drain and unload ``slot`` if it is ready (and, with ``idle_for``, idle that long); False if not."""
+        """Drain (for ``grace``, default the drain grace; 0 cuts in-flight requests at once) and unload
+        ``slot`` if it is ready (and, with ``idle_for``, idle that long); False if not. A drain already
+        under way is waited for."""
         async with self._decision:
-            if slot.state is not State.READY:
-                return False
-            if idle_for is not None and (slot.in_flight or self._clock() - slot.last_used < idle_for):
-                return False
-            task = self._begin_unload(slot, why, reason)
-        await task
+            running = self._unloads.get(slot.name)
+            if running is None:
+                if slot.state is not State.READY:
+                    return False
+                if idle_for is not None and (slot.in_flight or self._clock() - slot.last_used < idle_for):
+                    return False
+                running = self._begin_unload(slot, why, reason, grace)
+        await asyncio.wait({running})
         return True
 
     # -- background work ---------------------------------------------------------------------------------
@@ -246,7 +301,7 @@ class Scheduler:
         while True:
             await asyncio.sleep(period)  # a timer, not synchronisation
             now = self._clock()
-            for slot in self.slots.values():
+            for slot in list(self.slots.values()):  # a reload may change the dict while this awaits
                 ttl = slot.manifest.idle_ttl
                 if ttl and not slot.pinned and slot.state is State.READY and now - slot.last_used >= ttl:
                     try:
@@ -263,5 +318,5 @@ class Scheduler:
             # A model draining at shutdown finishes its unload (and stops its health checks) here too.
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
-        for slot in self.slots.values():
+        for slot in list(self.slots.values()):
             await self.unload(slot, "shut down", None)
