@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway import cli_admin
 from gateway.config import Settings
 from gateway.estimate import MiB
 
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--format", choices=["auto", "llama-cpp-python", "llama-swap"], default="auto")
     imp.add_argument("--force", action="store_true", help="overwrite manifests that already exist")
     imp.set_defaults(func=cmd_import)
+    cli_admin.add_parsers(sub)  # ps, load, unload, pin, unpin, logs, plan, reload: against a running gateway
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
