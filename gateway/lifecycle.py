@@ -95,6 +95,7 @@ class ModelSlot:
         self._changed = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._cut = asyncio.Event()
 
     # -- state: the one writer -------------------------------------------------------------------------
     def _set(self, new: State) -> None:
@@ -178,17 +179,24 @@ class ModelSlot:
         self.failure = None
 
     def begin_drain(self) -> None:
+        self._cut = asyncio.Event()
         self._set(State.DRAINING)
 
+    def cut(self) -> None:
+        """End a drain now: ``wait_idle`` returns and the requests still running are cut (forced unload)."""
+        self._cut.set()
+
     async def wait_idle(self, grace: float) -> bool:
+        """True once no request runs; False when ``grace`` ran out or the drain was cut first."""
         if self._idle.is_set():  # a timeout of 0 would expire even when idle
             return True
+        waits = [asyncio.ensure_future(self._idle.wait()), asyncio.ensure_future(self._cut.wait())]
         try:
-            async with asyncio.timeout(grace):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
+            await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return self._idle.is_set()
 
     async def finish_unload(self, error: GatewayError) -> int:
         """Fail queued requests, stop the replicas (which ends running ones), and return to UNLOADED."""

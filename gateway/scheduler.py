@@ -165,12 +165,14 @@ class Scheduler:
                         self._begin_unload(self.slots[n], f"evicted to load '{slot.name}'", "lru")
                         for n in decision.evict
                     ]
+                    until = asyncio.ALL_COMPLETED  # deciding again before all are gone would evict more
                 else:
                     waits = self._transitions_that_could_make_room(slot, residents)
                     if not waits:
                         raise InsufficientMemory(decision.reason, retry_after=10)
+                    until = asyncio.FIRST_COMPLETED
             # Outside the lock: drains and other loads go on; then decide again with what is resident.
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=until)
         started = self._clock()
         try:
             await slot.start()
@@ -277,6 +279,8 @@ class Scheduler:
         under way is waited for."""
         async with self._decision:
             running = self._unloads.get(slot.name)
+            if running is not None and grace == 0:
+                slot.cut()  # forced: the drain under way ends now
             if running is None:
                 if slot.state is not State.READY:
                     return False

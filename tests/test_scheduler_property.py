@@ -195,10 +195,21 @@ class SchedulerMachine(RuleBasedStateMachine):
             expected = "served"
 
         in_flight = slot.in_flight  # leases still held from an earlier load count too
+        busy = {n for n in ready if self.sched.slots[n].in_flight}
+        plan = self.sched.plan(slot)  # the dry run, from the same state: the load must do just this
         got = self.run(self.acquire(slot))
         self.keep_or_release(slot, got, hold)
         self.check_evictions(ready, pinned)
         assert (got.code if isinstance(got, GatewayError) else "served") == expected, got
+        assert plan.fits == (expected != "insufficient_memory")
+        assert plan.already_loaded == (ready.keys() >= {slot.name})
+        gone = {n for n in ready if self.sched.slots[n].state is not State.READY} - {slot.name}
+        assert gone == set(plan.evict), (plan, gone)
+        assert set(plan.drain) == set(plan.evict) & busy
+        if expected == "served":
+            assert self.sched.used() == dict(plan.used_after or {})
+        elif expected == "model_load_failed":  # evicted for it, then its memory was given back
+            assert self.sched.used()[HOST] == (plan.used_after or {})[HOST] - slot.memory
         if isinstance(got, InsufficientMemory):
             assert slot.state is State.UNLOADED
             assert self.ready() == ready, "nothing is evicted for a model that cannot fit anyway"
