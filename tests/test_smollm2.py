@@ -29,6 +29,8 @@ def test_real_model_chat_stream_embeddings_and_swap(default_gateway: RunningGate
     assert {"smollm2", "gpt-3.5-turbo", "smollm2-embed", "smollm2-long"} <= {
         m.id for m in client.models.list()
     }
+    # README's first command: every shipped model fits the 400 MiB budget on its own
+    assert [(m["name"], m["never_fits_reason"]) for m in gw.admin()["models"] if not m["fits"]] == []
 
     r = client.chat.completions.create(
         model="gpt-3.5-turbo",
