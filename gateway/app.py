@@ -29,6 +29,7 @@ from gateway.manifests import ManifestSet, load_directory
 from gateway.metrics import Metrics
 from gateway.metrics_state import refresh
 from gateway.openai_api import HotPath, OpenAIRoutes
+from gateway.openapi import openapi_route
 from gateway.pins import Pins
 from gateway.placement import DoesNotFit, plan
 from gateway.promtext import CONTENT_TYPE
@@ -200,6 +201,7 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         Route("/metrics", metrics, methods=["GET"]),
         *openai.routes(),
         *AdminRoutes(gateway).routes(),
+        openapi_route(),  # GET /openapi.json
     ]
     app = Starlette(
         routes=routes,
