@@ -49,7 +49,7 @@ class _Sampling(_Body):
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    # Token ids (strings, as OpenAI takes them) to a bias: a key that is not one is a 400, not an engine error.
+    # Token ids (strings, as OpenAI sends them) to a bias; another key is a 400, not an engine error.
     logit_bias: (
         dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]] | None
     ) = None
