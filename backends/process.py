@@ -6,7 +6,11 @@
 - The child's stdout and stderr go to a bounded ring buffer (``log_tail``), kept for the admin API and for
   error messages.
 - The child runs in its own process group, and asks the kernel for SIGKILL when the gateway dies
-  (``PR_SET_PDEATHSIG``), so it never outlives the gateway, even one killed with SIGKILL.
+  (``PR_SET_PDEATHSIG``), so it never outlives the gateway, even one killed with SIGKILL. It is started
+  through util-linux's ``setpriv --pdeathsig KILL``, which sets that and execs llama-server: no Python runs
+  between fork and exec (``preexec_fn`` is unsafe in a threaded parent).
+- The port is picked free just before the start, which another process can take in between: when
+  llama-server exits because it could not bind, it is started again on another port (``BIND_ATTEMPTS``).
 - Crash: if the process exits while it should be serving, in-flight requests fail on their broken
   connections (502, tagged upstream), the replica reports unhealthy with the exit code and last log lines,
   and a supervisor restarts it with exponential backoff.
@@ -17,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -41,7 +44,7 @@ log = logging.getLogger(__name__)
 
 STOP_GRACE = 10.0
 HEALTH_TIMEOUT = 3.0
-_PR_SET_PDEATHSIG = 1
+BIND_ATTEMPTS = 3
 
 
 def find_binary(spec: LlamaServerBackend, configured: Path | None) -> Path:
@@ -74,10 +77,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def die_with_parent() -> list[str]:
+    """The command prefix that makes the child get SIGKILL when the gateway dies; [] without setpriv."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        log.warning("setpriv (util-linux) not found: llama-server children may outlive a killed gateway")
+        return []
+    return [setpriv, "--pdeathsig", "KILL", "--"]
+
+
+class BindFailed(UpstreamUnavailable):
+    """llama-server could not bind its port (another process took it after it was picked)."""
 
 
 class LlamaServerReplica:
@@ -86,6 +96,7 @@ class LlamaServerReplica:
         self._label = label
         self._configured_binary = binary
         self.log_tail: deque[str] = deque(maxlen=200)
+        self._lines = 0  # lines written by every process of this replica so far
         self._proc: asyncio.subprocess.Process | None = None
         self._http: HttpUpstream | None = None
         self._healthy = False
@@ -113,18 +124,28 @@ class LlamaServerReplica:
         await self._launch()
 
     async def _launch(self) -> None:
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            try:
+                await self._launch_once()
+                return
+            except BindFailed:
+                if attempt == BIND_ATTEMPTS:
+                    raise
+                log.warning("%s: port taken before llama-server bound it; another port", self._label)
+
+    async def _launch_once(self) -> None:
         binary = find_binary(self._spec, self._configured_binary)
         if self._http is not None:
             await self._http.close()
         port = _free_port()
         self._proc = await asyncio.create_subprocess_exec(
+            *die_with_parent(),
             str(binary),
             *process_args(self._spec, port),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
         self._http = HttpUpstream(f"http://127.0.0.1:{port}")
         self._http.open()
@@ -140,12 +161,14 @@ class LlamaServerReplica:
 
     async def _wait_healthy(self, proc: asyncio.subprocess.Process) -> None:
         assert self._http is not None
+        first = self._lines  # the lines this process wrote come after these
         deadline = time.monotonic() + self._spec.load_timeout
         while time.monotonic() < deadline:
             if proc.returncode is not None:
-                raise UpstreamUnavailable(
-                    f"llama-server exited with {proc.returncode} while loading: {self._last_lines()}"
-                )
+                await asyncio.sleep(0.05)  # let the log pump take the last lines (the reason) first
+                since = list(self.log_tail)[-(self._lines - first) :] if self._lines > first else []
+                error = BindFailed if any("couldn't bind" in line for line in since) else UpstreamUnavailable
+                raise error(f"llama-server exited with {proc.returncode} while loading: {self._last_lines()}")
             if await self._http.get("/health", timeout=2) == 200:
                 return
             await asyncio.sleep(0.05)  # poll interval of a health probe, not synchronisation
@@ -165,6 +188,7 @@ class LlamaServerReplica:
         assert proc.stdout is not None
         async for line in proc.stdout:
             self.log_tail.append(line.decode(errors="replace").rstrip())
+            self._lines += 1
 
     async def _supervise(self, proc: asyncio.subprocess.Process) -> None:
         """Restart the process with backoff when it dies while it should be serving."""

@@ -1,0 +1,85 @@
+"""Launched llama-server processes that must never leak: a SIGKILLed gateway takes them with it (the kernel's
+parent-death signal, set by setpriv, no Python between fork and exec), and a port taken between being picked
+and being bound costs a retry on another port, not a failed load."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backends import process
+from tests.conftest import ROOT, RunningGateway, free_port, wait_for, write_manifests
+from tests.test_llama_server import binaries, server_manifest  # noqa: F401 (binaries: a fixture)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+@pytest.mark.usefixtures("binaries")
+def test_a_killed_gateway_takes_its_llama_servers_with_it(
+    model_files: dict[str, Path], tmp_path: Path
+) -> None:
+    directory = write_manifests(tmp_path / "m", [server_manifest("s", model_files["a"], n_ctx=512)])
+    port = free_port()
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--manifests", str(directory), "--port", str(port),
+         "--log-level", "warning"],
+        cwd=ROOT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(base), "the gateway to start")
+        loaded = httpx.post(f"{base}/admin/models/s/load", timeout=120).json()
+        child = loaded["replicas"][0]["pid"]
+        assert Path(f"/proc/{child}/exe").resolve().name == "llama-server"  # setpriv exec'd it in place
+        gateway.send_signal(signal.SIGKILL)
+        gateway.wait(30)
+        wait_for(lambda: _gone(child), "llama-server to die with the gateway")
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+
+
+def _answers(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.usefixtures("binaries")
+def test_a_port_taken_before_llama_server_binds_it_is_retried_on_another(
+    serve: Callable[..., RunningGateway],
+    model_files: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    picks = iter([taken])  # the race: the first port picked is taken by someone else before the bind
+    real = process._free_port
+    monkeypatch.setattr(process, "_free_port", lambda: next(picks, None) or real())
+    try:
+        gw = serve([server_manifest("s", model_files["a"], n_ctx=512)])
+        answer = httpx.post(f"{gw.base_url}/admin/models/s/load", timeout=120)
+        assert answer.status_code == 200 and answer.json()["state"] == "ready"
+        replica = answer.json()["replicas"][0]
+        assert not replica["url"].endswith(f":{taken}")
+        logs = httpx.get(f"{gw.base_url}/admin/models/s/logs", timeout=10).json()["replicas"][0]["log"]
+        assert any("couldn't bind" in line for line in logs)  # the first try really failed to bind
+    finally:
+        squatter.close()
