@@ -54,7 +54,7 @@ def describe(slot: ModelSlot, now: float, never_fits: str | None = None) -> dict
         "memory_by_device": dict(slot.claims),
         "measured_bytes": sum(measured) if measured else None,
         "in_flight": slot.in_flight,
-        "queued": slot.pool.queued if slot.pool else 0,
+        "queued": slot.queued,
         "replicas": replicas,
         "idle_seconds": round(now - slot.last_used, 3) if slot.last_used else None,
         "idle_ttl": slot.manifest.idle_ttl,

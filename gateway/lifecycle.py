@@ -90,6 +90,7 @@ class ModelSlot:
         self.load_seconds: float | None = None  # how long the last successful load took
         self.replaced_by: ModelSlot | None = None  # a reload's new version, serving once this one unloads
         self.removed = False  # a reload removed it: once unloaded, requests for it get 404
+        self.waiting = 0  # requests waiting for the model itself (its load, its drain)
         self.pool: Pool | None = None
         self._checks: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -117,6 +118,11 @@ class ModelSlot:
         except TimeoutError:
             return False
         return True
+
+    @property
+    def queued(self) -> int:
+        """Every request waiting: for the model (a load, a drain) or for a free replica."""
+        return self.waiting + (self.pool.queued if self.pool else 0)
 
     @property
     def claims(self) -> Mapping[str, int]:

@@ -57,11 +57,10 @@ def _model(m: Metrics, slot: ModelSlot, now: float) -> None:
         for device, n in slot.claims.items():
             m.model_memory_estimated.labels(name, device).set(n)
     pool = slot.pool
+    m.waiting.labels(name, "gateway").set(slot.queued)
     if pool is None:
         m.running.labels(name, "0").set(0)
-        m.waiting.labels(name, "0").set(0)
         return
-    m.waiting.labels(name, "gateway").set(pool.queued)
     measured: dict[str, float] = {}
     for replica in pool.replicas:
         engine = str(replica.index)

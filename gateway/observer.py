@@ -64,7 +64,7 @@ class StatsLine:
             before = self._last.get(name, Totals(0.0, 0.0, 0))
             self._last[name] = current
             running = slot.pool.outstanding if slot.pool else 0
-            waiting = slot.pool.queued if slot.pool else 0
+            waiting = slot.queued
             if current.requests == before.requests and not running and not waiting:
                 continue
             out.append(

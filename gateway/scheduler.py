@@ -26,7 +26,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from gateway.errors import GatewayError, InsufficientMemory, LoadFailed, ModelNotFound, ModelUnavailable
+from gateway.errors import (
+    GatewayError,
+    InsufficientMemory,
+    LoadFailed,
+    ModelNotFound,
+    ModelUnavailable,
+    QueueFull,
+)
 from gateway.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
 from gateway.placement import DoesNotFit, Fits, Resident, plan
 from gateway.planning import Plan, explain
@@ -77,6 +84,25 @@ class Scheduler:
 
     # -- the request path --------------------------------------------------------------------------------
     async def acquire(self, slot: ModelSlot, timeout: float) -> Lease:
+        """A lease on ``slot`` once it is ready, loading it if needed. A request that has to wait for the
+        model (a load, a drain) takes a place in the model's queue, the same ``max_queue`` places as the
+        requests waiting for a free replica: when they are all taken, 429 with Retry-After. One request
+        may always wait for a load, even with ``max_queue: 0``: the one that asks for the model."""
+        if slot.state is State.READY:
+            return slot.lease()
+        waiting = slot.queued
+        if waiting >= max(slot.max_queue, 1):
+            raise QueueFull(
+                f"model '{slot.name}' has {waiting} requests waiting (max_queue={slot.max_queue})",
+                retry_after=1,
+            )
+        slot.waiting += 1
+        try:
+            return await self._until_ready(slot, timeout)
+        finally:
+            slot.waiting -= 1
+
+    async def _until_ready(self, slot: ModelSlot, timeout: float) -> Lease:
         deadline = self._clock() + timeout
         while True:
             if slot.state is State.UNLOADED and slot.replaced_by is not None:  # a reload changed it
@@ -101,12 +127,13 @@ class Scheduler:
                     )
                 task = self.load(slot)
                 await asyncio.wait({task}, timeout=remaining)
-                if task.done() and task.cancelled():
-                    raise ModelUnavailable(f"the load of '{slot.name}' was cancelled", retry_after=1)
+                _raise_if_cancelled(slot, task)
                 if task.done() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
             elif slot.state is State.LOADING and slot.name in self._loads:
-                await asyncio.wait({self._loads[slot.name]}, timeout=remaining)
+                task = self._loads[slot.name]
+                await asyncio.wait({task}, timeout=remaining)
+                _raise_if_cancelled(slot, task)  # every waiter is told, none starts the load again
             else:
                 await slot.wait_change(remaining)
 
@@ -324,3 +351,8 @@ class Scheduler:
                 await task
         for slot in list(self.slots.values()):
             await self.unload(slot, "shut down", None)
+
+
+def _raise_if_cancelled(slot: ModelSlot, load: asyncio.Task[None]) -> None:
+    if load.done() and load.cancelled():
+        raise ModelUnavailable(f"the load of '{slot.name}' was cancelled", retry_after=1)
