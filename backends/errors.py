@@ -14,6 +14,7 @@ that a client can be told about is a ``GatewayError``; code raises the most spec
     │   └── InsufficientMemory        503 insufficient_memory      (what holds the memory)
     └── UpstreamError                 502 upstream_error           (source = "upstream")
         └── UpstreamUnavailable       502 upstream_unavailable     (before the first byte: retry elsewhere)
+            └── GatewayTimeout        504 upstream_timeout         (no answer within a deadline: the same)
 
 Every body carries ``source``: ``gateway`` when the gateway decided, ``upstream`` when an engine failed, so a
 client can tell who failed.
@@ -115,6 +116,15 @@ class UpstreamUnavailable(UpstreamError):
     serve the request."""
 
     code = "upstream_unavailable"
+
+
+class GatewayTimeout(UpstreamUnavailable):
+    """The upstream did not connect, answer or finish within one of its deadlines (the model's ``timeouts``).
+    Before the first byte it is retried on another replica like any ``UpstreamUnavailable``; after it, it
+    ends the stream as an error event."""
+
+    status = 504
+    code = "upstream_timeout"
 
 
 def sse_error_event(err: GatewayError) -> bytes:

@@ -1,4 +1,5 @@
-"""The ``/v1/*`` handlers: validate, resolve the model, take a lease, pick a replica, forward, stream back.
+"""The ``/v1/*`` handlers: validate, resolve the model, take a lease, dispatch (``gateway.dispatch``: pick a
+replica, forward, retry before the first byte), stream back.
 
 The POST handlers are plain ASGI endpoints rather than request/response functions, so that one disconnect
 watcher covers the request from the moment its body is read until its last byte is sent. ``HotPath`` serves
@@ -8,7 +9,6 @@ Request object cost a third of the gateway's time per proxied request (bench/REA
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -21,12 +21,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backends.base import Endpoint, OpenAIRequest, UpstreamResponse
-from gateway.balancing import preferred_replica
-from gateway.errors import GatewayError, InvalidRequest, QueueFull, UpstreamUnavailable, error_response
+from backends.base import Endpoint, OpenAIRequest
+from gateway.dispatch import affinity_key, dispatch
+from gateway.errors import GatewayError, InvalidRequest, QueueFull, error_response
 from gateway.lifecycle import ModelSlot
 from gateway.metrics import Trace
-from gateway.pool import Pool, Replica
 from gateway.requests import (
     ChatRequest,
     CompletionRequest,
@@ -211,19 +210,18 @@ class OpenAIRoutes:
         lease = await gw.scheduler.acquire(slot, gw.settings.load_timeout)
         slot = lease.slot  # a reload may have put a new version in its place while the request waited
         key = affinity_key(slot.manifest.affinity, request.body, headers)
+
+        def scheduled() -> None:
+            trace.scheduled = time.perf_counter()
+
         try:
-            replica, upstream = await _first_answer(
-                lease.pool, request, key, gw.settings.queue_timeout, trace, self._upstream_error
+            replica, upstream = await dispatch(
+                lease.pool, request, key, gw.settings.queue_timeout, scheduled, self._upstream_error
             )
         except BaseException:
             lease.release()
             raise
-
-        def finished(ended: asyncio.Future[bool]) -> None:
-            lease.pool.release(replica, failed=not _replica_did_its_part(ended))
-            lease.release()
-
-        upstream.finished.add_done_callback(finished)
+        upstream.finished.add_done_callback(lambda _: lease.release())  # after dispatch's own (the replica)
         trace.status = upstream.status
         trace.engine = str(replica.index)
         try:
@@ -236,60 +234,6 @@ class OpenAIRoutes:
     def _upstream_error(self, model: str, kind: str) -> None:
         if self.observe:
             self.gw.metrics.upstream_error(model, kind)
-
-
-UpstreamErrorHook = Callable[[str, str], None]
-
-
-async def _first_answer(
-    pool: Pool,
-    request: OpenAIRequest,
-    key: str | None,
-    timeout: float,
-    trace: Trace,
-    on_error: UpstreamErrorHook,
-) -> tuple[Replica, UpstreamResponse]:
-    """A replica's response, up to its first byte. A replica that fails before that is ejected for a
-    cooldown and the request goes to another one (every replica at most once): nothing reached the client."""
-    tried = 0
-    while True:
-        preferred = preferred_replica(key, len(pool.replicas)) if key else None
-        replica = await pool.acquire(timeout, preferred)
-        trace.scheduled = time.perf_counter()
-        try:
-            response = await replica.backend.forward(request)
-        except UpstreamUnavailable as err:
-            pool.release(replica, failed=True)
-            on_error(pool.model, err.code or "upstream_unavailable")
-            tried += 1
-            if tried >= len(pool.replicas):
-                raise
-        except BaseException:
-            # The backend has let go (or, cancelled mid-prompt, stops at its next token; an in-process
-            # replica runs one job at a time, so the next request simply starts after it).
-            pool.release(replica)
-            raise
-        else:
-            replica.served += 1
-            return replica, response
-
-
-def _replica_did_its_part(ended: asyncio.Future[bool]) -> bool:
-    """How a response ended, for the replica's record: False when it failed mid-response (it is ejected as
-    for a failure before the first byte). A client that left is not the replica's failure."""
-    if ended.cancelled():
-        return True
-    return ended.exception() is None and ended.result()
-
-
-def affinity_key(mode: str, body: dict[str, Any], headers: Headers) -> str | None:
-    if mode == "none":
-        return None
-    session = headers.get("x-session-id") or body.get("user")
-    if session or mode == "session":
-        return str(session) if session else None
-    prompt = body.get("messages") or body.get("prompt") or body.get("input")
-    return json.dumps(prompt)[:512]
 
 
 def _check_endpoint(slot: ModelSlot, endpoint: Endpoint, name: str) -> None:

@@ -1,0 +1,100 @@
+"""Dispatch: one request to one replica of a ready model, up to the response's first byte.
+
+The retry and failover policy of the request path, apart from the HTTP handler (which only parses, calls
+this, and answers):
+
+- the pool picks a replica (least outstanding, or the one the request's affinity key prefers);
+- the request is forwarded to it; a replica that fails before the first byte (``UpstreamUnavailable``,
+  a timeout included) is ejected for a cooldown and the request goes to another one, every replica at most
+  once: nothing has reached the client yet, so a retry is safe;
+- once a replica answers, its slot is held until the response's ``finished`` resolves, and a response that
+  failed mid-way (``finished`` is False) ejects the replica as a failure before the first byte would.
+
+It knows nothing of HTTP or metrics: the handler passes hooks (``scheduled``, ``upstream_error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+from backends.base import OpenAIRequest, UpstreamResponse
+from backends.errors import UpstreamUnavailable
+from gateway.balancing import preferred_replica
+from gateway.pool import Pool, Replica
+
+UpstreamErrorHook = Callable[[str, str], None]  # (model, kind): a replica failed before the first byte
+
+
+def _nothing() -> None:
+    pass
+
+
+def _ignore(model: str, kind: str) -> None:
+    pass
+
+
+async def dispatch(
+    pool: Pool,
+    request: OpenAIRequest,
+    key: str | None,
+    queue_timeout: float,
+    scheduled: Callable[[], None] = _nothing,
+    upstream_error: UpstreamErrorHook = _ignore,
+) -> tuple[Replica, UpstreamResponse]:
+    """The replica that answered and its response, up to its first byte. The replica's slot goes back to the
+    pool when the response's ``finished`` resolves; the caller must ``close()`` the response.
+
+    ``queue_timeout`` bounds each wait for a free replica; ``scheduled`` is called each time a replica takes
+    the request; ``upstream_error(model, kind)`` each time one fails before its first byte (``kind`` is the
+    error's code). Raises the last replica's error when every try failed, and whatever the pool raises
+    (``QueueFull``, ``ModelUnavailable``)."""
+    tried = 0
+    while True:
+        preferred = preferred_replica(key, len(pool.replicas)) if key else None
+        replica = await pool.acquire(queue_timeout, preferred)
+        scheduled()
+        try:
+            response = await replica.backend.forward(request)
+        except UpstreamUnavailable as err:
+            pool.release(replica, failed=True)
+            upstream_error(pool.model, err.code or "upstream_unavailable")
+            tried += 1
+            if tried >= len(pool.replicas):
+                raise
+        except BaseException:
+            # The backend has let go (or, cancelled mid-prompt, stops at its next token; an in-process
+            # replica runs one job at a time, so the next request simply starts after it).
+            pool.release(replica)
+            raise
+        else:
+            replica.served += 1
+            response.finished.add_done_callback(partial(_finished, pool, replica))
+            return replica, response
+
+
+def _finished(pool: Pool, replica: Replica, ended: asyncio.Future[bool]) -> None:
+    pool.release(replica, failed=not replica_did_its_part(ended))
+
+
+def replica_did_its_part(ended: asyncio.Future[bool]) -> bool:
+    """How a response ended, for the replica's record: False when it failed mid-response (it is ejected as
+    for a failure before the first byte). A client that left is not the replica's failure."""
+    if ended.cancelled():
+        return True
+    return ended.exception() is None and ended.result()
+
+
+def affinity_key(mode: str, body: dict[str, Any], headers: Mapping[str, str]) -> str | None:
+    """What ties a request to a replica (to reuse its prompt cache): the session (``X-Session-Id``, else the
+    body's ``user``), or with ``prefix`` also the start of the prompt; None for no preference."""
+    if mode == "none":
+        return None
+    session = headers.get("x-session-id") or body.get("user")
+    if session or mode == "session":
+        return str(session) if session else None
+    prompt = body.get("messages") or body.get("prompt") or body.get("input")
+    return json.dumps(prompt)[:512]
