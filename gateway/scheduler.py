@@ -340,17 +340,31 @@ class Scheduler:
                     except Exception:
                         log.exception("idle unload of %s failed", slot.name)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Cancel the loads under way (each stops what it had started), then drain every model at once
+        within one grace period (default: the drain grace), cut what is still running, and say how many.
+        uvicorn has already stopped accepting and waited for open connections by the time this runs."""
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        for task in [*self._loads.values(), *self._unloads.values()]:
-            # A model draining at shutdown finishes its unload (and stops its health checks) here too.
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await task
-        for slot in list(self.slots.values()):
-            await self.unload(slot, "shut down", None)
+        loads = list(self._loads.values())
+        for task in loads:
+            task.cancel()
+        await asyncio.gather(*loads, return_exceptions=True)
+        async with self._decision:
+            running = sum(s.in_flight for s in self.slots.values() if s.state is State.READY)
+            unloads = [
+                self._begin_unload(s, "shut down", None, grace)
+                for s in list(self.slots.values())
+                if s.state is State.READY
+            ]
+            unloads += [t for t in self._unloads.values() if t not in unloads]
+        log.info(
+            "shutdown: %d loads cancelled, %d models unloading at once, %d requests still running",
+            len(loads), len(unloads), running,
+        )  # fmt: skip
+        await asyncio.gather(*unloads, return_exceptions=True)
 
 
 def _raise_if_cancelled(slot: ModelSlot, load: asyncio.Task[None]) -> None:
