@@ -29,6 +29,7 @@ Three corrections come from GPU memory measured with NVML on an H100 (``bench/vr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +92,27 @@ def read_gguf_info(path: Path) -> GgufInfo:
         n_vocab=num(f"{arch}.vocab_size", num("tokenizer.ggml.tokens", 32000)),
         ctx_train=num(f"{arch}.context_length", 0),
         # The tensor data is the file less its metadata; the metadata (mostly the vocabulary) is a few MB.
-        weights_bytes=path.stat().st_size,
+        # A split model (gguf-split) has its tensors in every part: all of them count.
+        weights_bytes=sum(p.stat().st_size for p in split_parts(path, num("split.count", 1))),
     )
+
+
+_SPLIT = re.compile(r"^(?P<prefix>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def split_parts(path: Path, count: int) -> list[Path]:
+    """Every file of a model split by ``gguf-split`` (``name-00001-of-00003.gguf``...), given the first one
+    and its ``split.count``; ``[path]`` for a model in one file. A missing part is a ``GgufError``."""
+    if count <= 1:
+        return [path]
+    match = _SPLIT.match(path.name)
+    if match is None or int(match["count"]) != count:
+        raise GgufError(f"{path.name} says it is split in {count} parts but is not named as part 1 of them")
+    parts = [path.with_name(f"{match['prefix']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    missing = [p.name for p in parts if not p.is_file()]
+    if missing:
+        raise GgufError(f"split model: {', '.join(missing)} missing beside {path.name}")
+    return parts
 
 
 @dataclass(frozen=True)
