@@ -39,7 +39,7 @@ def test_every_part_of_a_split_model_counts(tmp_path: Path) -> None:
 
 def test_a_missing_part_is_an_error_naming_it(tmp_path: Path) -> None:
     first = first_part(tmp_path / "big-00001-of-00002.gguf", 2)
-    with pytest.raises(GgufError, match="big-00002-of-00002.gguf missing"):
+    with pytest.raises(GgufError, match=r"big-00002-of-00002\.gguf missing"):
         read_gguf_info(first)
 
 
