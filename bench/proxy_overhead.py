@@ -10,6 +10,7 @@
     python bench/proxy_overhead.py [--overhead-only | --llama-server-only [--engine-core]] [--rounds N]
     python bench/proxy_overhead.py --replicas-only
     python bench/proxy_overhead.py --metrics-only [--rounds N]   (metrics on against off)
+    python bench/proxy_overhead.py --tail-only [--rounds N]      (p99: upstream, gateway, GC untuned)
 
 It needs wrk (apt-get install wrk) and `llm-gateway build-llama-server`.
 """
@@ -65,8 +66,8 @@ def spawn(cmd: list[str], core: str, env: dict[str, str] | None = None) -> subpr
     )
 
 
-def wrk(url: str, body: dict[str, object], connections: int, seconds: int = 8) -> tuple[float, float]:
-    """Requests/s and median latency (ms)."""
+def wrk(url: str, body: dict[str, object], connections: int, seconds: int = 8) -> tuple[float, float, float]:
+    """Requests/s, median and 99th percentile latency (ms)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(LUA % json.dumps(body))
     out = subprocess.run(
@@ -88,10 +89,11 @@ def wrk(url: str, body: dict[str, object], connections: int, seconds: int = 8) -
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
-    assert p50 is not None, out
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p50.group(2)]
-    return rps, float(p50.group(1)) * scale
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    assert p50 is not None and p99 is not None, out
+    return rps, float(p50.group(1)) * scale[p50.group(2)], float(p99.group(1)) * scale[p99.group(2)]
 
 
 def gateway(
@@ -284,6 +286,38 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tail_rows(rounds: int = 3) -> list[tuple[str, str, str, str]]:
+    """p50 and p99 at 16 connections: the bare upstream, the gateway as it serves (GC tuned at startup), and
+    the gateway with GATEWAY_GC_FREEZE=false; runs alternate, medians of ``rounds``."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    path = "/v1/chat/completions"
+    upstream = spawn([sys.executable, "tests/fake_upstream.py", "--port", "18991"], "1")
+    wait_http("http://127.0.0.1:18991/health")
+    ports = {"upstream": 18991, "gateway": 18992, "gateway, GC untuned": 18993}
+    gateways = [
+        remote_gateway("http://127.0.0.1:18991", 1000, 18992),
+        remote_gateway("http://127.0.0.1:18991", 1000, 18993, {"GATEWAY_GC_FREEZE": "false"}),
+    ]
+    runs: dict[str, list[tuple[float, float, float]]] = {k: [] for k in ports}
+    try:
+        for port in ports.values():
+            wrk(f"http://127.0.0.1:{port}{path}", body, 16, 3)  # warm-up
+        for i in range(rounds):
+            for key in list(ports) if i % 2 == 0 else list(ports)[::-1]:
+                runs[key].append(wrk(f"http://127.0.0.1:{ports[key]}{path}", body, 16, 8))
+    finally:
+        for gw in gateways:
+            gw.terminate()
+        upstream.terminate()
+    up99 = median([r[2] for r in runs["upstream"]])
+    rows = []
+    for key, results in runs.items():
+        rps, p50, p99 = (median([r[i] for r in results]) for i in range(3))
+        target = "" if key == "upstream" else f"p99 <= {2 * up99 + 2:.1f} ms (2x upstream + 2)"
+        rows.append((f"{key}: req/s, p50 / p99 ms, 16 conns", f"{rps:.0f}", f"{p50:.2f} / {p99:.2f}", target))
+    return rows
+
+
 def metrics_rows(rounds: int = 5) -> list[tuple[str, str, str, str]]:
     """The cost of the metrics: two gateways on the same fake upstream, one with GATEWAY_METRICS=false; their
     wrk runs alternate (which goes first alternates too), medians of ``rounds``. Besides req/s (which drifts
@@ -400,6 +434,9 @@ def main() -> None:
         )
         return
     rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else None
+    if "--tail-only" in sys.argv:
+        print_table(("measure", "req/s", "p50 / p99 ms", "target"), tail_rows(rounds or 3))
+        return
     if "--metrics-only" in sys.argv:
         print_table(("measure", "metrics off", "metrics on", "target"), metrics_rows(rounds or 5))
         return
