@@ -8,6 +8,8 @@ that a client can be told about is a ``GatewayError``; code raises the most spec
     ├── InvalidRequest                400 invalid_request_error   (param names the offending field)
     ├── Unauthorized                  401 authentication_error
     ├── ModelNotFound                 404 model_not_found
+    ├── PayloadTooLarge               413 request_too_large        (the body limit; the connection closes)
+    ├── HeadersTooLarge               431 request_header_fields_too_large (sent by gateway.limits)
     ├── QueueFull                     429 queue_full               (Retry-After)
     ├── ModelUnavailable              503 model_unavailable        (Retry-After; the reason says why)
     │   ├── LoadFailed                503 model_load_failed        (last_error of the load)
@@ -65,6 +67,22 @@ class InvalidRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+
+
+class PayloadTooLarge(GatewayError):
+    """The request body is over ``GATEWAY_MAX_BODY_BYTES``; refused before it is buffered."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class HeadersTooLarge(GatewayError):
+    """The request line and headers are over ``GATEWAY_MAX_HEADER_BYTES``; refused before they are parsed."""
+
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
 
 
 class Unauthorized(GatewayError):

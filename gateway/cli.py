@@ -53,6 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import build_app
+    from gateway.limits import server_options
 
     settings = _settings(args)
     logging.basicConfig(
@@ -66,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
+        **server_options(settings),  # header, connection and keep-alive limits; shutdown grace
     )
     return 0
 

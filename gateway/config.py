@@ -116,6 +116,34 @@ class Settings(BaseSettings):
     engine_scrape_interval: Duration = Field(
         5.0, description="Seconds between reads of the engines' own /metrics (llama-server, vLLM); 0: off."
     )
+    max_body_bytes: ByteSize = Field(
+        ByteSize(32 * 2**20),
+        gt=0,
+        description="Largest request body; a larger one is a 413 before it is read, and the connection "
+        "closes. A 128k-token prompt is under 1 MiB of JSON; the rest is room for base64 images.",
+    )
+    max_header_bytes: ByteSize = Field(
+        ByteSize(64 * 2**10),
+        gt=0,
+        description="Largest request head (URL plus header names and values); a larger one is a 431, refused "
+        "before the rest of it is buffered.",
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description="Open client connections (idle keep-alive ones count) served at once; a request on one "
+        "beyond them is answered 503 by uvicorn and its connection closed.",
+    )
+    keep_alive_timeout: Duration = Field(
+        30.0,
+        description="An idle client connection is closed after this long: longer than clients' own idle "
+        "expiry (httpx, so the OpenAI SDK: 5 s), so that a client never sends onto a closing connection.",
+    )
+    graceful_shutdown_timeout: Duration = Field(
+        30.0,
+        description="On SIGTERM/SIGINT, how long in-flight HTTP requests (streams too) may finish before "
+        "uvicorn cancels them; the lifespan's shutdown (the models') follows.",
+    )
 
 
 BackendSpec = Annotated[

@@ -12,11 +12,13 @@ from starlette.responses import Response
 
 from backends.errors import (
     GatewayError,
+    HeadersTooLarge,
     InsufficientMemory,
     InvalidRequest,
     LoadFailed,
     ModelNotFound,
     ModelUnavailable,
+    PayloadTooLarge,
     QueueFull,
     Source,
     Unauthorized,
@@ -27,11 +29,13 @@ from backends.errors import (
 
 __all__ = [
     "GatewayError",
+    "HeadersTooLarge",
     "InsufficientMemory",
     "InvalidRequest",
     "LoadFailed",
     "ModelNotFound",
     "ModelUnavailable",
+    "PayloadTooLarge",
     "QueueFull",
     "Source",
     "Unauthorized",
@@ -46,6 +50,9 @@ def error_response(err: GatewayError) -> Response:
     headers: dict[str, str] = {"x-error-source": err.source}
     if err.retry_after is not None:
         headers["retry-after"] = str(max(1, math.ceil(err.retry_after)))
+    if isinstance(err, PayloadTooLarge):
+        # The rest of the body is still on its way; keeping the connection would mean reading it all.
+        headers["connection"] = "close"
     return Response(
         json.dumps(err.body()), status_code=err.status, headers=headers, media_type="application/json"
     )

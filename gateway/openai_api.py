@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backends.base import Endpoint, OpenAIRequest
 from gateway.dispatch import affinity_key, dispatch
-from gateway.errors import GatewayError, InvalidRequest, QueueFull, error_response
+from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, QueueFull, error_response
 from gateway.lifecycle import ModelSlot
 from gateway.metrics import Trace
 from gateway.requests import (
@@ -93,15 +93,31 @@ class _Send:
         await self.send(message)
 
 
-async def _read_body(receive: Receive) -> bytes:
-    body = b""
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes: a declared ``content-length`` over it is refused before a
+    byte is read, and a chunked body as soon as it passes it. Chunks are joined once (linear in the size)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and int(value) > limit:  # the HTTP parser has checked it is a number
+            raise _too_large(limit, f" ({int(value)} bytes)")
+    chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
-        body += message.get("body", b"")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
         if not message.get("more_body"):
-            return bytes(body)
+            return b"".join(chunks)
+
+
+def _too_large(limit: int, size: str = "") -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request body{size} is over this gateway's limit of {limit} bytes (GATEWAY_MAX_BODY_BYTES)"
+    )
 
 
 CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the response ended
@@ -157,7 +173,7 @@ class OpenAIRoutes:
         status = 500
         trace: Trace | None = None
         try:
-            raw = await _read_body(receive)
+            raw = await _read_body(scope, receive, self.gw.settings.max_body_bytes)
             data = decode(raw)
             slot = self.gw.registry.resolve(data["model"])
             model = slot.name
