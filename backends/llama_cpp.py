@@ -24,7 +24,7 @@ from typing import Any
 from backends.base import OpenAIRequest, ReplicaInfo, UpstreamResponse
 from backends.errors import GatewayError, InvalidRequest, ModelUnavailable, UpstreamError, sse_error_event
 from backends.llama_cpp_spec import LlamaCppBackend
-from backends.llama_jobs import RUNNERS, Cancelled, Job
+from backends.llama_jobs import RUNNERS, Cancelled, Job, check
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ JSON_HEADERS = {"content-type": "application/json"}
 def build_llama(spec: LlamaCppBackend, n_threads: int) -> Any:
     """Construct the engine. Blocks for the whole load; call it on the replica's thread."""
     import llama_cpp  # imported here: the import alone costs ~40 MB, and only running models need it
+
+    from backends.llama_engine import Engine  # llama_cpp.Llama that reports each sampled token (logprobs)
 
     kwargs: dict[str, Any] = {
         "model_path": str(spec.model),
@@ -53,7 +55,7 @@ def build_llama(spec: LlamaCppBackend, n_threads: int) -> Any:
         kwargs.update(embedding=True, pooling_type=_POOLING[spec.pooling])
     if spec.chat_format:
         kwargs["chat_format"] = spec.chat_format
-    llama = llama_cpp.Llama(**kwargs)
+    llama = Engine(**kwargs)
     if spec.chat_template is not None:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -137,6 +139,7 @@ class LlamaCppReplica:
         llama = self._llama
         if llama is None:
             raise UpstreamError(f"replica {self._label} is not running")
+        check(request, self._spec.chat_format, llama.n_vocab())  # what the model can do, or a 400
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
 

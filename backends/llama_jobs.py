@@ -23,6 +23,9 @@ from typing import Any
 import numpy as np
 
 from backends.base import OpenAIRequest
+from backends.errors import InvalidRequest
+from backends.llama_logprobs import Token, TokenLogprobs, chat_logprobs, completion_logprobs
+from backends.llama_tools import ToolCalls, calls_as_chunks, check_chat, messages, tool_choice
 
 Emit = Callable[[bytes], None]
 
@@ -72,7 +75,7 @@ class _Usage:
     def add(self, counter: _TokenCounter, finish_reason: str | None, new_prompt: bool) -> None:
         # The end-of-generation token is sampled but is not part of the completion. (A stop string also
         # finishes with "stop"; then one real token goes uncounted.)
-        eog = 1 if finish_reason == "stop" and counter.sampled > 0 else 0
+        eog = 1 if finish_reason in ("stop", "tool_calls") and counter.sampled > 0 else 0
         if new_prompt:  # n choices of one prompt count its tokens once, as OpenAI does
             self.prompt_tokens += counter.prompt_tokens or 0
         self.completion_tokens += counter.sampled - eog
@@ -83,6 +86,27 @@ class _Usage:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+
+
+def check(request: OpenAIRequest, chat_format: str | None, n_vocab: int) -> None:
+    """What validation cannot know without the model, as a 400 naming the field: token ids beyond its
+    vocabulary (llama.cpp would fail on them, or skip the whole bias), and what its chat format cannot do."""
+    body = request.body
+    _in_vocabulary("logit_bias", [int(k) for k in body.get("logit_bias") or {}], n_vocab)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], str):
+        _in_vocabulary("prompt", [t for p in prompt for t in (p if isinstance(p, list) else [p])], n_vocab)
+    if request.endpoint == "chat/completions":
+        check_chat(body, chat_format)
+
+
+def _in_vocabulary(field: str, ids: list[int], n_vocab: int) -> None:
+    beyond = [i for i in ids if not 0 <= i < n_vocab]
+    if beyond:
+        raise InvalidRequest(
+            f"'{field}' holds token id {beyond[0]}, beyond the model's vocabulary (0 to {n_vocab - 1})",
+            param=field,
+        )
 
 
 def _sampling_kwargs(body: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +148,7 @@ class _Framer:
         self.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         self.usage = _Usage()
         self.choices: list[dict[str, Any]] = []
+        self.logprobs = chat_logprobs if kind == "chat.completion" else completion_logprobs
 
     def _envelope(self, choices: list[dict[str, Any]], obj: str) -> dict[str, Any]:
         return {
@@ -159,36 +184,60 @@ def _choice(
     chunks: Iterator[dict[str, Any]],
     counter: _TokenCounter | None,
     new_prompt: bool,
+    tracker: TokenLogprobs | None,
 ) -> None:
     """Run one generation: stream its chunks (if streaming) and record its choice and usage."""
     chat = framer.kind == "chat.completion"
+    calls = ToolCalls()
     text: list[str] = []
+    tokens: list[Token] = []
     finish: str | None = None
     for c in _streamed(chunks, framer.job.cancelled):
         engine = c["choices"][0]
-        finish = engine.get("finish_reason") or finish
-        piece = (engine.get("delta") or {}).get("content") if chat else engine.get("text")
-        text.append(piece or "")
+        ended = engine.get("finish_reason")
+        finish = ended or finish
+        delta = calls.delta(engine.get("delta") or {}) if chat else {}
+        piece = (delta.get("content") if chat else engine.get("text")) or ""
+        text.append(piece)
+        held = [] if tracker is None else tracker.take(piece) + (tracker.rest() if ended else [])
+        tokens += held
         if framer.stream:
-            payload = {"delta": engine.get("delta") or {}} if chat else {"text": piece or ""}
-            framer.chunk(
-                {"index": index, **payload, "logprobs": None, "finish_reason": engine.get("finish_reason")}
-            )
+            payload = {"delta": delta} if chat else {"text": piece}
+            logprobs = framer.logprobs(held) if held else None
+            framer.chunk({"index": index, **payload, "logprobs": logprobs, "finish_reason": ended})
     if counter is not None:
         framer.usage.add(counter, finish, new_prompt)
-    result = {"message": {"role": "assistant", "content": "".join(text)}} if chat else {"text": "".join(text)}
-    framer.choices.append({"index": index, **result, "logprobs": None, "finish_reason": finish})
+    content = "".join(text)
+    result: dict[str, Any] = {"text": content}
+    if chat:
+        message = {"role": "assistant", "content": content if content or not calls.calls else None}
+        result = {"message": {**message, "tool_calls": calls.calls} if calls.calls else message}
+    logprobs = None if tracker is None else framer.logprobs(tokens)
+    framer.choices.append({"index": index, **result, "logprobs": logprobs, "finish_reason": finish})
 
 
-def _counting(framer: _Framer, body: dict[str, Any]) -> tuple[_TokenCounter | None, dict[str, Any]]:
-    """A token counter when the response reports usage or carries a ``logit_bias`` (which the counter applies
+def _counting(
+    framer: _Framer, body: dict[str, Any], tracker: TokenLogprobs | None
+) -> tuple[_TokenCounter | None, dict[str, Any]]:
+    """The logits processors of one generation: the logprob tracker first (it reads the raw logits), then a
+    token counter when the response reports usage or carries a ``logit_bias`` (which the counter applies
     vectorised: llama-cpp-python's own bias processor copies the logits and loops in Python, a third of the
     decode speed here). Otherwise nothing on the per-token path: a logits processor costs ~5% of decode."""
+    processors: list[Any] = [] if tracker is None else [tracker.processor]
+    counter = None
     bias = body.get("logit_bias")
     if not framer.stream or framer.include_usage or bias:
         counter = _TokenCounter(bias)
-        return counter, {"logits_processor": [counter]}
-    return None, {}
+        processors.append(counter)
+    return counter, {"logits_processor": processors} if processors else {}
+
+
+def _tracker(llama: Any, top: int | None) -> TokenLogprobs | None:
+    """A logprob tracker for the next generation (``top`` alternatives; None: no logprobs), hooked to the
+    engine's sampler (``backends.llama_engine``)."""
+    tracker = None if top is None else TokenLogprobs(llama, top)
+    llama.on_sample = None if tracker is None else tracker.sampled
+    return tracker
 
 
 def _seed(body: dict[str, Any], i: int) -> int | None:
@@ -196,9 +245,7 @@ def _seed(body: dict[str, Any], i: int) -> int | None:
     return None if seed is None else seed + i  # n choices from one seed must still differ
 
 
-def run_chat(llama: Any, job: Job) -> None:
-    body = job.request.body
-    framer = _Framer(job, "chatcmpl", "chat.completion")
+def _chat_kwargs(body: dict[str, Any]) -> dict[str, Any]:
     kwargs = _sampling_kwargs(body)
     fmt = body.get("response_format")
     if fmt and fmt["type"] == "json_schema":
@@ -207,12 +254,38 @@ def run_chat(llama: Any, job: Job) -> None:
         kwargs["response_format"] = {"type": "json_object", "schema": schema}
     elif fmt:
         kwargs["response_format"] = fmt
-    for i in range(body.get("n") or 1):
-        counter, extra = _counting(framer, body)
-        chunks = llama.create_chat_completion(
-            messages=body["messages"], stream=True, seed=_seed(body, i), **kwargs, **extra
-        )
-        _choice(framer, i, chunks, counter, new_prompt=i == 0)
+    return {"messages": messages(body), **kwargs}
+
+
+def _chat_chunks(llama: Any, body: dict[str, Any], kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The engine's chunks of one chat answer. With tools and ``tool_choice: auto`` the handler decides
+    whole (``backends.llama_tools``): a call comes back as chunks, words are generated afresh, streamed."""
+    tools = body.get("tools")
+    if not tools:
+        return llama.create_chat_completion(**kwargs, stream=True)  # type: ignore[no-any-return]
+    choice = tool_choice(body)
+    if choice == "auto":
+        whole = llama.create_chat_completion(**kwargs, tools=tools, tool_choice="auto", stream=False)
+        calls = whole["choices"][0]["message"].get("tool_calls")
+        if calls:
+            return calls_as_chunks(calls)
+        choice = "none"
+    return llama.create_chat_completion(**kwargs, tools=tools, tool_choice=choice, stream=True)  # type: ignore[no-any-return]
+
+
+def run_chat(llama: Any, job: Job) -> None:
+    body = job.request.body
+    framer = _Framer(job, "chatcmpl", "chat.completion")
+    kwargs = _chat_kwargs(body)
+    top = (body.get("top_logprobs") or 0) if body.get("logprobs") else None
+    try:
+        for i in range(body.get("n") or 1):
+            tracker = _tracker(llama, top)
+            counter, extra = _counting(framer, body, tracker)
+            chunks = _chat_chunks(llama, body, {**kwargs, "seed": _seed(body, i), **extra})
+            _choice(framer, i, chunks, counter, i == 0, tracker)
+    finally:
+        llama.on_sample = None
     framer.finish()
 
 
@@ -225,13 +298,17 @@ def run_completion(llama: Any, job: Job) -> None:
     if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
         prompts = [prompts]
     n = body.get("n") or 1
-    for p, prompt in enumerate(prompts):
-        for i in range(n):
-            counter, extra = _counting(framer, body)
-            chunks = llama.create_completion(
-                prompt=prompt, stream=True, seed=_seed(body, i), **kwargs, **extra
-            )
-            _choice(framer, p * n + i, chunks, counter, new_prompt=i == 0)
+    try:
+        for p, prompt in enumerate(prompts):
+            for i in range(n):
+                tracker = _tracker(llama, body.get("logprobs"))
+                counter, extra = _counting(framer, body, tracker)
+                chunks = llama.create_completion(
+                    prompt=prompt, stream=True, seed=_seed(body, i), **kwargs, **extra
+                )
+                _choice(framer, p * n + i, chunks, counter, i == 0, tracker)
+    finally:
+        llama.on_sample = None
     framer.finish()
 
 

@@ -7,9 +7,10 @@ bodies the in-process engine accepts) and the response models of ``gateway.opena
 writes, so nothing is translated. The document is built once per process (``openapi_json``) and served as
 bytes.
 
-Request bodies describe what the gateway itself checks. Models behind an HTTP upstream (llama-server, vLLM,
-remote) take more (``tools``, ``logprobs``, ...): unknown fields are allowed everywhere and passed on, but
-``logprobs``/``echo`` are documented as the in-process engine takes them.
+Request bodies describe what the in-process engine takes (``additionalProperties: false``: it refuses a field
+it would not act on). Models behind an HTTP upstream (llama-server, vLLM, remote) take more: there the gateway
+checks only ``model``, ``stream`` and the prompt field, and passes every other field to the engine (README:
+"What each backend kind does with each request field").
 """
 
 from __future__ import annotations

@@ -47,16 +47,43 @@ class CompletionUsage(BaseModel):
     total_tokens: int
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float = Field(description="the model's own, before logit_bias, penalties and temperature")
+    bytes: list[int] | None = Field(description="the token's UTF-8 bytes (it may hold part of a character)")
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(description="the top_logprobs most likely tokens, best first")
+
+
+class ChatChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = Field(description="the tokens of the content, in order")
+    refusal: list[TokenLogprob] | None = None
+
+
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str = Field(description="JSON text, as the model wrote it")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: ToolCallFunction
+
+
 class ChatCompletionMessage(BaseModel):
     role: Literal["assistant"]
     content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatCompletionChoice(BaseModel):
     index: int
     message: ChatCompletionMessage
-    logprobs: None = Field(description="always null: the in-process engine does not compute logprobs")
-    finish_reason: str | None = Field(description="stop, length, or what the upstream says (tool_calls, ...)")
+    logprobs: ChatChoiceLogprobs | None = Field(description="null unless the request asked for logprobs")
+    finish_reason: str | None = Field(description="stop, length, tool_calls, or what the upstream says")
 
 
 class ChatCompletion(BaseModel):
@@ -68,15 +95,30 @@ class ChatCompletion(BaseModel):
     usage: CompletionUsage
 
 
+class ToolCallFunctionDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    """A call's first delta carries its ``id``, ``type`` and ``function.name``; later ones add arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ToolCallFunctionDelta | None = None
+
+
 class ChatCompletionDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatCompletionChunkChoice(BaseModel):
     index: int
     delta: ChatCompletionDelta
-    logprobs: None = None
+    logprobs: ChatChoiceLogprobs | None = Field(None, description="the tokens this chunk completes")
     finish_reason: str | None
 
 
@@ -92,10 +134,19 @@ class ChatCompletionChunk(BaseModel):
     usage: CompletionUsage | None = None
 
 
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int] = Field(description="each token's offset in the choice's text, in characters")
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = Field(
+        None, description="null unless the request asked for logprobs"
+    )
     finish_reason: str | None
 
 

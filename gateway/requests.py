@@ -3,75 +3,186 @@ OpenAI does.
 
 Two depths, by who runs the model:
 
-- ``validate``: the in-process engine, where the gateway *is* the OpenAI server. Every field it acts on is
-  checked; unknown fields are kept (clients send extensions).
+- ``validate``: the in-process engine (``llama_cpp``), where the gateway *is* the OpenAI server. Every field
+  of OpenAI's request schema is either acted on, ignored on purpose because ignoring it changes nothing the
+  client can observe (``user``, ``metadata``, ``store``, ``service_tier``, ``prediction``, ...: each says
+  why below), or refused with a 400 that names the field and the kinds that forward it to an engine that may
+  do it. Unknown fields are refused too: a field the engine never sees must not look accepted. The models are
+  strict where OpenAI is: ``"stream": "yes"`` or ``"n": "2"`` is a 400 (an integer is a valid number).
 - ``check_passthrough``: HTTP upstreams (llama-server, vLLM, remote APIs) are OpenAI servers themselves and
   support more than this gateway knows (logprobs, tools, guided decoding, ...). Only what the gateway acts on
   is checked (model, stream, the prompt field); the rest is the upstream's to judge, and its 400s come back in
   the OpenAI shape tagged ``source: upstream``. The original bytes are forwarded untouched.
+
+What depends on the model's chat format (``tools`` needs ``chat_format: chatml-function-calling``) is checked
+by the engine's replica (``backends.llama_tools.check``), which knows the format; the README's table "What
+each backend kind does with each request field" lists every field.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
 from gateway.errors import InvalidRequest
 
+FORWARDED = "the llama_server, container and remote kinds forward it to their engine"
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow")
+# Why a known OpenAI field is refused by the in-process engine, by its name.
+UNSUPPORTED: dict[str, str] = {
+    "audio": "it writes text only; the remote kind forwards audio output to an API that speaks",
+    "web_search_options": "it cannot search the web; the remote kind forwards it to an API that can",
+    "reasoning_effort": f"llama-cpp-python has no reasoning budget; {FORWARDED}",
+    "verbosity": f"llama-cpp-python has no verbosity control; {FORWARDED}",
+    "functions": "deprecated by OpenAI: send 'tools' (served with chat_format chatml-function-calling)",
+    "function_call": "deprecated by OpenAI: send 'tool_choice' (with 'tools')",
+    "suffix": f"llama-cpp-python's fill-in-the-middle is unfinished; {FORWARDED}",
+    "dimensions": f"the model's embedding size is fixed; {FORWARDED}",
+}
+# Hints for values outside what the engine does, by the param with its list indices removed.
+LIMITS: dict[str, str] = {
+    "modalities": UNSUPPORTED["audio"],
+    "best_of": f"best_of > 1 is not supported by the llama_cpp kind; {FORWARDED}",
+    "echo": f"echo is not supported by the llama_cpp kind; {FORWARDED}",
+    "tools.type": "the llama_cpp kind calls function tools only; the llama_server kind serves others",
+    "messages.content.type": (
+        "the llama_cpp kind reads text only; the llama_server kind reads images and audio with a "
+        "multimodal projector (--mmproj in extra_args), and the remote kind forwards them"
+    ),
+}
 
+
+def _whole(value: Any) -> Any:
+    # JSON has one number type: 2.0 is an integer to JSON Schema (and to OpenAI), "2" and true are not.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Whole = BeforeValidator(_whole)
+Int = Annotated[int, Whole]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Body(_Strict):
     model: str = Field(min_length=1)
+    user: str | None = Field(None, description="Ignored by the engine (used for session affinity).")
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    include_usage: bool = False
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = Field(None, description="Ignored: no obfuscation padding is added.")
 
 
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class JsonSchemaFormat(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = Field(None, description="Ignored: the engine always holds to the schema.")
+
+
+class ResponseFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
 
 
 class _Sampling(_Body):
-    stream: bool = False
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=16)
-    max_tokens: int | None = Field(None, ge=1)
+    n: Annotated[int, Field(ge=1, le=16), Whole] = 1
+    max_tokens: Annotated[int, Field(ge=1), Whole] | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     # Token ids (strings, as OpenAI sends them) to a bias; another key is a 400, not an engine error.
     logit_bias: (
         dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]] | None
     ) = None
+    # llama.cpp's own samplers, as llama-server and llama-cpp-python's server take them.
+    top_k: Annotated[int, Field(ge=0), Whole] | None = None
+    min_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, ge=0)
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class RefusalPart(_Strict):
+    type: Literal["refusal"]
+    refusal: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # name, tool_calls, tool_call_id, refusal, ...: the chat template's to render.
+    model_config = ConfigDict(extra="allow", strict=True)
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[TextPart | RefusalPart] | None = None
+
+
+class FunctionDef(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = Field(None, description="Ignored: the engine always holds to the parameters.")
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class Prediction(_Strict):
+    type: Literal["content"]
+    content: str | list[TextPart]
 
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: Annotated[int, Field(ge=1), Whole] | None = None
     response_format: ResponseFormat | None = None
-    logprobs: Literal[False] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20), Whole] | None = Field(
+        None, description="Needs logprobs: true."
+    )
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    modalities: list[Literal["text"]] | None = None
+    # Ignored on purpose: nothing a client can observe depends on them here.
+    metadata: dict[str, str] | None = Field(None, description="Ignored: nothing is stored.")
+    store: bool | None = Field(None, description="Ignored: nothing is stored.")
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = Field(
+        None, description="Ignored: every request is served alike."
+    )
+    prediction: Prediction | None = Field(None, description="Ignored: it could only make the answer faster.")
+    prompt_cache_key: str | None = Field(None, description="Ignored: llama.cpp reuses the cached prefix.")
+    safety_identifier: str | None = Field(None, description="Ignored, as user.")
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: None = None
+    prompt: str | list[str] | list[Int] | list[list[Int]]
+    logprobs: Annotated[int, Field(ge=0, le=5), Whole] | None = None
     echo: Literal[False] | None = None
+    best_of: Annotated[Literal[1], Whole] | None = None
 
 
 class EmbeddingRequest(_Body):
@@ -79,20 +190,34 @@ class EmbeddingRequest(_Body):
     encoding_format: Literal["float", "base64"] = "float"
 
 
-_REASONS: dict[tuple[str, ...], str] = {
-    ("logprobs",): "logprobs are not supported by this engine",
-    ("echo",): "echo is not supported by this engine",
-}
+_TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
 def _param(loc: tuple[int | str, ...]) -> str:
+    """``messages[0].content[1].type`` from pydantic's location, without its union-branch tags."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif not part[:1].isupper() and part not in {"str", "list[str]", "list[int]", "list[list[int]]"}:
+        elif part.isidentifier() and part not in _TYPE_NAMES and not part[:1].isupper():
             out += f".{part}" if out else part
     return out
+
+
+def _worst(errors: list[ErrorDetails]) -> ErrorDetails:
+    """The error to report: the first failing field's deepest one (a union's deepest branch says most)."""
+    top = errors[0]["loc"][:1]
+    return max((e for e in errors if e["loc"][:1] == top), key=lambda e: len(e["loc"]))
+
+
+def _invalid(err: ErrorDetails) -> InvalidRequest:
+    param = _param(err["loc"])
+    if err["type"] == "extra_forbidden":
+        reason = UNSUPPORTED.get(param, f"unknown field; {FORWARDED}")
+        return InvalidRequest(f"'{param}' is not supported by the llama_cpp kind: {reason}", param=param)
+    hint = LIMITS.get(re.sub(r"\[\d+\]", "", param))
+    message = f"invalid '{param}': {err['msg']}" + (f" ({hint})" if hint else "")
+    return InvalidRequest(message, param=param)
 
 
 def decode(raw: bytes) -> dict[str, Any]:
@@ -130,10 +255,7 @@ def validate(data: dict[str, Any], schema: type[_Body]) -> dict[str, Any]:
     try:
         parsed = schema.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        param = _param(err["loc"])
-        reason = _REASONS.get(tuple(str(p) for p in err["loc"][:1]), err["msg"])
-        raise InvalidRequest(f"invalid '{param}': {reason}", param=param) from None
+        raise _invalid(_worst(exc.errors())) from None
     if isinstance(parsed, EmbeddingRequest) and parsed.input in ("", []):
         raise InvalidRequest("'input' must not be empty", param="input")
-    return parsed.model_dump(exclude_none=True)
+    return parsed.model_dump(exclude_none=True, by_alias=True)

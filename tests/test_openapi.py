@@ -180,12 +180,14 @@ BAD: list[tuple[str, dict[str, Any]]] = [
     ("ChatRequest", {"model": "m", "messages": [{"role": "user"}], "max_tokens": 0}),
     ("ChatRequest", {"model": "m", "messages": [{"role": "user"}], "stream": "sometimes"}),
     ("ChatRequest", {"model": "m", "messages": [{"role": "user"}], "response_format": {"type": "xml"}}),
-    ("ChatRequest", {"model": "m", "messages": [{"role": "user"}], "logprobs": True}),
+    ("ChatRequest", {"model": "m", "messages": [{"role": "user"}], "logprobs": True, "top_logprobs": 21}),
+    ("ChatRequest", {"model": "m", "messages": [{"role": "user"}], "n": "2"}),
+    ("ChatRequest", {"model": "m", "messages": [{"role": "user"}], "reasoning_effort": "low"}),
     ("CompletionRequest", {"model": "m"}),
     ("CompletionRequest", {"model": "m", "prompt": {"text": "x"}}),
     ("CompletionRequest", {"model": "m", "prompt": "x", "top_p": 1.5}),
     ("CompletionRequest", {"model": "m", "prompt": "x", "echo": True}),
-    ("CompletionRequest", {"model": "m", "prompt": "x", "logprobs": 5}),
+    ("CompletionRequest", {"model": "m", "prompt": "x", "logprobs": 6}),
     ("EmbeddingRequest", {"model": "m"}),
     ("EmbeddingRequest", {"model": "m", "input": 5}),
     ("EmbeddingRequest", {"model": "m", "input": ""}),
@@ -225,7 +227,16 @@ def test_the_schema_and_the_gateway_refuse_a_bad_request(schema: str, body: dict
 class FakeLlama:
     """llama-cpp-python's streaming calls, enough for the in-process engine's response framing."""
 
-    def create_chat_completion(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    def create_chat_completion(self, stream: bool = False, **kwargs: Any) -> Any:
+        if stream:
+            return self._chat_chunks()
+        # Whole, as llama-cpp-python answers tool_choice "auto": a call of the first tool.
+        name = kwargs["tools"][0]["function"]["name"]
+        call = {"id": "call_0", "type": "function", "function": {"name": name, "arguments": "{}"}}
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return {"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]}
+
+    def _chat_chunks(self) -> Iterator[dict[str, Any]]:
         yield {"choices": [{"delta": {"role": "assistant"}, "finish_reason": None}]}
         yield {"choices": [{"delta": {"content": "Hello"}, "finish_reason": None}]}
         yield {"choices": [{"delta": {}, "finish_reason": "stop"}]}
