@@ -14,7 +14,9 @@ must never block it; engines that block (llama.cpp, the docker SDK) run in their
   raises, never does I/O.
 - ``forward(request)``: may run concurrently up to ``capacity`` times. It returns once the status and the
   first body chunk are known, so that a failure before the first byte is a proper error, not a broken 200.
-  The caller must call ``close()`` on the response, in a ``finally``.
+  The caller must call ``close()`` on the response, in a ``finally``. HTTP backends hold it to the
+  request's ``timeouts``: one missed before the first byte raises ``GatewayTimeout``, one missed after it
+  ends the stream with an error event (``finished`` resolves False when the upstream went silent).
 """
 
 from __future__ import annotations
@@ -28,11 +30,35 @@ Endpoint = Literal["chat/completions", "completions", "embeddings"]
 
 
 @dataclass(frozen=True)
+class Timeouts:
+    """How long an upstream may take over one request, in seconds (a model's manifest ``timeouts``, with the
+    gateway's settings as defaults).
+
+    - ``connect``: to open a connection;
+    - ``first_byte``: from sending the request to the response's head and first body bytes; long, since a
+      long prompt's prefill comes before the first token;
+    - ``idle``: between two pieces of the body once it has started;
+    - ``total``: the whole request, from the first try at an upstream to the last byte, retries included
+      (waits for a load or a free replica have their own deadlines).
+    """
+
+    connect: float = 10.0
+    first_byte: float = 600.0
+    idle: float = 120.0
+    total: float = 3600.0
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+
+
+@dataclass(frozen=True)
 class OpenAIRequest:
     endpoint: Endpoint
     body: dict[str, Any]  # the validated request body; ``model`` is the public name the client asked for
     stream: bool
     raw: bytes | None = None  # the client's bytes, for an HTTP upstream to forward untouched
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
+    deadline: float | None = None  # the end of ``timeouts.total`` (loop.time()), set by the first try
 
 
 @dataclass

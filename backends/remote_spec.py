@@ -6,6 +6,8 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from backends.spec import UpstreamTimeouts
+
 
 class RemoteEndpoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -27,6 +29,7 @@ class RemoteBackend(BaseModel):
         None, description="The name the upstream knows; default: the public one."
     )
     embeddings: bool | None = Field(None, description="None: pass every endpoint through.")
+    timeouts: UpstreamTimeouts = UpstreamTimeouts()
 
     @property
     def replicas(self) -> int:

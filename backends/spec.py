@@ -29,6 +29,30 @@ def parse_duration(value: Any) -> Any:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+
+
+class UpstreamTimeouts(BaseModel):
+    """Deadlines on an HTTP upstream's answer to one request; each one left out takes the gateway's setting
+    (``GATEWAY_UPSTREAM_*_TIMEOUT``). A timeout before the first byte retries the request on another
+    replica, then answers 504 ``upstream_timeout``; a silent upstream after it ends the stream with an error
+    event and is ejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect: PositiveDuration | None = Field(default=None, description="To open a connection (default 10s).")
+    first_byte: PositiveDuration | None = Field(
+        default=None,
+        description="From sending the request to the response's first bytes (default 10m): it covers the "
+        "prompt's prefill, so keep it long for long prompts.",
+    )
+    idle: PositiveDuration | None = Field(
+        default=None, description="Between two pieces of a response's body once it has started (default 2m)."
+    )
+    total: PositiveDuration | None = Field(
+        default=None,
+        description="The whole request, from the first try at a replica to its last byte (default 1h).",
+    )
 
 
 def resolve_file(value: Path | None, info: ValidationInfo) -> Path | None:

@@ -144,6 +144,24 @@ class Settings(BaseSettings):
         description="On SIGTERM/SIGINT, how long in-flight HTTP requests (streams too) may finish before "
         "uvicorn cancels them; the lifespan's shutdown (the models') follows.",
     )
+    upstream_connect_timeout: Duration = Field(
+        10.0, gt=0, description="Default of a model's timeouts.connect: to open a connection to an upstream."
+    )
+    upstream_first_byte_timeout: Duration = Field(
+        600.0,
+        gt=0,
+        description="Default of a model's timeouts.first_byte: from sending a request to the upstream's "
+        "first bytes. Long, as a long prompt's prefill comes first; past it, another replica, else a 504.",
+    )
+    upstream_idle_timeout: Duration = Field(
+        120.0,
+        gt=0,
+        description="Default of a model's timeouts.idle: between two pieces of a response's body; past it, "
+        "an error event ends the stream and the replica is ejected.",
+    )
+    upstream_total_timeout: Duration = Field(
+        3600.0, gt=0, description="Default of a model's timeouts.total: one request, retries included."
+    )
 
 
 BackendSpec = Annotated[

@@ -8,7 +8,10 @@ this, and answers):
   a timeout included) is ejected for a cooldown and the request goes to another one, every replica at most
   once: nothing has reached the client yet, so a retry is safe;
 - once a replica answers, its slot is held until the response's ``finished`` resolves, and a response that
-  failed mid-way (``finished`` is False) ejects the replica as a failure before the first byte would.
+  failed mid-way (``finished`` is False) ejects the replica as a failure before the first byte would;
+- the request carries the model's ``Timeouts`` (``upstream_timeouts``: the manifest's, else the settings'),
+  and its total deadline starts with the first try; while a replica has not answered it, the pool knows the
+  request's first-byte deadline, so that a replica holding a request past it is not sent more.
 
 It knows nothing of HTTP or metrics: the handler passes hooks (``scheduled``, ``upstream_error``).
 """
@@ -17,14 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from backends.base import OpenAIRequest, UpstreamResponse
+from backends.base import DEFAULT_TIMEOUTS, OpenAIRequest, Timeouts, UpstreamResponse
 from backends.errors import UpstreamUnavailable
 from gateway.balancing import preferred_replica
 from gateway.pool import Pool, Replica
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 UpstreamErrorHook = Callable[[str, str], None]  # (model, kind): a replica failed before the first byte
 
@@ -42,35 +50,50 @@ async def dispatch(
     request: OpenAIRequest,
     key: str | None,
     queue_timeout: float,
+    *,
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
     scheduled: Callable[[], None] = _nothing,
     upstream_error: UpstreamErrorHook = _ignore,
 ) -> tuple[Replica, UpstreamResponse]:
     """The replica that answered and its response, up to its first byte. The replica's slot goes back to the
     pool when the response's ``finished`` resolves; the caller must ``close()`` the response.
 
-    ``queue_timeout`` bounds each wait for a free replica; ``scheduled`` is called each time a replica takes
-    the request; ``upstream_error(model, kind)`` each time one fails before its first byte (``kind`` is the
-    error's code). Raises the last replica's error when every try failed, and whatever the pool raises
-    (``QueueFull``, ``ModelUnavailable``)."""
+    ``queue_timeout`` bounds each wait for a free replica; ``timeouts`` go with the request to the backend;
+    ``scheduled`` is called each time a replica takes the request; ``upstream_error(model, kind)`` each time
+    one fails before its first byte (``kind`` is the error's code). Raises the last replica's error when
+    every try failed or the total deadline passed, and whatever the pool raises (``QueueFull``,
+    ``ModelUnavailable``)."""
+    loop = asyncio.get_running_loop()
+    sent, deadline = request, 0.0
     tried = 0
     while True:
         preferred = preferred_replica(key, len(pool.replicas)) if key else None
         replica = await pool.acquire(queue_timeout, preferred)
         scheduled()
+        if not tried:  # the total deadline runs from the first try
+            deadline = loop.time() + timeouts.total
+            sent = replace(request, timeouts=timeouts, deadline=deadline)
+        first_byte_by = time.monotonic() + timeouts.first_byte
+        pool.sent(replica, first_byte_by)
+        # On failure the replica is ejected before its request stops counting as unanswered: one that was
+        # stuck is never handed to a queued request in between.
         try:
-            response = await replica.backend.forward(request)
+            response = await replica.backend.forward(sent)
         except UpstreamUnavailable as err:
             pool.release(replica, failed=True)
+            pool.answered(replica, first_byte_by)
             upstream_error(pool.model, err.code or "upstream_unavailable")
             tried += 1
-            if tried >= len(pool.replicas):
+            if tried >= len(pool.replicas) or loop.time() >= deadline:
                 raise
         except BaseException:
             # The backend has let go (or, cancelled mid-prompt, stops at its next token; an in-process
             # replica runs one job at a time, so the next request simply starts after it).
             pool.release(replica)
+            pool.answered(replica, first_byte_by)
             raise
         else:
+            pool.answered(replica, first_byte_by)
             replica.served += 1
             response.finished.add_done_callback(partial(_finished, pool, replica))
             return replica, response
@@ -78,6 +101,18 @@ async def dispatch(
 
 def _finished(pool: Pool, replica: Replica, ended: asyncio.Future[bool]) -> None:
     pool.release(replica, failed=not replica_did_its_part(ended))
+
+
+def upstream_timeouts(spec: object, settings: Settings) -> Timeouts:
+    """A model's deadlines: its manifest's ``backend.timeouts`` (HTTP kinds), each one it leaves out from the
+    gateway's settings."""
+    own = getattr(spec, "timeouts", None)
+    return Timeouts(
+        connect=getattr(own, "connect", None) or settings.upstream_connect_timeout,
+        first_byte=getattr(own, "first_byte", None) or settings.upstream_first_byte_timeout,
+        idle=getattr(own, "idle", None) or settings.upstream_idle_timeout,
+        total=getattr(own, "total", None) or settings.upstream_total_timeout,
+    )
 
 
 def replica_did_its_part(ended: asyncio.Future[bool]) -> bool:

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backends.base import Endpoint, OpenAIRequest
-from gateway.dispatch import affinity_key, dispatch
+from gateway.dispatch import affinity_key, dispatch, upstream_timeouts
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, QueueFull, error_response
 from gateway.lifecycle import ModelSlot
 from gateway.metrics import Trace
@@ -232,7 +232,13 @@ class OpenAIRoutes:
 
         try:
             replica, upstream = await dispatch(
-                lease.pool, request, key, gw.settings.queue_timeout, scheduled, self._upstream_error
+                lease.pool,
+                request,
+                key,
+                gw.settings.queue_timeout,
+                timeouts=upstream_timeouts(slot.manifest.backend, gw.settings),
+                scheduled=scheduled,
+                upstream_error=self._upstream_error,
             )
         except BaseException:
             lease.release()

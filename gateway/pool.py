@@ -18,6 +18,12 @@ Probes steer traffic between replicas; they never make a model unservable on the
 is out and at least one only for a failed probe, requests go to those (Envoy's "panic routing"): a request
 that really fails ejects its replica, and then the model answers 503 with Retry-After. Refusing outright
 would turn a slow health endpoint into an outage.
+
+A replica that holds a request past its first-byte deadline (``sent`` and not yet ``answered``) counts as
+ejected too, for as long as it holds it: it is hung, or far behind, and panic routing must not pile more
+requests onto it. The HTTP client gives up on such a request at that deadline (``backends.http``), which
+ejects the replica for a cooldown; this rule covers whatever answers later than it should (a backend
+without deadlines of its own, a timer that fires late).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import asyncio
 import random
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from backends.base import Backend
 from gateway.backend_metrics import EngineStats
@@ -47,13 +53,21 @@ class Replica:
     ejected_until: float = 0.0  # passive: out of rotation until then, after a failed request
     down: bool = False  # active: its last health probe failed
     engine_stats: EngineStats | None = None  # the last scrape of its engine's own metrics, if it has any
+    # The first-byte deadlines (time.monotonic) of the requests sent to it and not yet answered, oldest
+    # first: a model's requests share one first-byte timeout, so the oldest request's is the earliest.
+    awaiting: list[float] = field(default_factory=list)
 
     def healthy(self, now: float) -> bool:
         return not self.down and not self.ejected(now)
 
     def ejected(self, now: float) -> bool:
-        """Out for a cooldown after a failed request (not merely a failed probe)."""
-        return now < self.ejected_until
+        """Out after a failed request (for a cooldown), or while a request is stuck on it; not merely for a
+        failed probe."""
+        return now < self.ejected_until or self.stuck(now)
+
+    def stuck(self, now: float) -> bool:
+        """It holds a request past that request's first-byte deadline."""
+        return bool(self.awaiting) and self.awaiting[0] <= now
 
     def reason(self, now: float) -> str | None:
         """Why it is out of rotation, for operators; None when it is in."""
@@ -61,6 +75,8 @@ class Replica:
             return "health check failed"
         if now < self.ejected_until:
             return f"ejected after {self.failures} consecutive failed request(s)"
+        if self.stuck(now):
+            return "a request has waited past its first-byte deadline"
         return None
 
     def request_failed(self, now: float) -> None:
@@ -124,7 +140,7 @@ class Pool:
         if all(r.ejected(now) for r in self.replicas):
             raise ModelUnavailable(
                 f"every replica of '{self.model}' is failing; retry shortly",
-                retry_after=min(r.ejected_until - now for r in self.replicas),
+                retry_after=min(max(r.ejected_until - now, COOLDOWN) for r in self.replicas),
             )
         if self.queued >= self.max_queue:
             raise QueueFull(
@@ -161,6 +177,17 @@ class Pool:
         else:
             replica.request_succeeded()
         self._dispatch()
+
+    def sent(self, replica: Replica, first_byte_by: float) -> None:
+        """A request went to ``replica``; it must answer by ``first_byte_by`` (time.monotonic)."""
+        replica.awaiting.append(first_byte_by)
+
+    def answered(self, replica: Replica, first_byte_by: float) -> None:
+        """The request ``sent`` with that deadline got its first byte, failed, or was given up."""
+        stuck = replica.stuck(time.monotonic())
+        replica.awaiting.remove(first_byte_by)  # any equal deadline will do: they are interchangeable
+        if stuck:
+            self._dispatch()  # back in rotation, if that was all that kept it out
 
     def probed(self, replica: Replica, ok: bool) -> bool:
         """Record a health probe's result; True when it moved the replica into or out of rotation. Queued

@@ -1,7 +1,10 @@
 """A tiny OpenAI-shaped upstream for fault injection and for measuring the gateway's own overhead.
 
 It is never the proof that a feature works with a real engine (the llama-server tests are); it injects what a
-real engine does rarely: 500s, slow first bytes, connections reset mid-stream, a failing health endpoint.
+real engine does rarely: 500s, slow first bytes, connections reset mid-stream, a failing health endpoint, and
+hangs: no response head at all (``no_head``), a head and then nothing (``head_only``), a stream that stops
+after two chunks (``stall``). A hung request is held until the client drops the connection (``dropped``
+counts them), so a gateway that never gives up on it would hold it forever.
 Behaviour is chosen per instance (``mode`` for requests, ``health_status`` for ``/health`` and
 ``/v1/models``) and can be changed while it runs. Run alone for benchmarks:
 
@@ -47,7 +50,8 @@ USAGE_EVENT = (
 
 class FakeUpstream:
     def __init__(self, mode: str = "ok", chunks: int = 8, chunk_delay: float = 0.0) -> None:
-        self.mode = mode  # ok | error500 | reset | slow_first
+        self.mode = mode  # ok | error500 | reset | slow_first | no_head | head_only | stall
+        self.dropped = 0  # hung requests whose client closed the connection
         self.health_status = 200
         self.probes = 0  # health requests, counted apart from ``requests``
         self.chunks = chunks
@@ -76,6 +80,14 @@ class FakeUpstream:
             return
         if self.mode == "slow_first":
             await asyncio.sleep(0.3)
+        if self.mode in ("no_head", "head_only"):
+            if self.mode == "head_only":
+                kind = b"text/event-stream" if request.get("stream") else b"application/json"
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind)]}
+                )
+            await self._hang(receive)
+            return
         if not request.get("stream"):
             await self._send(send, 200, CHAT)
             return
@@ -89,12 +101,21 @@ class FakeUpstream:
         for i in range(self.chunks):
             if self.mode == "reset" and i == 2:
                 raise ConnectionResetError("injected reset mid-stream")  # uvicorn drops the connection
+            if self.mode == "stall" and i == 2:
+                await self._hang(receive)
+                return
             await send({"type": "http.response.body", "body": _chunk(i), "more_body": True})
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
         if (request.get("stream_options") or {}).get("include_usage"):
             await send({"type": "http.response.body", "body": USAGE_EVENT, "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    async def _hang(self, receive: Any) -> None:
+        """Send nothing more until the client closes the connection."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.dropped += 1
 
     @staticmethod
     async def _send(send: Any, status: int, body: bytes) -> None:

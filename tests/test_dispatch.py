@@ -1,18 +1,20 @@
 """Dispatch (``gateway.dispatch``): pick a replica, forward, retry another one before the first byte, eject on
-failure. Unit tests against a scripted fake backend: no sockets, no sleeps (the request path over real
-sockets is in test_upstream_faults.py)."""
+failure, and keep a replica that holds a request past its first-byte deadline out of rotation. Unit tests
+against a scripted fake backend: no sockets, no sleeps (the request path over real sockets is in
+test_upstream_faults.py and test_timeouts.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 from starlette.datastructures import Headers
 
-from backends.base import Backend, OpenAIRequest, ReplicaInfo, UpstreamResponse
+from backends.base import Backend, OpenAIRequest, ReplicaInfo, Timeouts, UpstreamResponse
 from backends.errors import GatewayError, GatewayTimeout, InvalidRequest, UpstreamUnavailable
 from gateway.balancing import preferred_replica
 from gateway.dispatch import affinity_key, dispatch
@@ -84,7 +86,9 @@ async def send(
     pool: Pool, hooks: Hooks | None = None, key: str | None = None
 ) -> tuple[Replica, UpstreamResponse]:
     hooks = hooks or Hooks()
-    return await dispatch(pool, REQUEST, key, 30.0, hooks.on_scheduled, hooks.on_error)
+    return await dispatch(
+        pool, REQUEST, key, 30.0, scheduled=hooks.on_scheduled, upstream_error=hooks.on_error
+    )
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -97,7 +101,9 @@ def test_the_replica_that_answers_holds_its_slot_until_the_response_is_finished(
         pool = pool_of(backend)
         hooks = Hooks()
         replica, response = await send(pool, hooks)
-        assert backend.sent == [REQUEST] and [c async for c in response.body] == [b"ok"]
+        assert [r.body for r in backend.sent] == [REQUEST.body] and [c async for c in response.body] == [
+            b"ok"
+        ]
         assert replica.outstanding == 1 and replica.served == 1 and hooks.scheduled == 1
         response.finished.set_result(True)
         await asyncio.sleep(0)  # done callbacks run on the next turn of the loop
@@ -234,3 +240,121 @@ def test_affinity_key_by_mode() -> None:
     assert affinity_key("prefix", anonymous, Headers()) == '[{"role": "user", "content": "hi"}]'
     assert affinity_key("prefix", {"prompt": "x" * 2000}, Headers()) == ('"' + "x" * 2000)[:512]
     assert affinity_key("prefix", chat, Headers()) == "u1"  # a session still beats the prefix
+
+
+def test_every_try_carries_the_models_timeouts_and_one_total_deadline() -> None:
+    async def main() -> None:
+        a, b = FakeBackend(UpstreamUnavailable("refused")), FakeBackend(UpstreamUnavailable("refused"))
+        pool = pool_of(a, b)
+        timeouts = Timeouts(connect=1.0, first_byte=2.0, idle=3.0, total=50.0)
+        before = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamUnavailable):
+            await dispatch(pool, REQUEST, None, 30.0, timeouts=timeouts)
+        (first,), (second,) = a.sent, b.sent
+        assert first.timeouts == second.timeouts == timeouts
+        assert first.deadline == second.deadline  # a retry does not start the total over
+        assert first.deadline is not None and before + 50.0 <= first.deadline
+        assert first.deadline <= asyncio.get_running_loop().time() + 50.0
+
+    run(main)
+
+
+def test_no_retry_once_the_total_deadline_has_passed() -> None:
+    async def main() -> None:
+        a, b = FakeBackend(GatewayTimeout("late")), FakeBackend(GatewayTimeout("late"))
+        pool = pool_of(a, b)
+        with pytest.raises(GatewayTimeout):
+            await dispatch(pool, REQUEST, None, 30.0, timeouts=Timeouts(total=0.0))
+        assert len(a.sent) + len(b.sent) == 1
+
+    run(main)
+
+
+def test_the_pool_knows_the_first_byte_deadline_of_a_request_until_it_is_answered() -> None:
+    async def main() -> None:
+        backend = FakeBackend()
+        backend.gate = asyncio.Event()
+        pool = pool_of(backend)
+        replica = pool.replicas[0]
+        sending = asyncio.create_task(dispatch(pool, REQUEST, None, 30.0, timeouts=Timeouts(first_byte=7.0)))
+        before = time.monotonic()
+        await backend.forwarded.wait()
+        (deadline,) = replica.awaiting
+        assert before + 6.0 < deadline <= time.monotonic() + 7.0
+        assert not replica.stuck(deadline - 0.001) and replica.stuck(deadline)
+        backend.gate.set()
+        await sending
+        assert replica.awaiting == [] and not replica.stuck(deadline + 1)
+
+    run(main)
+
+
+def test_a_replica_holding_a_request_past_its_first_byte_deadline_is_out_even_for_panic_routing() -> None:
+    """Both replicas are out by their probes alone (panic routing sends to them), but replica 0 holds a
+    request past its first-byte deadline: it is hung, and gets nothing more; with both hung, 503."""
+
+    async def main() -> None:
+        pool = pool_of(FakeBackend(), FakeBackend())
+        hung, other = pool.replicas
+        now = time.monotonic()
+        pool.sent(hung, now - 1.0)
+        assert hung.ejected(now) and hung.reason(now) == "a request has waited past its first-byte deadline"
+        for r in pool.replicas:
+            pool.probed(r, ok=False)
+        assert {(await pool.acquire(1.0)).index for _ in range(3)} == {other.index}
+        for _ in range(3):
+            pool.release(other)
+        pool.probed(other, ok=False)  # a passed request put it back in rotation; out by its probe again
+        pool.sent(other, now - 1.0)
+        with pytest.raises(ModelUnavailable) as refused:
+            await pool.acquire(1.0)
+        assert refused.value.retry_after is not None and refused.value.retry_after > 0
+
+    run(main)
+
+
+def test_an_answer_puts_a_stuck_replica_back_and_hands_it_to_the_queue() -> None:
+    async def main() -> None:
+        pool = pool_of(FakeBackend(capacity=2), FakeBackend(capacity=1))
+        stuck, busy = pool.replicas
+        late = time.monotonic() - 1.0
+        pool.sent(stuck, late)
+        assert stuck.ejected(time.monotonic())
+        assert await pool.acquire(30.0) is busy
+        waiting = asyncio.create_task(pool.acquire(30.0))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # one replica stuck, the other full: the request queues
+        pool.answered(stuck, late)
+        assert await waiting is stuck
+
+    run(main)
+
+
+def test_a_replica_that_timed_out_is_ejected_before_a_queued_request_could_have_it() -> None:
+    """The request that timed out was past its first-byte deadline (the replica counted as stuck); when it
+    fails, the replica must be ejected, not handed for a moment to the request queued behind it (nor to the
+    timed-out request's own retry)."""
+
+    async def main() -> None:
+        backend = FakeBackend(GatewayTimeout("no head"), capacity=2)
+        backend.gate = asyncio.Event()
+        pool = pool_of(backend, FakeBackend(capacity=1))
+        hung = Timeouts(first_byte=0.0)  # stuck as soon as it is sent
+        key = next(k for i in range(100) if preferred_replica(k := f"s{i}", 2) == 0)
+        first = asyncio.create_task(dispatch(pool, REQUEST, key, 30.0, timeouts=hung))
+        await backend.forwarded.wait()
+        busy = await pool.acquire(30.0)  # the other replica is full: a request now has to queue
+        queued = asyncio.create_task(dispatch(pool, REQUEST, None, 30.0, timeouts=hung))
+        await asyncio.sleep(0)
+        backend.gate.set()
+        for _ in range(10):  # turns of the loop: the failure, the retry, anything handed on
+            await asyncio.sleep(0)
+        assert pool.replicas[0].failures == 1 and pool.replicas[0].outstanding == 0
+        assert len(backend.sent) == 1
+        assert not queued.done() and not first.done()  # both wait: for the cooldown, or the busy replica
+        for task in (first, queued):
+            task.cancel()
+        await asyncio.gather(first, queued, return_exceptions=True)
+        pool.release(busy)
+
+    run(main)

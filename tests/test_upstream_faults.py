@@ -64,33 +64,41 @@ def test_a_failing_replica_is_retried_around_and_ejected(
 def test_every_replica_failing_is_a_clear_upstream_error(
     serve: Callable[..., RunningGateway], upstreams: Callable[..., list[RunningUpstream]]
 ) -> None:
-    (bad,) = upstreams(FakeUpstream("error500"))
-    gw = serve([remote("m", [bad])])
+    bad = upstreams(FakeUpstream("error500"), FakeUpstream("error500"))
+    gw = serve([{**remote("m", bad), "health_check_interval": 0}])
     with pytest.raises(openai.APIStatusError) as err:
         ask(gw)
-    assert err.value.status_code in (502, 503)
-    assert err.value.response.json()["error"]["source"] in ("upstream", "gateway")
+    # Each replica tried once; the client gets the last one's failure, tagged as the upstream's.
+    assert err.value.status_code == 502
+    error = err.value.response.json()["error"]
+    assert (error["source"], error["code"]) == ("upstream", "upstream_unavailable")
+    assert error["message"] == "injected failure"
+    assert [u.app.requests for u in bad] == [1, 1]
+    # Both are ejected now: the next request is refused by the gateway itself, without trying them again.
+    with pytest.raises(openai.APIStatusError) as refused:
+        ask(gw)
+    assert refused.value.status_code == 503 and refused.value.response.headers["retry-after"] == "1"
+    error = refused.value.response.json()["error"]
+    assert (error["source"], error["code"]) == ("gateway", "model_unavailable")
+    assert [u.app.requests for u in bad] == [1, 1]
 
 
 def test_reset_mid_stream_ends_with_an_error_event_not_a_retry(
     serve: Callable[..., RunningGateway], upstreams: Callable[..., list[RunningUpstream]]
 ) -> None:
     flaky, good = upstreams(FakeUpstream("reset"), FakeUpstream())
-    gw = serve(
-        [
-            remote(
-                "m",
-                [flaky],
-            )
-        ]
-    )
+    # Two replicas, the session's home the flaky one: a retry after the first byte would reach the good one.
+    gw = serve([{**remote("m", [flaky, good]), "health_check_interval": 0}])
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
-    with httpx.stream("POST", f"{gw.base_url}/v1/chat/completions", json=body, timeout=30) as r:
+    headers = {"X-Session-Id": session_for(0)}
+    with httpx.stream(
+        "POST", f"{gw.base_url}/v1/chat/completions", json=body, timeout=30, headers=headers
+    ) as r:
         assert r.status_code == 200
         events = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
     assert events[:2] == [_chunk(0).decode()[6:].strip(), _chunk(1).decode()[6:].strip()]  # bytes untouched
-    assert json.loads(events[-1])["error"]["source"] == "upstream"
-    assert good.app.requests == 0
+    assert len(events) == 3 and json.loads(events[-1])["error"]["source"] == "upstream"
+    assert flaky.app.requests == 1 and good.app.requests == 0  # the client had bytes: no second try
 
 
 def test_a_replica_failing_its_health_check_leaves_the_rotation_before_a_request_fails_on_it(
