@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -191,6 +192,49 @@ def test_panic_routing_sends_nothing_more_to_a_replica_that_hung(
     for _ in range(3):
         assert_whole(post(gw, stream=True, session=home), stream=True)
     assert hung.app.requests == 1 and busy.app.requests == 3
+
+
+class Unaccepting:
+    """A port whose accept queue is full: the kernel drops new connections' SYNs, so a connect hangs."""
+
+    def __enter__(self) -> Unaccepting:
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(0)
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.filling: list[socket.socket] = []
+        for _ in range(3):  # more than the queue holds
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(self.server.getsockname())
+            self.filling.append(c)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for c in self.filling:
+            c.close()
+        self.server.close()
+
+
+def test_an_upstream_that_never_accepts_the_connection_is_a_connect_timeout(
+    serve: Callable[..., RunningGateway], upstreams: Callable[..., list[RunningUpstream]]
+) -> None:
+    (good,) = upstreams(FakeUpstream())
+    with Unaccepting() as unaccepting:
+        endpoints = [{"url": unaccepting.url}, {"url": good.url}]
+        timeouts = {"connect": 0.3}
+        m = {"name": "m", "backend": {"kind": "remote", "endpoints": endpoints, "timeouts": timeouts}}
+        lone = {
+            "name": "lone",
+            "backend": {"kind": "remote", "endpoints": endpoints[:1], "timeouts": timeouts},
+        }
+        gw = serve([{**m, "health_check_interval": 0}, {**lone, "health_check_interval": 0}])
+        assert_whole(post(gw, stream=True, session=session_for(0)), stream=True)
+        assert good.app.requests == 1 and replica_state(gw, 0)["failures"] == 1
+        r = post(gw, stream=False, model="lone")
+        assert r.status_code == 504, r.text
+        error = r.json()["error"]
+        assert error["code"] == "upstream_timeout" and "within 0.3s (timeouts.connect)" in error["message"]
 
 
 def test_timeouts_come_from_the_manifest_else_the_settings() -> None:
