@@ -61,6 +61,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     app = build_app(settings)
     warn_if_open(settings)
+    if settings.gc_freeze:
+        from gateway.runtime import tune_gc
+
+        tune_gc()
     uvicorn.run(
         app,
         host=settings.host,

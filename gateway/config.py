@@ -139,6 +139,9 @@ class Settings(BaseSettings):
         description="An idle client connection is closed after this long: longer than clients' own idle "
         "expiry (httpx, so the OpenAI SDK: 5 s), so that a client never sends onto a closing connection.",
     )
+    gc_freeze: bool = Field(
+        True, description="serve: freeze what exists at startup out of the collector's sight (tail latency)."
+    )
     graceful_shutdown_timeout: Duration = Field(
         30.0,
         description="On SIGTERM/SIGINT, how long in-flight HTTP requests (streams too) may finish before "
