@@ -140,7 +140,7 @@ class Settings(BaseSettings):
         "expiry (httpx, so the OpenAI SDK: 5 s), so that a client never sends onto a closing connection.",
     )
     gc_freeze: bool = Field(
-        True, description="serve: freeze what exists at startup out of the collector's sight (tail latency)."
+        True, description="serve: gc.freeze() what exists at startup (the proxy p99: bench/README.md)."
     )
     graceful_shutdown_timeout: Duration = Field(
         30.0,
