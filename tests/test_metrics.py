@@ -33,6 +33,12 @@ def scrape(gw: RunningGateway) -> Samples:
     return out
 
 
+def settled(gw: RunningGateway, done: Callable[[Samples], bool]) -> Samples:
+    """A scrape once ``done`` holds: a request is counted when the gateway's handler has ended, a moment
+    after its client has read the last byte."""
+    return wait_for(lambda: (s := scrape(gw)) and done(s) and s, "the requests to be counted")  # type: ignore[no-any-return]
+
+
 def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items()))
 
@@ -95,7 +101,16 @@ def test_token_counts_and_latencies_match_what_the_clients_received(
         expected_generation += twin.completion_tokens
         requests += 1
 
-        m = scrape(gw)
+        # A request is recorded when the gateway's handler has ended, a moment after the client has read
+        # the last byte: wait for the last one, then compare.
+        m = wait_for(
+            lambda: (
+                (s := scrape(gw))
+                and total(s, "vllm:e2e_request_latency_seconds_count", model_name=model) == requests  # noqa: B023
+                and s
+            ),
+            "every request to be recorded",
+        )
         assert total(m, "vllm:prompt_tokens_total", model_name=model) == expected_prompt
         assert total(m, "vllm:generation_tokens_total", model_name=model) == expected_generation
         assert total(m, "vllm:time_to_first_token_seconds_count", model_name=model) == requests
@@ -142,7 +157,7 @@ def test_a_stream_cut_by_an_eviction_is_counted_as_what_it_was(
         assert httpx.post(f"{gw.base_url}/admin/models/a/evict", timeout=60).status_code == 200
         last = [line for line in lines if line.startswith("data: ")][-1]
     assert json.loads(last.removeprefix("data: "))["error"]["code"] == "model_unavailable"
-    m = scrape(gw)
+    m = settled(gw, lambda s: total(s, "gateway_requests_total", model_name="a") == 1)
     assert total(m, "gateway_requests_total", model_name="a", status="503") == 1
     assert total(m, "gateway_requests_total", model_name="a", status="200") == 0
     assert total(m, "vllm:request_success_total", model_name="a", finished_reason="abort") == 1
@@ -158,7 +173,7 @@ def test_refusals_are_counted_under_their_status(
     with httpx.Client(base_url=gw.base_url, timeout=30) as client:
         assert client.post("/v1/chat/completions", json={"model": "nope", "messages": []}).status_code == 404
         assert client.post("/v1/chat/completions", json=bad).status_code == 400
-    m = scrape(gw)
+    m = settled(gw, lambda s: total(s, "gateway_requests_total") == 2)
     # an unknown name is never a label value (it would make the series unbounded)
     assert total(m, "gateway_requests_total", model_name="", status="404") == 1
     assert total(m, "gateway_requests_total", model_name="a", status="400") == 1
