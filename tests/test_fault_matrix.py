@@ -126,9 +126,9 @@ class RawUpstream:
                     self.dropped += 1
                     self._end(writer, self.drop_reused)
                     return
+                self.answered += 1  # before the answer goes out: a client that has it may count at once
                 writer.write(self.answer(request))
                 await writer.drain()
-                self.answered += 1
                 served += 1
                 if self.after != "keep":
                     self._end(writer, self.after)
