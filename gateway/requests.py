@@ -107,9 +107,10 @@ class _Sampling(_Body):
         dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]] | None
     ) = None
     # llama.cpp's own samplers, as llama-server and llama-cpp-python's server take them.
-    top_k: Annotated[int, Field(ge=0), Whole] | None = None
+    top_k: Annotated[int, Field(ge=0, le=1 << 20), Whole] | None = None  # bounded: no vocabulary is larger
     min_p: float | None = Field(None, ge=0, le=1)
-    repeat_penalty: float | None = Field(None, ge=0)
+    # llama.cpp's own range is about 1-2; past 10 it only slows sampling down (1e307 made it 40x slower)
+    repeat_penalty: float | None = Field(None, ge=0, le=10)
 
 
 class TextPart(_Strict):
@@ -179,7 +180,13 @@ class ChatRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[Int] | list[list[Int]]
+    # Token-id prompts must hold tokens: an empty list crashed llama-cpp-python's sampler (a 502).
+    prompt: (
+        str
+        | list[str]
+        | Annotated[list[Int], Field(min_length=1)]
+        | Annotated[list[Annotated[list[Int], Field(min_length=1)]], Field(min_length=1)]
+    )
     logprobs: Annotated[int, Field(ge=0, le=5), Whole] | None = None
     echo: Literal[False] | None = None
     best_of: Annotated[Literal[1], Whole] | None = None
