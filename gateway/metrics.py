@@ -135,6 +135,16 @@ class Metrics:
     def __init__(self, models: list[str], max_model_len: int = 32768) -> None:
         token_buckets = buckets_1_2_5(max_model_len)
         c, g, h = CounterFamily, GaugeFamily, HistogramFamily
+        self._vllm_counts(c, g)
+        self._vllm_histograms(h, token_buckets)
+        self._gateway_families(c, g, h)
+        self._series: dict[tuple[str, str], RequestSeries] = {}
+        self._pending: list[tuple[Trace, float]] = []
+        self._pending_bytes = 0
+        for model in models:
+            self.declare(model)
+
+    def _vllm_counts(self, c: type[CounterFamily], g: type[GaugeFamily]) -> None:
         # vLLM's names (vllm/v1/metrics/loggers.py)
         self.running = g(
             "vllm:num_requests_running", "Number of requests in model execution batches.", ENGINE
@@ -158,6 +168,8 @@ class Metrics:
             "Count of successfully processed requests.",
             (*ENGINE, "finished_reason"),
         )
+
+    def _vllm_histograms(self, h: type[HistogramFamily], token_buckets: tuple[float, ...]) -> None:
         self.ttft = h(
             "vllm:time_to_first_token_seconds",
             "Histogram of time to first token in seconds.",
@@ -225,6 +237,10 @@ class Metrics:
             ENGINE,
             token_buckets,
         )
+
+    def _gateway_families(
+        self, c: type[CounterFamily], g: type[GaugeFamily], h: type[HistogramFamily]
+    ) -> None:
         # the gateway's own
         self.model_state = g(
             "gateway_model_state", "1 for the model's current state, 0 for the others.", (*MODEL, "state")
@@ -278,11 +294,6 @@ class Metrics:
         self.backend_deferred = g(
             "gateway_backend_requests_deferred", "Requests the engine reports deferred (llama.cpp).", ENGINE
         )
-        self._series: dict[tuple[str, str], RequestSeries] = {}
-        self._pending: list[tuple[Trace, float]] = []
-        self._pending_bytes = 0
-        for model in models:
-            self.declare(model)
 
     def families(self) -> list[Family]:  # type: ignore[type-arg]
         return [v for v in vars(self).values() if isinstance(v, Family)]

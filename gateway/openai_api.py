@@ -189,8 +189,8 @@ class OpenAIRoutes:
             async with CancelOnDisconnect(receive):
                 await self._serve(slot, request, Headers(scope=scope), response, trace, strip_usage)
             status = trace.status
-        except ClientGone:
-            status = CLIENT_GONE
+        except ClientGone:  # gone before the end, or just after it (then the answer was whole)
+            status = trace.status if trace is not None and trace.completed else CLIENT_GONE
         except GatewayError as err:
             status = err.status
             if isinstance(err, QueueFull):

@@ -79,19 +79,27 @@ async def relay(upstream: UpstreamResponse, send: Send, trace: Trace | None, str
     reader = StreamReader(strip_usage, every_chunk=trace.n > 1)
     feed, clock, gaps = reader.feed, time.perf_counter, trace.gaps  # locals: this loop runs per chunk
     last = 0.0
-    async for chunk in upstream.body:
-        out = feed(chunk)
-        if not out:
-            continue
-        now = clock()
-        if last:
-            gaps.append(now - last)
-        else:
-            trace.first = now
-        last = now
-        await send({"type": "http.response.body", "body": out, "more_body": True})
-    await send({"type": "http.response.body", "body": reader.close(), "more_body": False})
-    trace.usage, trace.finish_reasons = reader.usage, reader.finish_reasons
-    trace.completed = reader.error_status is None
-    if reader.error_status is not None:
-        trace.status = reader.error_status
+    ended = False
+    try:
+        async for chunk in upstream.body:
+            out = feed(chunk)
+            if not out:
+                continue
+            now = clock()
+            if last:
+                gaps.append(now - last)
+            else:
+                trace.first = now
+            last = now
+            await send({"type": "http.response.body", "body": out, "more_body": True})
+        await send({"type": "http.response.body", "body": reader.close(), "more_body": False})
+        ended = True
+    finally:
+        # Also when the client left: one that has had ``[DONE]`` may close before the upstream has ended,
+        # and its response was complete all the same.
+        reader.close()
+        trace.usage, trace.finish_reasons = reader.usage, reader.finish_reasons
+        trace.completed = reader.error_status is None and (reader.done or ended)
+        if reader.error_status is not None:
+            trace.status = reader.error_status
+
