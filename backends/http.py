@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 
 from backends.base import OpenAIRequest, Timeouts, UpstreamResponse
@@ -138,6 +139,10 @@ class HttpUpstream:
                 raise _upstream_error(resp.status, raw)
             # A non-streamed answer is small and complete: read it whole and pass it on with its length.
             first = await (resp.next_chunk(first_by) if request.stream else resp.read(first_by))
+            problem = _not_openai(first, request.stream)
+            if problem is not None:  # nothing has reached the client: another replica may answer
+                resp.close()
+                raise UpstreamUnavailable(f"{self.base_url} answered 200 with {problem}")
         except TimedOut as exc:
             resp.close()
             raise GatewayTimeout(_late_message(self.base_url, t, first_by == end)) from exc
@@ -208,3 +213,35 @@ async def _body(
             yield sse_error_event(err)
     finally:
         end(ok)
+
+
+_FIRST_EVENT = re.compile(rb"(?:(?::[^\n]*|event:[^\n]*|id:[^\n]*|retry:[^\n]*)\n)*data: ?([^\n]*)\n")
+
+
+def _not_openai(first: bytes, stream: bool) -> str | None:
+    """What is wrong with the start of a 200 that cannot be an OpenAI answer, or None. Cheap: a complete
+    body is checked by its first and last bytes (a JSON object), a stream by its first event, parsed (the
+    event a client decodes first). Later events pass unread (the hot path)."""
+    if not stream:
+        body = first.strip()
+        if body[:1] == b"{" and body[-1:] == b"}":
+            return None
+        return f"a body that is not a JSON object: {_show(first)}"
+    start = first.lstrip()
+    if b"\n" not in start and start.startswith((b"data:", b":")):
+        return None  # the first event's line is not complete yet: nothing to judge
+    match = _FIRST_EVENT.match(start)
+    if match is None:
+        return f"a stream whose first event is not 'data: ...': {_show(first)}"
+    data = match.group(1).strip()
+    if data == b"[DONE]":
+        return None
+    try:
+        json.loads(data)
+    except ValueError:
+        return f"a stream whose first event is not JSON: {_show(first)}"
+    return None
+
+
+def _show(data: bytes) -> str:
+    return repr(data[:80].decode("utf-8", "replace"))

@@ -312,11 +312,6 @@ GARBAGE_200 = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (backends/http.py): a 200 whose body is not JSON is passed to the client as a 200 with that "
-    "body (the text/html page, the invalid JSON) instead of a 502 from the upstream",
-)
 @pytest.mark.parametrize("answer", GARBAGE_200.values(), ids=GARBAGE_200.keys())
 def test_a_200_whose_body_is_not_json_is_a_502(
     serve: Callable[..., RunningGateway], stack: ExitStack, healthy: RunningUpstream, answer: bytes
@@ -333,11 +328,6 @@ INVALID_STREAMS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (backends/http.py): an event stream whose first event is not 'data: <JSON>' is passed to the "
-    "client as a 200 stream of that text, though the gateway reads the first chunk before it answers",
-)
 @pytest.mark.parametrize("answer", INVALID_STREAMS.values(), ids=INVALID_STREAMS.keys())
 def test_an_invalid_event_stream_is_a_502(
     serve: Callable[..., RunningGateway], stack: ExitStack, healthy: RunningUpstream, answer: bytes
