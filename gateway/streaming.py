@@ -102,4 +102,3 @@ async def relay(upstream: UpstreamResponse, send: Send, trace: Trace | None, str
         trace.completed = reader.error_status is None and (reader.done or ended)
         if reader.error_status is not None:
             trace.status = reader.error_status
-
