@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -91,6 +92,15 @@ class RunningGateway:
 
     def model_state(self, name: str) -> dict[str, Any]:
         return next(m for m in self.admin()["models"] if m["name"] == name)
+
+
+def process_gone(pid: int) -> bool:
+    """The process has exited (or is a zombie nobody has reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
 def wait_for(predicate: Callable[[], Any], what: str, deadline: float = 60.0) -> Any:

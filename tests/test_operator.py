@@ -4,7 +4,6 @@ or cancel a load, the plan against a real load, hot reload while requests stream
 from __future__ import annotations
 
 import json
-import os
 import stat
 import threading
 from collections.abc import Callable
@@ -18,7 +17,15 @@ import yaml
 
 from gateway.config import Settings
 from gateway.estimate import MiB
-from tests.conftest import EOS, RunningGateway, free_port, llama_manifest, wait_for, write_manifests
+from tests.conftest import (
+    EOS,
+    RunningGateway,
+    free_port,
+    llama_manifest,
+    process_gone,
+    wait_for,
+    write_manifests,
+)
 from tests.test_llama_server import server_manifest
 
 LONG = {"max_tokens": 100_000, "logit_bias": {EOS: -100}}
@@ -106,16 +113,8 @@ def test_unloading_a_model_that_is_loading_cancels_the_load(
     request.join(60)
     assert waiting["status"] == 503  # the request that waited for the load is told, not left hanging
     assert answer.json()["last_error"] is None  # a cancel is not a failure: no backoff
-    wait_for(lambda: not _alive(pid), "the half-started llama-server to be stopped")
+    wait_for(lambda: process_gone(pid), "the half-started llama-server to be stopped")
     assert gw.model_state("slow")["loads"] == 1
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
 def test_plan_says_what_a_real_load_then_does(

@@ -4,7 +4,6 @@ and being bound costs a retry on another port, not a failed load."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -16,16 +15,8 @@ import httpx
 import pytest
 
 from backends import process
-from tests.conftest import ROOT, RunningGateway, free_port, wait_for, write_manifests
+from tests.conftest import ROOT, RunningGateway, free_port, process_gone, wait_for, write_manifests
 from tests.test_llama_server import binaries, server_manifest  # noqa: F401 (binaries: a fixture)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
 @pytest.mark.usefixtures("binaries")
@@ -47,7 +38,7 @@ def test_a_killed_gateway_takes_its_llama_servers_with_it(
         assert Path(f"/proc/{child}/exe").resolve().name == "llama-server"  # setpriv exec'd it in place
         gateway.send_signal(signal.SIGKILL)
         gateway.wait(30)
-        wait_for(lambda: _gone(child), "llama-server to die with the gateway")
+        wait_for(lambda: process_gone(child), "llama-server to die with the gateway")
     finally:
         if gateway.poll() is None:
             gateway.kill()

@@ -3,7 +3,6 @@ once, the streams still running end, and nothing is left running."""
 
 from __future__ import annotations
 
-import os
 import stat
 import threading
 from pathlib import Path
@@ -12,16 +11,16 @@ import httpx
 
 from gateway.config import Settings
 from gateway.lifecycle import State
-from tests.conftest import EOS, RunningGateway, free_port, llama_manifest, wait_for, write_manifests
+from tests.conftest import (
+    EOS,
+    RunningGateway,
+    free_port,
+    llama_manifest,
+    process_gone,
+    wait_for,
+    write_manifests,
+)
 from tests.test_llama_server import server_manifest
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
 def test_shutdown_cancels_loads_and_drains_every_model(model_files: dict[str, Path], tmp_path: Path) -> None:
@@ -70,7 +69,7 @@ def test_shutdown_cancels_loads_and_drains_every_model(model_files: dict[str, Pa
     for s in streams:
         s.join(60)
     assert sorted(ended) == ["a", "b"]
-    wait_for(lambda: _gone(int(pidfile.read_text())), "the half-started llama-server to be stopped")
+    wait_for(lambda: process_gone(int(pidfile.read_text())), "the half-started llama-server to be stopped")
     assert {s.name: s.state for s in gw.gateway.scheduler.slots.values()} == dict.fromkeys(
         ["slow", "a", "b"], State.UNLOADED
     )
