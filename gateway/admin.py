@@ -224,13 +224,15 @@ async def _follow(slot: ModelSlot) -> AsyncIterator[bytes]:
     quiet_since = time.monotonic()
     while True:
         pool = slot.pool
+        now_seen: dict[tuple[int, int], tuple[str, ...]] = {}  # only the replicas there are now
         for replica in pool.replicas if pool else []:
             key = (id(pool), replica.index)
             tail = replica.backend.describe().log
             for line in new_lines(seen.get(key, ()), tail):
                 yield b"data: " + json.dumps({"replica": replica.index, "line": line}).encode() + b"\n\n"
                 quiet_since = time.monotonic()
-            seen[key] = tail
+            now_seen[key] = tail
+        seen = now_seen
         if time.monotonic() - quiet_since >= KEEPALIVE:
             yield b": keep-alive\n\n"
             quiet_since = time.monotonic()
