@@ -10,6 +10,7 @@ that a client can be told about is a ``GatewayError``; code raises the most spec
     ├── ModelNotFound                 404 model_not_found
     ├── PayloadTooLarge               413 request_too_large        (the body limit; the connection closes)
     ├── HeadersTooLarge               431 request_header_fields_too_large (sent by gateway.limits)
+    ├── RequestTimeout                408 request_timeout          (too slow to arrive; gateway.limits)
     ├── QueueFull                     429 queue_full               (Retry-After)
     ├── ModelUnavailable              503 model_unavailable        (Retry-After; the reason says why)
     │   ├── LoadFailed                503 model_load_failed        (last_error of the load)
@@ -83,6 +84,15 @@ class HeadersTooLarge(GatewayError):
     status = 431
     type = "invalid_request_error"
     code = "request_header_fields_too_large"
+
+
+class RequestTimeout(GatewayError):
+    """A request's head or body did not arrive within its deadline (``GATEWAY_REQUEST_HEAD_TIMEOUT``,
+    ``GATEWAY_REQUEST_BODY_TIMEOUT``); the connection closes."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class Unauthorized(GatewayError):

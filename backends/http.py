@@ -19,15 +19,18 @@ first client, then cost more CPU per request than everything else in the gateway
   before the first byte, it is a ``GatewayTimeout`` (retried elsewhere, else a 504); after it, an error
   event ends the stream, and a silent upstream (the idle deadline) is ejected like a broken one. The total
   running out mid-stream ejects no one: the replica was still sending.
+- A 200 that cannot be an OpenAI answer (``backends/answer_shape.py``) is an upstream failure: before the
+  first byte, retried elsewhere; a bad event mid-stream is not passed on, an error event ends the stream and
+  the replica is ejected.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator, Callable
 
+from backends.answer_shape import EventShape, first_problem
 from backends.base import OpenAIRequest, Timeouts, UpstreamResponse
 from backends.errors import GatewayError, GatewayTimeout, UpstreamError, UpstreamUnavailable, sse_error_event
 from backends.http1 import SLACK, Client, ConnectTimeout, Disconnected, HttpClientError, Response, TimedOut
@@ -139,7 +142,8 @@ class HttpUpstream:
                 raise _upstream_error(resp.status, raw)
             # A non-streamed answer is small and complete: read it whole and pass it on with its length.
             first = await (resp.next_chunk(first_by) if request.stream else resp.read(first_by))
-            problem = _not_openai(first, request.stream)
+            shape = EventShape() if request.stream else None
+            problem = first_problem(first, request.stream) or (shape.check(first) if shape else None)
             if problem is not None:  # nothing has reached the client: another replica may answer
                 resp.close()
                 raise UpstreamUnavailable(f"{self.base_url} answered 200 with {problem}")
@@ -167,7 +171,7 @@ class HttpUpstream:
             headers["x-accel-buffering"] = "no"
         else:
             headers["content-length"] = str(len(first))
-        body = _body(first, resp, request.stream, done, t.idle, end)
+        body = _body(first, resp, shape, done, t.idle, end)
         return UpstreamResponse(resp.status, headers, body, close, finished)
 
 
@@ -178,10 +182,17 @@ def _late_message(url: str, t: Timeouts, total: bool) -> str:
 
 
 async def _body(
-    first: bytes, resp: Response, stream: bool, end: Callable[[bool], None], idle: float, by: float
+    first: bytes,
+    resp: Response,
+    shape: EventShape | None,
+    end: Callable[[bool], None],
+    idle: float,
+    by: float,
 ) -> AsyncIterator[bytes]:
-    """The body as it arrives, each gap at most ``idle`` and all of it by ``by`` (loop time)."""
+    """The body as it arrives, each gap at most ``idle`` and all of it by ``by`` (loop time); a stream's
+    events are checked by ``shape`` (None: not a stream), and one that cannot be an OpenAI event ends it."""
     ok = True
+    stream = shape is not None
     clock = asyncio.get_running_loop().time
     try:
         if first:
@@ -193,6 +204,10 @@ async def _body(
             chunk = await resp.next_chunk(min(now + idle, by))
             if not chunk:
                 break
+            if shape is not None and (problem := shape.check(chunk)) is not None:
+                ok = False  # before the yield below, which may never resume
+                yield sse_error_event(UpstreamError(f"the upstream sent {problem} mid-stream"))
+                return
             yield chunk
     except HttpClientError as exc:
         # Bytes already reached the client: nothing can be retried. Say what happened, in the stream.
@@ -213,35 +228,3 @@ async def _body(
             yield sse_error_event(err)
     finally:
         end(ok)
-
-
-_FIRST_EVENT = re.compile(rb"(?:(?::[^\n]*|event:[^\n]*|id:[^\n]*|retry:[^\n]*)\n)*data: ?([^\n]*)\n")
-
-
-def _not_openai(first: bytes, stream: bool) -> str | None:
-    """What is wrong with the start of a 200 that cannot be an OpenAI answer, or None. Cheap: a complete
-    body is checked by its first and last bytes (a JSON object), a stream by its first event, parsed (the
-    event a client decodes first). Later events pass unread (the hot path)."""
-    if not stream:
-        body = first.strip()
-        if body[:1] == b"{" and body[-1:] == b"}":
-            return None
-        return f"a body that is not a JSON object: {_show(first)}"
-    start = first.lstrip()
-    if b"\n" not in start and start.startswith((b"data:", b":")):
-        return None  # the first event's line is not complete yet: nothing to judge
-    match = _FIRST_EVENT.match(start)
-    if match is None:
-        return f"a stream whose first event is not 'data: ...': {_show(first)}"
-    data = match.group(1).strip()
-    if data == b"[DONE]":
-        return None
-    try:
-        json.loads(data)
-    except ValueError:
-        return f"a stream whose first event is not JSON: {_show(first)}"
-    return None
-
-
-def _show(data: bytes) -> str:
-    return repr(data[:80].decode("utf-8", "replace"))

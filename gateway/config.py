@@ -139,6 +139,19 @@ class Settings(BaseSettings):
         description="An idle client connection is closed after this long: longer than clients' own idle "
         "expiry (httpx, so the OpenAI SDK: 5 s), so that a client never sends onto a closing connection.",
     )
+    request_head_timeout: Duration = Field(
+        10.0,
+        gt=0,
+        description="A new connection must have sent a whole request head within this long, and a head begun "
+        "on a kept-alive one must be whole this long after its first byte; else a 408 and the connection "
+        "closes (a connection that sent nothing is just closed). Bounds slow-loris clients.",
+    )
+    request_body_timeout: Duration = Field(
+        120.0,
+        gt=0,
+        description="A request's whole body must arrive within this long after its head (the largest body at "
+        "about 2 Mbit/s); else a 408 and the connection closes. Bounds clients that trickle a body.",
+    )
     gc_freeze: bool = Field(
         True, description="serve: gc.freeze() what exists at startup (the proxy p99: bench/README.md)."
     )

@@ -22,6 +22,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -338,11 +339,6 @@ def test_an_invalid_event_stream_is_a_502(
         assert_upstream_error(post(gw.base_url, stream=True))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (backends/http.py): an event that is not JSON in the middle of a stream is passed through, "
-    "and the stream goes on, instead of ending with an error event (source upstream)",
-)
 def test_garbage_in_the_middle_of_a_stream_ends_it_with_an_error_event(
     serve: Callable[..., RunningGateway], stack: ExitStack, healthy: RunningUpstream
 ) -> None:
@@ -354,7 +350,9 @@ def test_garbage_in_the_middle_of_a_stream_ends_it_with_an_error_event(
     assert r.status_code == 200  # the head went out with the first events
     got = events(r)
     assert got[:2] == TOKENS[:2] and len(got) == 3, got  # the good events untouched, then the error
-    assert json.loads(got[2])["error"]["source"] == "upstream"
+    error = json.loads(got[2])["error"]
+    assert error["source"] == "upstream" and "{garbage" in error["message"]
+    assert gw.model_state("m")["replicas"][0]["failures"] == 1  # ejected, as a replica failing mid-stream is
 
 
 # --- stale keep-alive connections -----------------------------------------------------------------------
@@ -526,48 +524,82 @@ def test_slow_loris_clients_do_not_hold_up_the_others(
         wait_for(lambda: long.app.requests == 1, "the reader's stream to start")
         with Bystanders(url, at_least=40):
             pass
-        assert loris.closed == 0  # nothing bounds them (see the xfails below): they are all still there
+        assert loris.closed == 0  # within their deadlines (10 s for a head): all still there, costing nobody
 
 
-LORIS_REASON = (
-    "not bounded (gateway/limits.py, gateway/cli.py cmd_serve): uvicorn arms its keep-alive timeout only "
-    "after a response, and has no timeout on reading a request's head or body, so a connection that sends "
-    "nothing, or a head a byte at a time, is held for as long as the client likes"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=LORIS_REASON)
 @pytest.mark.parametrize("kind", ["silent", "head", "body"])
-def test_a_slow_loris_connection_is_closed_after_the_keep_alive_timeout(
+def test_a_slow_loris_connection_is_closed_after_its_request_deadline(
     tmp_path: Path, healthy: RunningUpstream, kind: str
 ) -> None:
-    with serve_process(tmp_path, [remote("other", healthy.url)], keep_alive_timeout="0.5s") as url:
+    timeouts = {"request_head_timeout": "0.5s", "request_body_timeout": "0.5s"}
+    with serve_process(tmp_path, [remote("other", healthy.url)], **timeouts) as url:
         loris = Loris(url, **{kind: 1})
         with loris:
             sock = loris.sockets[0]
+            received = bytearray()
 
             def closed() -> bool:
                 sock.settimeout(0.1)
                 try:
-                    return sock.recv(65536) == b"" or (kind != "silent" and loris.closed > 0)
+                    data = sock.recv(65536)
                 except TimeoutError:
                     return False
                 except OSError:
                     return True
+                received.extend(data)
+                return data == b""
 
             wait_for(closed, "the gateway to close the slow connection", deadline=10)  # 20x its timeout
+        if kind == "silent":
+            assert received == b""  # nothing was asked, nothing is answered
+        else:
+            head, _, body = bytes(received).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408 "), head
+            assert b"connection: close" in head.lower()
+            error = json.loads(body)["error"]
+            assert error["code"] == "request_timeout" and error["source"] == "gateway"
+            assert f"request's {kind}" in error["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=f"{LORIS_REASON}; with GATEWAY_MAX_CONNECTIONS of them open, uvicorn answers everyone else 503",
-)
+def test_a_request_that_arrives_in_time_is_not_cut_by_its_deadline(
+    tmp_path: Path, healthy: RunningUpstream
+) -> None:
+    """The deadlines bound the arrival of a request, not its answer nor the idle time of a kept-alive
+    connection: a stream that outlives them, and a second request after a pause longer than them, are
+    served on the same connection."""
+    slow = RunningUpstream(FakeUpstream(chunks=20, chunk_delay=0.1), free_port())
+    with (
+        slow,
+        serve_process(
+            tmp_path,
+            [remote("other", healthy.url), remote("slow", slow.url)],
+            request_head_timeout="0.5s",
+            request_body_timeout="0.5s",
+        ) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        request = {**CHAT, "model": "slow", "stream": True}
+        with client.stream("POST", "/v1/chat/completions", json=request) as r:
+            assert r.status_code == 200
+            first = _local_address(r)
+            events = [line for line in r.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]" and len(events) == 21  # 2 s of stream past a 0.5 s deadline
+        time.sleep(1.0)  # idle past both deadlines: kept alive (the keep-alive timeout is 30 s), not cut
+        r = client.post("/v1/chat/completions", json={**CHAT, "model": "other"})
+        assert r.status_code == 200
+        assert _local_address(r) == first  # the same connection
+
+
+def _local_address(response: httpx.Response) -> Any:
+    return response.extensions["network_stream"].get_extra_info("socket").getsockname()
+
+
 def test_slow_loris_connections_cannot_take_every_connection(
     tmp_path: Path, healthy: RunningUpstream
 ) -> None:
     manifests = [remote("other", healthy.url)]
     with (
-        serve_process(tmp_path, manifests, max_connections="8", keep_alive_timeout="0.5s") as url,
+        serve_process(tmp_path, manifests, max_connections="8", request_head_timeout="0.5s") as url,
         Loris(url, silent=8),
     ):
         wait_for(lambda: _status(int(url.rsplit(":", 1)[1])) == 200, "a request to be served", deadline=10)
