@@ -186,13 +186,12 @@ def run(kind: str, minutes: float, streams: int) -> list[str]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         if fake:
-            procs.append(
-                start([sys.executable, "tests/fake_upstream.py", "--port", str(UPSTREAM_PORT),
-                       "--chunks", str(FAKE_CHUNKS), "--chunk-delay", "0.005"], "1")  # fmt: skip
-            )
+            upstream = [sys.executable, "tests/fake_upstream.py", "--port", str(UPSTREAM_PORT),
+                        "--chunks", str(FAKE_CHUNKS), "--chunk-delay", "0.005"]  # fmt: skip
+            procs.append(start(upstream, "1"))
             endpoint = {"url": f"http://127.0.0.1:{UPSTREAM_PORT}", "max_concurrency": 1000}
-            manifest: dict[str, object] = {"name": "m", "backend": {"kind": "remote", "endpoints": [endpoint]}}
-            proc = gateway(manifest, "0")
+            remote = {"kind": "remote", "endpoints": [endpoint]}
+            proc = gateway({"name": "m", "backend": remote}, "0")
         else:
             backend = {"kind": "llama_cpp", "model": str(MODEL), "n_ctx": 2048, "n_threads": 2}
             proc = gateway({"name": "m", "backend": backend, "max_queue": 1000}, "0,1")
