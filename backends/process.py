@@ -11,6 +11,10 @@
   between fork and exec (``preexec_fn`` is unsafe in a threaded parent).
 - The port is picked free just before the start, which another process can take in between: when
   llama-server exits because it could not bind, it is started again on another port (``BIND_ATTEMPTS``).
+  A port counts as free only when a connection to it from loopback reaches the gateway's own listener:
+  a free port can still be diverted by a firewall rule, e.g. the DNAT rule a container engine keeps for a
+  port it published (seen with podman: a rule left behind by a container made every probe of a
+  llama-server bound to that port fail, "No route to host", until its load timeout).
 - Crash: if the process exits while it should be serving, in-flight requests fail on their broken
   connections (502, tagged upstream), the replica reports unhealthy with the exit code and last log lines,
   and a supervisor restarts it with exponential backoff.
@@ -26,6 +30,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -71,10 +76,40 @@ def find_binary(spec: LlamaServerBackend, configured: Path | None) -> Path:
     )
 
 
+PORT_CHECK_TIMEOUT = 1.0
+PORT_TRIES = 20
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing holds and nothing diverts (blocks up to ``PORT_CHECK_TIMEOUT`` per try)."""
+    for _ in range(PORT_TRIES):
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            listener.settimeout(PORT_CHECK_TIMEOUT)
+            port = int(listener.getsockname()[1])
+            if _reaches(listener, port):
+                return port
+        log.warning("port %d on 127.0.0.1 is diverted (a firewall or NAT rule?); trying another", port)
+    raise UpstreamUnavailable(f"no loopback port that a connection reaches, after {PORT_TRIES} tries")
+
+
+def _reaches(listener: socket.socket, port: int) -> bool:
+    """Whether a connection to ``port`` arrives at ``listener`` (and not somewhere a rule sent it)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=PORT_CHECK_TIMEOUT) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+            accepted, peer = listener.accept()
+            # Both ends reset, not closed: a closed end would leave the port in TIME_WAIT, and llama-server
+            # could not bind it.
+            accepted.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+            accepted.close()
+            return bool(peer == client.getsockname())
+    except OSError:  # refused, unreachable, or nothing arrived within the timeout
+        return False
+
+
+_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on with a zero timeout: close() sends RST
 
 
 def die_with_parent() -> list[str]:
@@ -137,7 +172,7 @@ class LlamaServerReplica:
         binary = find_binary(self._spec, self._configured_binary)
         if self._http is not None:
             await self._http.close()
-        port = _free_port()
+        port = await asyncio.to_thread(_free_port)
         self._proc = await asyncio.create_subprocess_exec(
             *die_with_parent(),
             str(binary),
@@ -163,7 +198,10 @@ class LlamaServerReplica:
         assert self._http is not None
         first = self._lines  # the lines this process wrote come after these
         deadline = time.monotonic() + self._spec.load_timeout
-        while time.monotonic() < deadline:
+        last_try = False
+        while not last_try:
+            # one probe after the deadline too: a gateway busy past it must not fail a healthy server
+            last_try = time.monotonic() >= deadline
             if proc.returncode is not None:
                 await asyncio.sleep(0.05)  # let the log pump take the last lines (the reason) first
                 since = list(self.log_tail)[-(self._lines - first) :] if self._lines > first else []
@@ -185,8 +223,17 @@ class LlamaServerReplica:
         task.add_done_callback(self._tasks.discard)
 
     async def _pump_logs(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        async for line in proc.stdout:
+        """Until the process closes its output. A line over the reader's limit (64 KiB) is dropped, not the
+        end of the pump: a pipe nobody reads would block llama-server on its next log line."""
+        stdout = proc.stdout
+        assert stdout is not None
+        while True:
+            try:
+                line = await stdout.readline()
+            except ValueError:  # over the limit: asyncio has discarded it
+                line = b"(a log line over 64 KiB, dropped)\n"
+            if not line:
+                return
             self.log_tail.append(line.decode(errors="replace").rstrip())
             self._lines += 1
 

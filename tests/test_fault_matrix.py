@@ -8,7 +8,7 @@
   that never reads its stream, against a real ``llm-gateway serve`` process (uvicorn as ``serve`` runs it).
 
 In each, clients of another model (``Bystanders``) stream while the fault happens, and every one of their
-answers must arrive whole. Faults the gateway does not handle yet are strict xfails that say what happens.
+answers must arrive whole.
 """
 
 from __future__ import annotations

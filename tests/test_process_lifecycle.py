@@ -74,3 +74,25 @@ def test_a_port_taken_before_llama_server_binds_it_is_retried_on_another(
         assert any("couldn't bind" in line for line in logs)  # the first try really failed to bind
     finally:
         squatter.close()
+
+
+def test_a_port_whose_connections_arrive_elsewhere_is_not_taken_for_free() -> None:
+    """What a NAT rule does to a port (a container engine's DNAT for a port it published): a connection
+    to it lands on another listener. Here the other listener is simply the one bound to that port, and
+    ours is bound elsewhere: the check must see that its connection did not reach it."""
+    with socket.socket() as ours, socket.socket() as elsewhere:
+        for s in (ours, elsewhere):
+            s.bind(("127.0.0.1", 0))
+            s.listen(1)
+        ours.settimeout(0.5)
+        assert not process._reaches(ours, elsewhere.getsockname()[1])
+        assert process._reaches(ours, ours.getsockname()[1])
+
+
+def test_a_free_port_is_left_bindable_by_the_server() -> None:
+    """The check connects to the port it picked; it must not leave it in TIME_WAIT, where a server that
+    does not set SO_REUSEADDR cannot bind it (llama-server could not: three failed binds in a row)."""
+    for _ in range(20):
+        port = process._free_port()
+        with socket.socket() as server:  # no SO_REUSEADDR, like llama-server's bind
+            server.bind(("127.0.0.1", port))
