@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -286,18 +287,55 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+NGINX_CONF = """worker_processes 1;
+daemon off;
+pid %(dir)s/nginx.pid;
+error_log %(dir)s/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path %(dir)s;
+    proxy_temp_path %(dir)s;
+    upstream fake { server 127.0.0.1:%(upstream)d; keepalive 64; }
+    server {
+        listen 127.0.0.1:%(port)d;
+        location / {
+            proxy_pass http://fake;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+}
+"""
+
+
+def nginx(upstream: int, port: int) -> subprocess.Popen[bytes]:
+    """nginx (one worker) as a plain reverse proxy on core 0: a peer in the gateway's own layout, to tell
+    the proxy's share of the tail from the rig's (wrk and the upstream share core 1)."""
+    d = Path(tempfile.mkdtemp())
+    (d / "nginx.conf").write_text(NGINX_CONF % {"dir": d, "upstream": upstream, "port": port})
+    proc = spawn(["nginx", "-c", str(d / "nginx.conf"), "-p", str(d)], "0")
+    wait_http(f"http://127.0.0.1:{port}/health")
+    return proc
+
+
 def tail_rows(rounds: int = 3) -> list[tuple[str, str, str, str]]:
-    """p50 and p99 at 16 connections: the bare upstream, the gateway as it serves (GC tuned at startup), and
-    the gateway with GATEWAY_GC_FREEZE=false; runs alternate, medians of ``rounds``."""
+    """p50 and p99 at 16 connections: the bare upstream, nginx in front of it (a peer, where installed), the
+    gateway as it serves (GC tuned at startup), and the gateway with GATEWAY_GC_FREEZE=false; runs
+    alternate, medians of ``rounds``."""
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     path = "/v1/chat/completions"
     upstream = spawn([sys.executable, "tests/fake_upstream.py", "--port", "18991"], "1")
     wait_http("http://127.0.0.1:18991/health")
     ports = {"upstream": 18991, "gateway": 18992, "gateway, GC untuned": 18993}
-    gateways = [
+    procs = [
         remote_gateway("http://127.0.0.1:18991", 1000, 18992),
         remote_gateway("http://127.0.0.1:18991", 1000, 18993, {"GATEWAY_GC_FREEZE": "false"}),
     ]
+    if shutil.which("nginx"):
+        procs.append(nginx(18991, 18994))
+        ports["nginx (peer, 1 worker)"] = 18994
     runs: dict[str, list[tuple[float, float, float]]] = {k: [] for k in ports}
     try:
         for port in ports.values():
@@ -306,8 +344,8 @@ def tail_rows(rounds: int = 3) -> list[tuple[str, str, str, str]]:
             for key in list(ports) if i % 2 == 0 else list(ports)[::-1]:
                 runs[key].append(wrk(f"http://127.0.0.1:{ports[key]}{path}", body, 16, 8))
     finally:
-        for gw in gateways:
-            gw.terminate()
+        for proc in procs:
+            proc.terminate()
         upstream.terminate()
     up99 = median([r[2] for r in runs["upstream"]])
     rows = []

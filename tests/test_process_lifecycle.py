@@ -19,17 +19,21 @@ from tests.conftest import ROOT, RunningGateway, free_port, process_gone, wait_f
 from tests.test_llama_server import binaries, server_manifest  # noqa: F401 (binaries: a fixture)
 
 
-@pytest.mark.usefixtures("binaries")
-def test_a_killed_gateway_takes_its_llama_servers_with_it(
-    model_files: dict[str, Path], tmp_path: Path
-) -> None:
-    directory = write_manifests(tmp_path / "m", [server_manifest("s", model_files["a"], n_ctx=512)])
-    port = free_port()
-    gateway = subprocess.Popen(
+def _start_gateway(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--manifests", str(directory), "--port", str(port),
          "--log-level", "warning"],
         cwd=ROOT,
     )  # fmt: skip
+
+
+@pytest.mark.usefixtures("binaries")
+def test_a_killed_gateway_takes_its_llama_servers_with_it_and_the_next_start_is_clean(
+    model_files: dict[str, Path], tmp_path: Path
+) -> None:
+    directory = write_manifests(tmp_path / "m", [server_manifest("s", model_files["a"], n_ctx=512)])
+    port = free_port()
+    gateway = _start_gateway(directory, port)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _answers(base), "the gateway to start")
@@ -39,9 +43,17 @@ def test_a_killed_gateway_takes_its_llama_servers_with_it(
         gateway.send_signal(signal.SIGKILL)
         gateway.wait(30)
         wait_for(lambda: process_gone(child), "llama-server to die with the gateway")
+        # The next start, on the same port and manifests: it serves, with a llama-server of its own.
+        gateway = _start_gateway(directory, port)
+        wait_for(lambda: _answers(base), "the gateway to start again")
+        again = httpx.post(f"{base}/admin/models/s/load", timeout=120)
+        assert again.status_code == 200 and again.json()["state"] == "ready", again.text
+        assert again.json()["replicas"][0]["pid"] != child
+        chat = {"model": "s", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        assert httpx.post(f"{base}/v1/chat/completions", json=chat, timeout=120).status_code == 200
     finally:
-        if gateway.poll() is None:
-            gateway.kill()
+        gateway.kill()
+        gateway.wait(30)
 
 
 def _answers(base: str) -> bool:
