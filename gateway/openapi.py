@@ -51,6 +51,11 @@ ERRORS: dict[int, tuple[str, str, bool]] = {
     401: ("Unauthorized", "Missing or wrong API key.", False),
     403: ("Forbidden", "The key is valid but not for this route (a `/v1` key on `/admin`).", False),
     404: ("NotFound", "No such model (`code: model_not_found`) or route.", False),
+    408: (
+        "RequestTimeout",
+        "The request's head or body did not arrive within the gateway's deadline; the connection closes.",
+        False,
+    ),
     413: ("PayloadTooLarge", "The request body is larger than the gateway accepts.", False),
     429: ("TooManyRequests", "The model's queue is full (`code: queue_full`).", True),
     500: ("InternalError", "The gateway failed.", False),
@@ -60,8 +65,9 @@ ERRORS: dict[int, tuple[str, str, bool]] = {
         "The model cannot be served now: its load failed, or it does not fit in memory (`code` says which).",
         True,
     ),
+    504: ("GatewayTimeout", "The engine did not answer within a deadline (`code: upstream_timeout`).", False),
 }
-V1_ERRORS = (400, 401, 403, 404, 413, 429, 500, 502, 503)
+V1_ERRORS = (400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504)
 AUTH = (401, 403, 500)
 NAMED = (401, 403, 404, 500)
 
