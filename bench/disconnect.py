@@ -3,11 +3,11 @@ gateway, against the same llama-server in the same run.
 
 The gateway runs SmolLM2 as a ``llama_server`` model (one slot). Each round, a client asks for a long
 stream (up to 400 tokens, end of text banned), reads ``--read`` content events, and closes its socket. Once
-the slot is idle, llama-server's own timing line for the request (``eval time = ... / N tokens``, from the
-replica's log through ``GET /admin/models/{name}/logs``) says how many tokens it generated: N minus the
-events the client read is what was generated for nobody (events already on their way when the client closed
-count too, so this is an upper bound). Direct and gateway rounds alternate. Target (issue 11): the slot is
-free within 2 tokens.
+the slot is idle, llama-server's own line for the request (``stop processing: n_tokens = N``, from the
+replica's log through ``GET /admin/models/{name}/logs``) says how many tokens its slot held: N minus the
+prompt's tokens is what it generated, and minus the events the client read, what was generated for nobody
+(events already on their way when the client closed count too, so this is an upper bound). Direct and
+gateway rounds alternate. Target (issue 11): the slot is free within 2 tokens.
 
     python bench/disconnect.py [--rounds 10] [--read 8]
 """
@@ -32,7 +32,8 @@ from _table import print_table  # bench/, on the path when run as a script
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "manifests" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 PORT = 18971
-EVAL = re.compile(r"\beval time = +[\d.]+ ms / +(\d+) tokens")
+STOP = re.compile(r"stop processing: n_tokens = (\d+)")
+MESSAGES = [{"role": "user", "content": "Write a very long story about the sea."}]
 
 
 def wait(predicate: object, what: str, deadline: float = 120) -> None:
@@ -52,7 +53,7 @@ def stream_and_leave(port: int, read: int) -> float:
     body = json.dumps(
         {
             "model": "smol",
-            "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
+            "messages": MESSAGES,
             "max_tokens": 400,
             "stream": True,
             "logit_bias": {"2": -100},  # SmolLM2's end of text: the stream cannot end on its own
@@ -75,12 +76,12 @@ def stream_and_leave(port: int, read: int) -> float:
         return time.perf_counter() - start
 
 
-def last_timing(admin: str) -> tuple[str, int]:
-    """The newest timing line in the replica's log (it starts with a timestamp, so each is unique) and its
-    token count; ("", -1) when there is none yet."""
+def last_stop(admin: str) -> tuple[str, int]:
+    """The newest "stop processing" line in the replica's log (it starts with a timestamp, so each is
+    unique) and the tokens in the slot then (prompt plus generated); ("", -1) when there is none yet."""
     lines = httpx.get(f"{admin}/logs", timeout=10).json()["replicas"][0]["log"]
     for line in reversed(lines):
-        if m := EVAL.search(line):
+        if m := STOP.search(line):
             return line, int(m.group(1))
     return "", -1
 
@@ -106,16 +107,19 @@ def main() -> None:
         state = httpx.post(f"{admin}/load", timeout=120).json()
         url = state["replicas"][0]["url"]
         ports = {"direct": int(url.rsplit(":", 1)[1]), "gateway": PORT}
+        probe = {"model": "smol", "messages": MESSAGES, "max_tokens": 1}
+        answer = httpx.post(f"{url}/v1/chat/completions", json=probe, timeout=60).json()
+        prompt = answer["usage"]["prompt_tokens"]
         for i in range(a.rounds * 2):
             mode = ("direct", "gateway")[(i + i // 2) % 2]  # direct, gateway, gateway, direct, ...
-            before, _ = last_timing(admin)
+            before, _ = last_stop(admin)
             stream_and_leave(ports[mode], a.read)
             wait(
                 lambda: not any(s["is_processing"] for s in httpx.get(f"{url}/slots", timeout=5).json()),
                 "the slot to be idle",
             )
-            wait(lambda b=before: last_timing(admin)[0] != b, "the request's timing line")
-            after[mode].append(last_timing(admin)[1] - a.read)
+            wait(lambda b=before: last_stop(admin)[0] != b, "the request's stop line")
+            after[mode].append(last_stop(admin)[1] - prompt - a.read)
     finally:
         gateway.terminate()
         gateway.wait(60)
