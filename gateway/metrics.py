@@ -43,8 +43,9 @@ LOAD_RESULTS = ("success", "failure", "cancelled")
 EVICTION_REASONS = ("lru", "ttl", "admin", "failure", "reload")
 UPSTREAM_ERRORS = ("upstream_unavailable", "upstream_timeout", "upstream_error", "mid_stream")
 OUT_REASONS = ("health_check", "ejected")
-# A batch's length is a pause of the event loop (~10 us per request): 1,024 requests made the proxy's p99 at 16
-# connections 9 ms against 4 ms with metrics off; 64 gives that 4 ms at the same throughput (bench/README.md).
+# A batch's length is a pause of the event loop (~10 us per request): 1,024 requests made the proxy's p99
+# at 16 connections 9 ms against 4 ms with metrics off; 64 gives that 4 ms at the same throughput
+# (bench/README.md, "Tail latency").
 MAX_PENDING = 64
 MAX_PENDING_BYTES = 1 << 20  # bodies still to be parsed for their usage: a pause too
 MODEL = ("model_name",)
