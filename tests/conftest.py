@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import yaml
 
 from gateway.app import build_app, build_gateway
 from gateway.config import Settings
+from tests.fake_upstream import FakeUpstream, RunningUpstream
 from tests.synthetic_gguf import Shape, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,3 +130,16 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
     yield start
     for gw in started:
         gw.__exit__()
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    """Context managers a test enters as it goes, exited at its end."""
+    with ExitStack() as s:
+        yield s
+
+
+@pytest.fixture
+def healthy(stack: ExitStack) -> RunningUpstream:
+    """A fake upstream that answers well: the bystanders' in the fault matrix and the slow-client tests."""
+    return stack.enter_context(RunningUpstream(FakeUpstream(), free_port()))
