@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 from asyncio import TimerHandle, Transport
+from http import HTTPStatus
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -54,9 +55,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def bounded_http(
-    max_head: int, head_timeout: float = 10.0, body_timeout: float = 120.0
-) -> type[BoundedHttpTools]:
+def bounded_http(max_head: int, head_timeout: float, body_timeout: float) -> type[BoundedHttpTools]:
     """uvicorn's ``http`` protocol class, refusing request heads over ``max_head`` bytes and requests whose
     head or body takes longer than its timeout to arrive."""
     bounds = {"max_head": max_head, "head_timeout": head_timeout, "body_timeout": body_timeout}
@@ -137,7 +136,7 @@ class BoundedHttpTools(HttpToolsProtocol):
             timeout = self.head_timeout if self._in_head else self.body_timeout
             setting = f"GATEWAY_REQUEST_{which.upper()}_TIMEOUT"
             self._write_error(
-                RequestTimeout(f"the request's {which} did not arrive within {timeout:g}s ({setting})"), 408
+                RequestTimeout(f"the request's {which} did not arrive within {timeout:g}s ({setting})")
             )
         if cycle is not None and not cycle.response_complete:
             # a handler still reading this body: it sees the client gone, and whatever it sends is dropped
@@ -180,18 +179,18 @@ class BoundedHttpTools(HttpToolsProtocol):
             f"the request's URL and headers are over this gateway's limit of {self.max_head} bytes "
             "(GATEWAY_MAX_HEADER_BYTES)"
         )
-        self._write_error(err, 431)
+        self._write_error(err)
         self.transport.close()
 
-    def _write_error(self, err: GatewayError, status: int) -> None:
+    def _write_error(self, err: GatewayError) -> None:
         """An OpenAI error response written straight to the socket, ahead of any ASGI handler, which has not
         started one (only called before a request has wholly arrived); the caller closes the connection."""
         body = json.dumps(err.body()).encode()
-        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
         self.transport.write(
             b"HTTP/1.1 %d %s\r\n"
             b"content-type: application/json\r\n"
             b"content-length: %d\r\n"
             b"x-error-source: gateway\r\n"
-            b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
+            b"connection: close\r\n\r\n%s"
+            % (err.status, HTTPStatus(err.status).phrase.encode(), len(body), body)
         )
