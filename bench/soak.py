@@ -36,9 +36,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import yaml
 from _table import print_table  # bench/, on the path when run as a script
+from gateway_vs_direct import rss_mb
+from proxy_overhead import spawn, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "manifests" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -55,44 +56,13 @@ class Tally:
     rss_mb: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, MiB)
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
-    end = time.monotonic() + 180
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
-
-
-def start(cmd: list[str], cores: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        ["taskset", "-c", cores, *cmd],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def gateway(manifest: dict[str, object], cores: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     d = Path(tempfile.mkdtemp())
     (d / "m.yaml").write_text(yaml.safe_dump(manifest))
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--manifests", str(d), "--port", str(GATEWAY_PORT),
            "--log-level", "warning", "--max-queue", "1000", "--memory-budget", "2GiB"]  # fmt: skip
-    proc = start(cmd, cores, env)
-    wait_http(f"http://127.0.0.1:{GATEWAY_PORT}/health", proc)
+    proc = spawn(cmd, cores, env)
+    wait_http(f"http://127.0.0.1:{GATEWAY_PORT}/health")
     return proc
 
 
@@ -200,7 +170,7 @@ def run(kind: str, minutes: float, streams: int, env: dict[str, str], verbose: b
         if fake:
             upstream = [sys.executable, "tests/fake_upstream.py", "--port", str(UPSTREAM_PORT),
                         "--chunks", str(FAKE_CHUNKS), "--chunk-delay", "0.005"]  # fmt: skip
-            procs.append(start(upstream, "1"))
+            procs.append(spawn(upstream, "1"))
             endpoint = {"url": f"http://127.0.0.1:{UPSTREAM_PORT}", "max_concurrency": 1000}
             remote = {"kind": "remote", "endpoints": [endpoint]}
             proc = gateway({"name": "m", "backend": remote}, "0", env)
