@@ -1,16 +1,16 @@
 """The one exception tree that both layers raise, and its OpenAI error bodies.
 
 It lives below both ``backends/`` and ``gateway/``: backends raise these, the gateway raises them too, and the
-HTTP edge (``gateway.errors.error_response``) is the only place that turns one into a response. Everything
-that a client can be told about is a ``GatewayError``; code raises the most specific class::
+HTTP edge (``gateway.http.errors.error_response``) is the only place that turns one into a response.
+Everything that a client can be told about is a ``GatewayError``; code raises the most specific class::
 
     GatewayError                      500 server_error
     ├── InvalidRequest                400 invalid_request_error   (param names the offending field)
     ├── Unauthorized                  401 authentication_error
     ├── ModelNotFound                 404 model_not_found
     ├── PayloadTooLarge               413 request_too_large        (the body limit; the connection closes)
-    ├── HeadersTooLarge               431 request_header_fields_too_large (sent by gateway.limits)
-    ├── RequestTimeout                408 request_timeout          (too slow to arrive; gateway.limits)
+    ├── HeadersTooLarge               431 request_header_fields_too_large (sent by gateway.http.server_limits)
+    ├── RequestTimeout                408 request_timeout          (too slow to arrive: server_limits)
     ├── QueueFull                     429 queue_full               (Retry-After)
     ├── ModelUnavailable              503 model_unavailable        (Retry-After; the reason says why)
     │   ├── LoadFailed                503 model_load_failed        (last_error of the load)

@@ -2,17 +2,33 @@
 engine settings of the llama.cpp kinds.
 
 Each kind owns its spec (the pydantic model of its manifest ``backend:`` block) beside its code, in
-``backends/<kind>_spec.py``; ``gateway.config`` composes the discriminated union from them. Spec modules
-import nothing heavy, so validating manifests never loads an engine.
+``backends/<kind>_spec.py``; ``gateway.config.settings`` composes the discriminated union from them. Spec
+modules import nothing heavy, so validating manifests never loads an engine.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+
+
+class KindSpec(Protocol):
+    """What the gateway reads of any kind's spec. Optional fields a spec may have and the gateway reads by
+    name: ``timeouts`` (``UpstreamTimeouts``), ``embeddings``, and the context length (``n_ctx``,
+    ``max_model_len``)."""
+
+    # True where the gateway is the engine's OpenAI server, so it validates every request field itself
+    gateway_validates: ClassVar[bool]
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def replicas(self) -> int: ...
+
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}

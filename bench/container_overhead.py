@@ -34,9 +34,9 @@ from proxy_overhead import pct, stream_stats, wait_http
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backends.build import built_binary  # noqa: E402
-from backends.container_presets import llamacpp_run  # noqa: E402
-from backends.container_spec import LlamaCppContainer  # noqa: E402
+from backends.container.presets import llamacpp_run  # noqa: E402
+from backends.container.spec import LlamaCppContainer  # noqa: E402
+from backends.llama_server.build import built_binary  # noqa: E402
 
 MODEL = ROOT / "manifests" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 ENGINE = "unix:///tmp/llm-gateway-engines/e1.sock"

@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.config import LlamaCppBackend  # noqa: E402
-from gateway.estimate import MiB, estimate_llama_cpp, read_gguf_info  # noqa: E402
+from backends.gguf.memory import MiB, estimate_llama_cpp, read_gguf_info  # noqa: E402
+from backends.llama_cpp.spec import LlamaCppBackend  # noqa: E402
 from tests.synthetic_gguf import Shape, write_model  # noqa: E402
 
 CHILD = r"""
@@ -28,8 +28,8 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 import llama_cpp
-from gateway.config import LlamaCppBackend
-from backends.llama_cpp import build_llama
+from backends.llama_cpp.spec import LlamaCppBackend
+from backends.llama_cpp.replica import build_llama
 def rss():
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -1,6 +1,6 @@
 """How long one scrape of ``/metrics`` takes with 50 declared models, all with traffic, and how many series
 it holds; beside it, the same series written by prometheus-client's own ``generate_latest``, the peer this
-gateway's writer replaced (gateway/promtext.py says why).
+gateway's writer replaced (gateway/observability/exposition.py says why).
 
 A real gateway (one core) serves 50 ``remote`` models on a fake upstream; every model gets streamed and
 non-streamed requests, so that every histogram of every model has observations; then ``GET /metrics`` is

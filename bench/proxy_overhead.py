@@ -36,7 +36,7 @@ from _table import print_table  # bench/, on the path when run as a script
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backends.build import built_binary  # noqa: E402
+from backends.llama_server.build import built_binary  # noqa: E402
 
 MODEL = ROOT / "manifests" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 LUA = """wrk.method = "POST"

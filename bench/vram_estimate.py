@@ -1,14 +1,14 @@
 """Memory estimate vs. GPU memory (NVML) of llama-server with every layer offloaded.
 
-Each case starts llama-server with the flags the gateway gives it (``backends/process.py``: ``-c``, ``-b``,
-``-np``, ``-ngl``, ``-fa``, ``--metrics``, ``--cont-batching``) for a ``kind: llama_server`` manifest with
-``n_gpu_layers: -1``, waits for ``/health``, then sends one request per slot, all at once, each with a
-prompt that fills its slot's context (the worst case a budget must cover), and reads the server process's
-GPU memory from NVML (``nvmlDeviceGetComputeRunningProcesses``) every 20 ms, keeping the peak. That peak is
-compared with ``gateway.estimate.estimate_bytes`` for the same manifest. The buffer sizes llama.cpp logs
-(weights, KV cache, compute) are shown beside it, so that the rest (the CUDA context, the CUDA pool) can be
-read off. Results are appended to a JSON-lines file, one line per case, so that an interrupted run resumes
-where it stopped; the table is printed from that file.
+Each case starts llama-server with the flags the gateway gives it (``backends/llama_server/replica.py``:
+``-c``, ``-b``, ``-np``, ``-ngl``, ``-fa``, ``--metrics``, ``--cont-batching``) for a ``kind: llama_server``
+manifest with ``n_gpu_layers: -1``, waits for ``/health``, then sends one request per slot, all at once, each
+with a prompt that fills its slot's context (the worst case a budget must cover), and reads the server
+process's GPU memory from NVML (``nvmlDeviceGetComputeRunningProcesses``) every 20 ms, keeping the peak. That
+peak is compared with the ``llama_server`` kind's estimate (``backends.gguf.memory``) for the same manifest.
+The buffer sizes llama.cpp logs (weights, KV cache, compute) are shown beside it, so that the rest (the CUDA
+context, the CUDA pool) can be read off. Results are appended to a JSON-lines file, one line per case, so that
+an interrupted run resumes where it stopped; the table is printed from that file.
 
 Needs a CUDA build of llama-server, NVML (``nvidia-ml-py``), ``gguf`` and pydantic. The models are the
 random-weight llama-architecture files of ``tests/synthetic_gguf.py`` (f16, written on first use). Run on a
@@ -47,9 +47,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backends.llama_args import process_args as server_args  # noqa: E402
-from gateway.config import LlamaServerBackend  # noqa: E402
-from gateway.estimate import MiB, estimate_bytes, estimate_llama_cpp, read_gguf_info  # noqa: E402
+from backends.gguf.memory import MiB, estimate_llama_cpp, read_gguf_info  # noqa: E402
+from backends.llama_server.args import process_args as server_args  # noqa: E402
+from backends.llama_server.kind import LLAMA_SERVER  # noqa: E402
+from backends.llama_server.spec import LlamaServerBackend  # noqa: E402
 from tests.synthetic_gguf import Shape, write_model  # noqa: E402
 
 # ctx_train must reach the largest n_ctx: llama-server caps a slot's context at the training context.
@@ -329,8 +330,8 @@ def main() -> None:
         spec = LlamaServerBackend(
             kind="llama_server", model=path, n_ctx=n_ctx, parallel=parallel, flash_attn=flash, n_gpu_layers=-1
         )
-        estimate, source = estimate_bytes(spec, None)
-        parts = estimate_llama_cpp(read_gguf_info(path), spec, spec.instances)
+        estimate, source = LLAMA_SERVER.estimate(spec)
+        parts = estimate_llama_cpp(read_gguf_info(path), spec, spec.instances, server_slots=spec.parallel)
         row: dict[str, Any] = {
             "case": case,
             "estimate": estimate,

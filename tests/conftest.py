@@ -18,8 +18,9 @@ import uvicorn
 import uvloop
 import yaml
 
-from gateway.app import build_app, build_gateway
-from gateway.config import Settings
+from gateway.config.settings import Settings
+from gateway.control.build import build_gateway
+from gateway.http.app import build_app
 from tests.fake_upstream import FakeUpstream, RunningUpstream
 from tests.synthetic_gguf import Shape, write_model
 

@@ -1,5 +1,5 @@
-"""The checks of an upstream's answer (``backends/answer_shape.py``): pure, so every way an event stream
-can be cut into chunks is tried here; the fault matrix proves the same over real sockets."""
+"""The checks of an upstream's answer (``backends/upstream/answer_shape.py``): pure, so every way an event
+stream can be cut into chunks is tried here; the fault matrix proves the same over real sockets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backends.answer_shape import EventShape, first_problem
+from backends.upstream.answer_shape import EventShape, first_problem
 
 GOOD = [
     b'data: {"id":"1","choices":[{"delta":{"content":"a"}}]}\n\n',

@@ -1,6 +1,6 @@
-"""Replica choice (``gateway.balancing.choose``): never a full or unhealthy replica, affinity when possible,
-and the less loaded replicas get more of the traffic. And what takes a replica out of rotation and brings it
-back (``gateway.pool.Replica``): failed requests (passive) and health probes (active)."""
+"""Replica choice (``gateway.routing.balancing.choose``): never a full or unhealthy replica, affinity when
+possible, and the less loaded replicas get more of the traffic. And what takes a replica out of rotation and
+brings it back (``gateway.routing.pool.Replica``): failed requests (passive) and health probes (active)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.balancing import ReplicaView, choose
-from gateway.errors import ModelUnavailable
-from gateway.pool import COOLDOWN, MAX_COOLDOWN, Pool, Replica
+from gateway.http.errors import ModelUnavailable
+from gateway.routing.balancing import ReplicaView, choose
+from gateway.routing.pool import COOLDOWN, MAX_COOLDOWN, Pool, Replica
 
 
 def test_none_when_every_replica_is_full_or_down() -> None:

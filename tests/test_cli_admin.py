@@ -21,8 +21,8 @@ import httpx
 import pytest
 import yaml
 
-from backends.build import built_binary
-from gateway.cli_admin import human_ago, human_bytes, table
+from backends.llama_server.build import built_binary
+from gateway.cli.operator import human_ago, human_bytes, table
 from tests.conftest import EOS, ROOT, RunningGateway, free_port, llama_manifest, wait_for
 
 MiB = 2**20

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from backends.container_presets import llamacpp_run, rpc_worker_run, vllm_run
-from backends.container_spec import LlamaCppContainer, VllmContainer
-from backends.llama_args import process_args
-from backends.llama_server_spec import LlamaServerBackend
-from gateway.demand import demand
-from gateway.engines import EngineDevices
-from gateway.manifests import load_directory, load_file
-from gateway.placement import Fits, plan
+from backends.container.kind import CONTAINER
+from backends.container.presets import llamacpp_run, rpc_worker_run, vllm_run
+from backends.container.spec import LlamaCppContainer, VllmContainer
+from backends.demand import EngineDevices
+from backends.kinds import Hosts
+from backends.llama_server.args import process_args
+from backends.llama_server.spec import LlamaServerBackend
+from gateway.config.loading import load_directory, load_file
+from gateway.scheduling.placement import Fits, plan
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "manifests" / "examples"
@@ -52,13 +53,13 @@ def test_vllm_claims_its_share_of_each_gpu_it_gets() -> None:
     spec = manifest.backend  # type: ignore[attr-defined]
     engine = EngineDevices("gpu-box", "gpu-box:ram", ((0, "gpu-box:gpu0"), (1, "gpu-box:gpu1")))
     budgets = {"host": 8 * GiB, "gpu-box:ram": 64 * GiB, "gpu-box:gpu0": 80 * GiB, "gpu-box:gpu1": 48 * GiB}
-    units = demand(spec, 0, [engine], budgets)
+    units = CONTAINER.demand(spec, 0, Hosts(inventory=[engine], budgets=budgets))
     assert [o.claims for o in units[0]] == [
         {"gpu-box:gpu0": int(0.9 * 80 * GiB)},
         {"gpu-box:gpu1": int(0.9 * 48 * GiB)},
     ]
     # With GPU 0 held by another model, it goes to GPU 1 and the device request names exactly that GPU.
-    from gateway.placement import Resident
+    from gateway.scheduling.placement import Resident
 
     decision = plan(
         "karakuri-70b", units, [Resident("other", {"gpu-box:gpu0": 10 * GiB}, pinned=True)], budgets

@@ -28,8 +28,8 @@ import openai
 import pytest
 import yaml
 
-from backends.build import built_binary
-from backends.docker_engine import LABEL_INSTANCE, LABEL_MODEL
+from backends.docker.engine import LABEL_INSTANCE, LABEL_MODEL
+from backends.llama_server.build import built_binary
 from tests.conftest import EOS, ROOT, SMOLLM2, RunningGateway, free_port, wait_for
 
 ENGINE_DIR = Path(os.environ.get("GATEWAY_TEST_ENGINE_DIR", "/tmp/llm-gateway-engines"))

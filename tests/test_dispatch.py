@@ -1,6 +1,6 @@
-"""Dispatch (``gateway.dispatch``): pick a replica, forward, retry another one before the first byte, eject on
-failure, and keep a replica that holds a request past its first-byte deadline out of rotation. Unit tests
-against a scripted fake backend: no sockets, no sleeps (the request path over real sockets is in
+"""Dispatch (``gateway.routing.dispatch``): pick a replica, forward, retry another one before the first byte,
+eject on failure, and keep a replica that holds a request past its first-byte deadline out of rotation. Unit
+tests against a scripted fake backend: no sockets, no sleeps (the request path over real sockets is in
 test_upstream_faults.py and test_timeouts.py)."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from starlette.datastructures import Headers
 
 from backends.base import Backend, OpenAIRequest, ReplicaInfo, Timeouts, UpstreamResponse
 from backends.errors import GatewayError, GatewayTimeout, InvalidRequest, UpstreamUnavailable
-from gateway.balancing import preferred_replica
-from gateway.dispatch import affinity_key, dispatch
-from gateway.errors import ModelUnavailable
-from gateway.pool import Pool, Replica
+from gateway.http.errors import ModelUnavailable
+from gateway.routing.balancing import preferred_replica
+from gateway.routing.dispatch import affinity_key, dispatch
+from gateway.routing.pool import Pool, Replica
 
 REQUEST = OpenAIRequest("chat/completions", {"model": "m", "messages": []}, stream=True)
 

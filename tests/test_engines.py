@@ -1,4 +1,5 @@
-"""The devices the Docker engines add to the budget (``gateway.engines.devices``), and the instance id."""
+"""The devices the Docker engines add to the budget (``gateway.resources.hosts.devices``), and the instance
+id."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway import engines as engines_module
-from gateway.config import EngineSettings, Settings
-from gateway.engines import devices, instance_id
+from gateway.config.settings import EngineSettings, Settings
+from gateway.resources import hosts as engines_module
+from gateway.resources.hosts import devices, instance_id
 
 GiB = 2**30
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import gguf
 import pytest
 
-from gateway.estimate import read_gguf_info, split_parts
-from gateway.gguf_meta import GgufError
+from backends.gguf.memory import read_gguf_info, split_parts
+from backends.gguf.reader import GgufError
 
 
 def first_part(path: Path, count: int) -> Path:

@@ -51,8 +51,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.config import Settings
-from gateway.openapi import OPERATIONS, Op, build_document
+from gateway.config.settings import Settings
+from gateway.http.openapi import OPERATIONS, Op, build_document
 from tests.conftest import RunningGateway, free_port, llama_manifest, write_manifests
 
 CHAT, EMBED = "smollm2", "text-embedding-3-small"

@@ -1,4 +1,5 @@
-"""The hot-path HTTP/1.1 client (backends/http1.py) against raw socket servers that misbehave on purpose.
+"""The hot-path HTTP/1.1 client (backends/upstream/client.py) against raw socket servers that misbehave on
+purpose.
 
 Every test runs under both event loops: asyncio's, and uvloop, which ``llm-gateway serve`` uses (their
 transports differ: uvloop's is not an ``asyncio.Transport`` subclass).
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from backends.http1 import HIGH_WATER, Client, ConnectFailed, Disconnected
+from backends.upstream.client import HIGH_WATER, Client, ConnectFailed, Disconnected
 from tests.conftest import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

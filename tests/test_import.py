@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backends.llama_cpp_spec import LlamaCppBackend
-from backends.llama_server_spec import LlamaServerBackend
-from backends.remote_spec import RemoteBackend
-from gateway.config import ModelManifest
-from gateway.importing import Conversion, Issue, SourceError, convert, report, write
-from gateway.manifests import load_directory
+from backends.llama_cpp.spec import LlamaCppBackend
+from backends.llama_server.spec import LlamaServerBackend
+from backends.remote.spec import RemoteBackend
+from gateway.cli.importing import Conversion, Issue, SourceError, convert, report, write
+from gateway.config.loading import load_directory
+from gateway.config.manifest import ModelManifest
 from tests.synthetic_gguf import Shape, write_model
 
 SAMPLES = Path(__file__).parent / "import_samples"

@@ -33,5 +33,5 @@ def test_backends_never_import_gateway() -> None:
 
 def test_the_check_sees_a_lazy_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from gateway.config import Settings\n    return Settings\n")
-    assert _imports(bad) == [(2, "gateway.config")]
+    bad.write_text("def f():\n    from gateway.config.settings import Settings\n    return Settings\n")
+    assert _imports(bad) == [(2, "gateway.config.settings")]

@@ -19,11 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.config import Settings
-from gateway.errors import PayloadTooLarge
-from gateway.limits import server_options
-from gateway.openai_api import _read_body
-from gateway.streaming import ClientGone
+from gateway.config.settings import Settings
+from gateway.http.errors import PayloadTooLarge
+from gateway.http.openai_routes import _read_body
+from gateway.http.relay import ClientGone
+from gateway.http.server_limits import server_options
 from tests.conftest import ROOT, RunningGateway, free_port, llama_manifest, wait_for, write_manifests
 
 MiB = 2**20

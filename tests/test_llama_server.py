@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backends.build import built_binary
+from backends.llama_server.build import built_binary
 from tests.conftest import EOS, SMOLLM2, RunningGateway, free_port, wait_for
 
 

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from backends.container_spec import LlamaCppContainer, VllmContainer
+from backends.container.spec import LlamaCppContainer, VllmContainer
+from backends.llama_cpp.spec import LlamaCppBackend
+from backends.llama_server.spec import LlamaServerBackend
+from backends.remote.spec import RemoteBackend
 from gateway.cli import main
-from gateway.config import LlamaCppBackend, LlamaServerBackend, RemoteBackend
-from gateway.manifests import LoadedManifest, ManifestProblem, ManifestSet, load_directory, load_file
+from gateway.config.loading import LoadedManifest, ManifestProblem, ManifestSet, load_directory, load_file
 from tests.synthetic_gguf import write_model
 
 MiB = 2**20

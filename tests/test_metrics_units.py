@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.backend_metrics import delta, parse, slots_usage
-from gateway.metrics import Metrics, Trace
-from gateway.promtext import buckets_1_2_5
-from gateway.usage import StreamReader, read_body
+from backends.engine_stats import delta, parse, slots_usage
+from gateway.api.usage import StreamReader, read_body
+from gateway.observability.exposition import buckets_1_2_5
+from gateway.observability.metrics import Metrics, Trace
 
 LLAMA_SERVER_METRICS = """# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.
 # TYPE llamacpp:prompt_tokens_total counter

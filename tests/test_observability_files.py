@@ -25,7 +25,7 @@ import jsonschema  # type: ignore[import-untyped,unused-ignore]
 import pytest
 import yaml
 
-from gateway.manifests import load_directory
+from gateway.config.loading import load_directory
 from tests.prom import PrometheusError, dashboard_exprs, running_prometheus, substitute
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,12 +22,12 @@ from starlette.testclient import TestClient
 
 from backends import errors
 from backends.base import OpenAIRequest
-from backends.llama_jobs import RUNNERS, Job
-from gateway.lifecycle import State
-from gateway.openapi import REQUEST_MODELS, build_document, openapi_json, openapi_route
-from gateway.openapi_schemas import ModelState
-from gateway.requests import decode
-from gateway.requests import validate as gateway_validate
+from backends.llama_cpp.jobs import RUNNERS, Job
+from gateway.api.validation import decode
+from gateway.api.validation import validate as gateway_validate
+from gateway.http.openapi import REQUEST_MODELS, build_document, openapi_json, openapi_route
+from gateway.http.openapi_schemas import ModelState
+from gateway.scheduling.lifecycle import State
 
 try:
     import httpx2 as sdk_httpx  # the HTTP client under openai>=3

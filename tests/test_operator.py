@@ -15,8 +15,8 @@ import openai
 import pytest
 import yaml
 
-from gateway.config import Settings
-from gateway.estimate import MiB
+from backends.gguf.memory import MiB
+from gateway.config.settings import Settings
 from tests.conftest import (
     EOS,
     RunningGateway,

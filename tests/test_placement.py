@@ -1,11 +1,12 @@
-"""Eviction policy (``gateway.placement.plan``): who is evicted to make room, and why a model cannot fit."""
+"""Eviction policy (``gateway.scheduling.placement.plan``): who is evicted to make room, and why a model
+cannot fit."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.placement import HOST, DoesNotFit, Fits, Option, Resident, plan
+from gateway.scheduling.placement import HOST, DoesNotFit, Fits, Option, Resident, plan
 
 MiB = 2**20
 

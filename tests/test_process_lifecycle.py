@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends import process
+from backends.llama_server import replica as process
 from tests.conftest import ROOT, RunningGateway, free_port, process_gone, wait_for, write_manifests
 from tests.test_llama_server import binaries, server_manifest  # noqa: F401 (binaries: a fixture)
 

@@ -13,9 +13,9 @@ import httpx
 import pytest
 import yaml
 
-from gateway.admin import new_lines
-from gateway.manifests import LoadedManifest, ManifestProblem, ManifestSet
-from gateway.reload import diff
+from gateway.config.loading import LoadedManifest, ManifestProblem, ManifestSet
+from gateway.control.reload import diff
+from gateway.http.admin_routes import new_lines
 from tests.conftest import ROOT, free_port, llama_manifest, wait_for, write_manifests
 
 
@@ -76,7 +76,7 @@ def test_watch_reloads_on_a_changed_file(directory: Path, model_files: dict[str,
 
 
 def _loaded(name: str, file: str, **extra: object) -> LoadedManifest:
-    from gateway.config import ModelManifest
+    from gateway.config.manifest import ModelManifest
 
     doc = llama_manifest(name, Path(__file__), **extra)
     return LoadedManifest(ModelManifest.model_validate(doc), Path(file))

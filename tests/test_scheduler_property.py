@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
 
 from backends.base import BackendError, OpenAIRequest, ReplicaInfo, UpstreamResponse
-from gateway.config import ModelManifest
-from gateway.errors import GatewayError, InsufficientMemory, LoadFailed
-from gateway.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
-from gateway.placement import HOST, Option
-from gateway.scheduler import Scheduler
+from gateway.config.manifest import ModelManifest
+from gateway.http.errors import GatewayError, InsufficientMemory, LoadFailed
+from gateway.scheduling.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
+from gateway.scheduling.placement import HOST, Option
+from gateway.scheduling.scheduler import Scheduler
 
 T = TypeVar("T")
 BUDGET = 1000

@@ -1,4 +1,4 @@
-"""The llama-server command line the gateway generates from a manifest (``backends.llama_args``).
+"""The llama-server command line the gateway generates from a manifest (``backends.llama_server.args``).
 
 That the generated flags are accepted and do what they say is proven by the tests that launch a real
 llama-server (tests/test_llama_server.py); these pin down the mapping itself, including the spellings that
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backends.llama_args import process_args as server_args
-from gateway.config import LlamaServerBackend
+from backends.llama_server.args import process_args as server_args
+from backends.llama_server.spec import LlamaServerBackend
 
 
 def spec(tmp_path: Path, **fields: object) -> LlamaServerBackend:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from gateway.config import Settings
-from gateway.lifecycle import State
+from gateway.config.settings import Settings
+from gateway.scheduling.lifecycle import State
 from tests.conftest import (
     EOS,
     RunningGateway,

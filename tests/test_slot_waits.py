@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ModelManifest
-from gateway.lifecycle import ModelSlot
-from gateway.placement import HOST, Option
+from gateway.config.manifest import ModelManifest
+from gateway.scheduling.lifecycle import ModelSlot
+from gateway.scheduling.placement import HOST, Option
 
 
 def slot() -> ModelSlot:

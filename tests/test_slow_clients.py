@@ -1,8 +1,8 @@
 """The fault matrix's slow-loris row (README, "Fault matrix"), against a real ``llm-gateway serve`` process
-(uvicorn with the limits ``serve`` gives it, ``gateway/limits.py``): connections that send nothing, heads
-and bodies that arrive a byte at a time, and a client that never reads its stream. Other clients must be
-served meanwhile; a request too slow to arrive is a 408 and its connection closes; a request that arrived
-is never cut by those deadlines."""
+(uvicorn with the limits ``serve`` gives it, ``gateway/http/server_limits.py``): connections that send
+nothing, heads and bodies that arrive a byte at a time, and a client that never reads its stream. Other
+clients must be served meanwhile; a request too slow to arrive is a 408 and its connection closes; a request
+that arrived is never cut by those deadlines."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.config import Settings
+from gateway.config.settings import Settings
 from tests.conftest import ROOT, SMOLLM2, RunningGateway, free_port
 
 pytestmark = pytest.mark.slow

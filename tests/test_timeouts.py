@@ -20,9 +20,10 @@ import pytest
 from pydantic import ValidationError
 
 from backends.base import Timeouts
-from backends.http1 import Client, TimedOut
-from gateway.config import ModelManifest, Settings
-from gateway.dispatch import upstream_timeouts
+from backends.upstream.client import Client, TimedOut
+from gateway.config.manifest import ModelManifest
+from gateway.config.settings import Settings
+from gateway.routing.dispatch import upstream_timeouts
 from tests.conftest import RunningGateway, free_port, wait_for
 from tests.fake_upstream import FakeUpstream, RunningUpstream, _chunk
 from tests.test_upstream_faults import replica_state, session_for
@@ -266,8 +267,8 @@ def test_timeouts_come_from_the_manifest_else_the_settings() -> None:
 
 
 def test_the_client_gives_up_on_a_missing_head_and_on_a_silent_body_but_not_on_a_slow_one() -> None:
-    """``backends.http1`` on its own: a deadline on the head, and deadlines on the body's waits that move
-    on with each chunk (one timer per response, moved lazily: it must not fire at a deadline since passed
+    """``backends.upstream.client`` on its own: a deadline on the head, and deadlines on the body's waits that
+    move on with each chunk (one timer per response, moved lazily: it must not fire at a deadline since passed
     on to a later one)."""
 
     async def main() -> None:

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.balancing import preferred_replica
+from gateway.routing.balancing import preferred_replica
 from tests.conftest import RunningGateway, free_port, wait_for
 from tests.fake_upstream import FakeUpstream, RunningUpstream, _chunk
 

@@ -1,0 +1,169 @@
+"""The gateway's settings: ``GATEWAY_*`` environment variables and CLI flags (flags win), and the Docker
+engines container models may run on. One ``Settings`` is built at startup and passed explicitly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backends.spec import Duration
+
+ENGINE_URL = r"^(unix|tcp|ssh|http|https)://\S+$"
+
+
+class EngineTlsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ca_cert: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    verify: bool = True
+
+
+class EngineSettings(BaseModel):
+    """A Docker Engine API (a host) that container models may run on, with the memory it offers them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    url: str = Field(
+        pattern=ENGINE_URL, description="unix:///var/run/docker.sock, tcp://host:2376, ssh://..."
+    )
+    address: str | None = Field(
+        None,
+        description="How the gateway, and other hosts' containers, reach its published ports; default: the "
+        "URL's host, or 127.0.0.1 for unix:// (give the host's LAN address where it runs RPC workers).",
+    )
+    publish_ip: str | None = Field(
+        None,
+        description="The host interface servers are published on ('' for all); default 127.0.0.1 for "
+        "unix://, else all. RPC workers are always published on all: other hosts' containers reach them.",
+    )
+    tls: EngineTlsSettings | None = None
+    memory: ByteSize | None = Field(
+        None,
+        description="RAM for CPU containers. Default for a unix:// engine: shared with the gateway's own "
+        "--memory-budget (the same machine); required for other engines that run CPU containers.",
+    )
+    gpus: list[ByteSize] | None = Field(
+        None, description="Memory of each GPU, by index. Default: NVML for a unix:// engine, else none."
+    )
+    timeout: Duration = Field(60.0, description="Deadline of each engine API call.")
+
+    @property
+    def local(self) -> bool:
+        return self.url.startswith("unix://")
+
+
+class Settings(BaseSettings):
+    """Process-wide settings. One instance is built at startup and passed explicitly."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    manifests: Path = Path("manifests")
+    memory_budget: ByteSize | None = Field(
+        None, description="Bytes the loaded models may use; default 90% of the RAM available at startup."
+    )
+    max_queue: int = Field(64, ge=0, description="Requests that may wait per model before 429.")
+    queue_timeout: Duration = Field(300.0, description="How long a request waits for a free replica.")
+    load_timeout: Duration = Field(600.0, description="How long a request waits for its model to load.")
+    drain_grace: Duration = Field(30.0, description="Grace for in-flight requests when a model is evicted.")
+    load_failure_backoff: Duration = Field(5.0, description="First wait before retrying a failed load.")
+    api_key: SecretStr | None = Field(None, description="One key for /v1 and /admin (earlier versions).")
+    api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict, description='API keys for /v1 by name (JSON), e.g. {"alice": "sk-..."}.'
+    )
+    api_keys_file: Path | None = Field(None, description="A YAML file mapping key names to API keys.")
+    admin_key: SecretStr | None = Field(None, description="The key for /admin (and /v1).")
+    metrics_key: SecretStr | None = Field(None, description="If set, /metrics needs it (or the admin key).")
+    state_file: Path | None = Field(
+        None,
+        description="The file keeping pins set through the admin API (<manifests>/.llm-gateway-pins.json)",
+    )
+    llama_server: Path | None = Field(None, description="The llama-server binary for llama_server models.")
+    engines: list[EngineSettings] = Field(
+        [],
+        description="Docker engines for container models (JSON); default: DOCKER_HOST or the local socket.",
+    )
+    engines_file: Path | None = Field(None, description="A YAML or JSON file with the engines list.")
+    instance_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Labels this gateway's containers; default: derived from host, port and manifests.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    watch: bool = Field(False, description="Reload whenever a manifest file changes.")
+    metrics: bool = Field(True, description="Measure requests for /metrics and the stats line.")
+    stats_interval: Duration = Field(
+        10.0, description="Seconds between stats lines in the log (one per model with traffic); 0: off."
+    )
+    engine_scrape_interval: Duration = Field(
+        5.0, description="Seconds between reads of the engines' own /metrics (llama-server, vLLM); 0: off."
+    )
+    max_body_bytes: ByteSize = Field(
+        ByteSize(32 * 2**20),
+        gt=0,
+        description="Largest request body; a larger one is a 413 before it is read, and the connection "
+        "closes. A 128k-token prompt is under 1 MiB of JSON; the rest is room for base64 images.",
+    )
+    max_header_bytes: ByteSize = Field(
+        ByteSize(64 * 2**10),
+        gt=0,
+        description="Largest request head (URL plus header names and values); a larger one is a 431, refused "
+        "before the rest of it is buffered.",
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description="Open client connections (idle keep-alive ones count) served at once; a request on one "
+        "beyond them is answered 503 by uvicorn and its connection closed.",
+    )
+    keep_alive_timeout: Duration = Field(
+        30.0,
+        description="An idle client connection is closed after this long: longer than clients' own idle "
+        "expiry (httpx, so the OpenAI SDK: 5 s), so that a client never sends onto a closing connection.",
+    )
+    request_head_timeout: Duration = Field(
+        10.0,
+        gt=0,
+        description="A new connection must have sent a whole request head within this long, and a head begun "
+        "on a kept-alive one must be whole this long after its first byte; else a 408 and the connection "
+        "closes (a connection that sent nothing is just closed). Bounds slow-loris clients.",
+    )
+    request_body_timeout: Duration = Field(
+        120.0,
+        gt=0,
+        description="A request's whole body must arrive within this long after its head (the largest body at "
+        "about 2 Mbit/s); else a 408 and the connection closes. Bounds clients that trickle a body.",
+    )
+    gc_freeze: bool = Field(
+        True, description="serve: gc.freeze() what exists at startup (the proxy p99: bench/README.md)."
+    )
+    graceful_shutdown_timeout: Duration = Field(
+        30.0,
+        description="On SIGTERM/SIGINT, how long in-flight HTTP requests (streams too) may finish before "
+        "uvicorn cancels them; the lifespan's shutdown (the models') follows.",
+    )
+    upstream_connect_timeout: Duration = Field(
+        10.0, gt=0, description="Default of a model's timeouts.connect: to open a connection to an upstream."
+    )
+    upstream_first_byte_timeout: Duration = Field(
+        600.0,
+        gt=0,
+        description="Default of a model's timeouts.first_byte: from sending a request to the upstream's "
+        "first bytes. Long, as a long prompt's prefill comes first; past it, another replica, else a 504.",
+    )
+    upstream_idle_timeout: Duration = Field(
+        120.0,
+        gt=0,
+        description="Default of a model's timeouts.idle: between two pieces of a response's body; past it, "
+        "an error event ends the stream and the replica is ejected.",
+    )
+    upstream_total_timeout: Duration = Field(
+        3600.0, gt=0, description="Default of a model's timeouts.total: one request, retries included."
+    )

@@ -1,0 +1,38 @@
+"""The running gateway's state, as one object: what the routes, the reload and the CLI act on. Built by
+``gateway.control.build``; nothing here is module-level."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from backends.docker.engine import DockerEngine
+from backends.kinds import Hosts, Kinds
+from gateway.config.loading import ManifestSet
+from gateway.config.settings import Settings
+from gateway.observability.metrics import Metrics
+from gateway.scheduling.pins import Pins
+from gateway.scheduling.registry import Registry
+from gateway.scheduling.scheduler import Scheduler
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    kinds: Kinds
+    manifests: ManifestSet
+    registry: Registry
+    scheduler: Scheduler
+    metrics: Metrics
+    hosts: Hosts
+    pins: Pins
+    never_fits: dict[str, str]  # models that cannot fit in any budget here, and why
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reload at a time
+
+    def engines_in_use(self) -> list[DockerEngine]:
+        """The engines some model may run on: only those are touched (cleaned up at startup)."""
+        names: set[str] = set()
+        for slot in self.registry.slots.values():
+            for unit in slot.demand:
+                names.update(o.engine for o in unit if o.engine)
+        return [self.hosts.engines[n] for n in sorted(names)]

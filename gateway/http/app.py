@@ -1,0 +1,127 @@
+"""Builds the ASGI app around one ``Gateway`` (``gateway.control``): its routes, and its lifespan, which
+starts and stops everything that runs in the background. No module-level singletons: the ``Gateway`` object is
+passed to the route classes explicitly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from backends.errors import GatewayError
+from gateway.config.settings import Settings
+from gateway.control.build import build_gateway
+from gateway.control.reload import on_sighup, watch
+from gateway.control.state import Gateway
+from gateway.http.admin_routes import AdminRoutes
+from gateway.http.auth import AuthMiddleware, Keys, load_key_file
+from gateway.http.errors import error_response
+from gateway.http.openai_routes import HotPath, OpenAIRoutes
+from gateway.http.openapi import openapi_route
+from gateway.observability import timers
+from gateway.observability.exposition import CONTENT_TYPE
+from gateway.observability.gauges import refresh
+
+log = logging.getLogger(__name__)
+
+
+def api_keys(settings: Settings) -> Keys:
+    """The keys from the settings and the key file."""
+    named = {name: key.get_secret_value() for name, key in settings.api_keys.items()}
+    if settings.api_keys_file is not None:
+        named.update(load_key_file(settings.api_keys_file))
+    if settings.api_key is not None:
+        named.setdefault("default", settings.api_key.get_secret_value())
+    admin = settings.admin_key or settings.api_key
+    return Keys(
+        api={name: key.encode() for name, key in named.items()},
+        admin=admin.get_secret_value().encode() if admin else None,
+        metrics=settings.metrics_key.get_secret_value().encode() if settings.metrics_key else None,
+    )
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = str(exc.detail).lower().replace(" ", "_")  # not_found, method_not_allowed
+    err = GatewayError(f"{exc.detail}: {request.method} {request.url.path}", code=code)
+    err.status, err.type = exc.status_code, "invalid_request_error"
+    return error_response(err)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return error_response(GatewayError(f"internal error: {type(exc).__name__}: {exc}"))
+
+
+def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
+    gateway = gw or build_gateway(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engines = gateway.engines_in_use()
+        for engine in engines:  # before any container of this run starts (DockerEngine.ready waits for it)
+            engine.start_cleanup()
+        gateway.scheduler.start_background()
+        running = timers.start(
+            gateway.metrics,
+            gateway.scheduler,
+            settings.stats_interval if settings.metrics else 0,
+            settings.engine_scrape_interval if settings.metrics else 0,
+        )
+        if settings.watch:
+            running.append(asyncio.create_task(watch(gateway), name="manifest-watch"))
+        on_sighup(gateway)
+        log.info(
+            "serving %d models (%d manifest problems), memory budget %s",
+            len(gateway.registry.slots),
+            len(gateway.manifests.problems),
+            ", ".join(f"{d} {b / 2**20:.0f} MiB" for d, b in gateway.scheduler.budgets.items()),
+        )
+        try:
+            yield
+        finally:
+            for timer in running:
+                timer.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            await gateway.scheduler.shutdown()
+            for engine in engines:
+                await engine.close()
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def metrics(request: Request) -> Response:
+        refresh(gateway.metrics, gateway.scheduler, time.monotonic())
+        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
+
+    openai = OpenAIRoutes(gateway)
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        *openai.routes(),
+        *AdminRoutes(gateway).routes(),
+        openapi_route(),  # GET /openapi.json
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _unexpected},
+    )
+    app.state.gateway = gateway
+    served: ASGIApp = HotPath(app, openai.endpoints())
+    keys = api_keys(settings)
+    return AuthMiddleware(served, keys) if keys.any else served

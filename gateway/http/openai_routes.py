@@ -1,0 +1,296 @@
+"""The ``/v1/*`` handlers: validate, resolve the model, take a lease, dispatch (``gateway.routing.dispatch``:
+pick a replica, forward, retry before the first byte), stream back.
+
+The POST handlers are plain ASGI endpoints rather than request/response functions, so that one disconnect
+watcher covers the request from the moment its body is read until its last byte is sent. ``HotPath`` serves
+them in front of Starlette, and they render their own errors: the router, the middleware stack and the
+Request object cost a third of the gateway's time per proxied request (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backends.base import Endpoint, OpenAIRequest
+from backends.errors import GatewayError, InvalidRequest, PayloadTooLarge, QueueFull
+from gateway.api.validation import (
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    _Body,
+    check_passthrough,
+    decode,
+    validate,
+)
+from gateway.control.state import Gateway
+from gateway.http.errors import error_response
+from gateway.http.relay import CancelOnDisconnect, ClientGone, relay
+from gateway.observability.metrics import Trace
+from gateway.routing.dispatch import affinity_key, dispatch, upstream_timeouts
+from gateway.scheduling.lifecycle import ModelSlot
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _Asgi:
+    """Marks a coroutine as an ASGI endpoint for Starlette's router."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(scope, receive, send)
+
+
+SCHEMAS: dict[Endpoint, type[_Body]] = {
+    "chat/completions": ChatRequest,
+    "completions": CompletionRequest,
+    "embeddings": EmbeddingRequest,
+}
+
+
+class HotPath:
+    """Sends the OpenAI POST endpoints straight to their handlers; everything else to ``app`` (Starlette).
+    The same handlers are also Starlette routes, so a wrong method still gets its 405."""
+
+    def __init__(self, app: ASGIApp, endpoints: dict[str, Handler]) -> None:
+        self.app = app
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.endpoints.get(scope["path"])
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _Send:
+    """``send``, remembering whether the response has started (after that, an error cannot be a response)."""
+
+    __slots__ = ("send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = True
+        await self.send(message)
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes: a declared ``content-length`` over it is refused before a
+    byte is read, and a chunked body as soon as it passes it. Chunks are joined once (linear in the size)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and int(value) > limit:  # the HTTP parser has checked it is a number
+            raise _too_large(limit, f" ({int(value)} bytes)")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _too_large(limit: int, size: str = "") -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request body{size} is over this gateway's limit of {limit} bytes (GATEWAY_MAX_BODY_BYTES)"
+    )
+
+
+CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the response ended
+
+
+class OpenAIRoutes:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.observe = gw.settings.metrics
+        self.created = int(time.time())
+
+    def endpoints(self) -> dict[str, Handler]:
+        """The POST endpoints, by path: plain ASGI handlers."""
+
+        def post(endpoint: Endpoint) -> Handler:
+            async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+                await self._forward(scope, receive, send, endpoint)
+
+            return handler
+
+        return {f"/v1/{e}": post(e) for e in SCHEMAS}
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/models/{name:path}", self.model, methods=["GET"]),
+            *(Route(path, _Asgi(h), methods=["POST"]) for path, h in self.endpoints().items()),
+        ]
+
+    def _model_card(self, name: str) -> dict[str, object]:
+        slot = self.gw.registry.names[name]
+        return {
+            "id": name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "llm-gateway",
+            "root": slot.name,
+            "status": slot.state.value,
+        }
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [self._model_card(n) for n in self.gw.registry.names]})
+
+    async def model(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        self.gw.registry.resolve(name)
+        return JSONResponse(self._model_card(name))
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+        started = time.perf_counter()
+        response = _Send(send)
+        model = ""
+        status = 500
+        trace: Trace | None = None
+        try:
+            raw = await _read_body(scope, receive, self.gw.settings.max_body_bytes)
+            data = decode(raw)
+            slot = self.gw.registry.resolve(data["model"])
+            model = slot.name
+            _check_endpoint(slot, endpoint, data["model"])
+            stream = bool(data.get("stream"))
+            strip_usage = self.observe and stream and endpoint != "embeddings" and ask_for_usage(data)
+            if slot.manifest.backend.gateway_validates:
+                request = OpenAIRequest(endpoint, validate(data, SCHEMAS[endpoint]), stream)
+            else:
+                body = check_passthrough(data, endpoint)
+                request = OpenAIRequest(endpoint, body, stream, with_usage(raw, body) if strip_usage else raw)
+            trace = Trace(model, endpoint, started, _int(data.get("n"), 1), _max_tokens(data))
+            async with CancelOnDisconnect(receive):
+                await self._serve(slot, request, Headers(scope=scope), response, trace, strip_usage)
+            status = trace.status
+        except ClientGone:  # gone before the end, or just after it (then the answer was whole)
+            status = trace.status if trace is not None and trace.completed else CLIENT_GONE
+        except GatewayError as err:
+            status = err.status
+            if isinstance(err, QueueFull):
+                self.gw.metrics.rejected(model)
+            if response.started:
+                raise
+            await error_response(err)(scope, receive, send)
+        except Exception as exc:
+            if response.started:
+                raise
+            log.exception("unhandled error on %s", scope["path"])
+            await error_response(GatewayError(f"internal error: {type(exc).__name__}: {exc}"))(
+                scope, receive, send
+            )
+        finally:
+            if self.observe:
+                if trace is None:
+                    self.gw.metrics.count_request(model, endpoint, status)
+                else:
+                    trace.status = status
+                    self.gw.metrics.finished(trace, time.perf_counter())
+
+    async def _serve(
+        self,
+        slot: ModelSlot,
+        request: OpenAIRequest,
+        headers: Headers,
+        send: Send,
+        trace: Trace,
+        strip_usage: bool,
+    ) -> None:
+        gw = self.gw
+        lease = await gw.scheduler.acquire(slot, gw.settings.load_timeout)
+        slot = lease.slot  # a reload may have put a new version in its place while the request waited
+        key = affinity_key(slot.manifest.affinity, request.body, headers)
+
+        def scheduled() -> None:
+            trace.scheduled = time.perf_counter()
+
+        try:
+            replica, upstream = await dispatch(
+                lease.pool,
+                request,
+                key,
+                gw.settings.queue_timeout,
+                timeouts=upstream_timeouts(slot.manifest.backend, gw.settings),
+                scheduled=scheduled,
+                upstream_error=self._upstream_error,
+            )
+        except BaseException:
+            lease.release()
+            raise
+        upstream.finished.add_done_callback(lambda _: lease.release())  # after dispatch's own (the replica)
+        trace.status = upstream.status
+        trace.engine = str(replica.index)
+        try:
+            await relay(upstream, send, trace if self.observe else None, strip_usage)
+        finally:
+            upstream.close()
+        if trace.status >= 500 and trace.first:
+            self._upstream_error(slot.name, "mid_stream")
+
+    def _upstream_error(self, model: str, kind: str) -> None:
+        if self.observe:
+            self.gw.metrics.upstream_error(model, kind)
+
+
+def _check_endpoint(slot: ModelSlot, endpoint: Endpoint, name: str) -> None:
+    """Refuse a request the model cannot serve before it costs a load or a queue place."""
+    serves_embeddings = getattr(slot.manifest.backend, "embeddings", None)
+    if serves_embeddings is not None and (endpoint == "embeddings") != serves_embeddings:
+        what = "embeddings only" if serves_embeddings else "no embeddings"
+        raise InvalidRequest(f"model '{name}' serves {what}; it cannot answer /v1/{endpoint}", param="model")
+
+
+def ask_for_usage(data: dict[str, Any]) -> bool:
+    """Ask the backend for the stream's usage (``stream_options.include_usage``) if the client did not; True
+    when the gateway asked, so the usage event must be taken out again before the client sees it."""
+    options = data.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return False
+    data["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return True
+
+
+def with_usage(raw: bytes, body: dict[str, Any]) -> bytes:
+    """The client's bytes asking for usage too. When it sent no ``stream_options`` (the usual case), the
+    option goes in front of its own bytes, which stay as they were; otherwise the body is encoded again."""
+    start = raw.find(b"{")
+    if start != -1 and body["stream_options"] == {"include_usage": True} and b'"stream_options"' not in raw:
+        return raw[: start + 1] + INCLUDE_USAGE + raw[start + 1 :]
+    return json.dumps(body).encode()
+
+
+INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
+
+
+def _int(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _max_tokens(data: dict[str, Any]) -> int | None:
+    value = data.get("max_completion_tokens", data.get("max_tokens"))
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,219 @@
+"""A loaded model's replicas, their concurrency caps, and the bounded FIFO queue in front of them.
+
+The choice of replica is ``balancing.choose`` (pure); this module owns the counts and the waiting. A request
+that finds every replica full waits here, in the gateway, never in the engine. Freed capacity is handed
+directly to the oldest waiter, so a newcomer cannot overtake the queue.
+
+A replica leaves the rotation two ways, and ``Replica`` holds the (pure) rules for both:
+
+- passive ejection: a request that fails on it (connection error, 5xx, a stream broken mid-response) ejects
+  it for a cooldown that doubles with each consecutive failure; a request that succeeds ends the streak;
+- active health checks (``gateway.routing.health`` runs the timer): a failed probe marks it down until a probe
+  passes, and a passed probe also ends an ejection early. A passed probe does not end the failure streak:
+  reachable is not the same as serving well, so a replica that keeps failing requests keeps backing off.
+  The other way round, a request it served outweighs a missed probe: a server busy with long streams can
+  miss a probe's deadline (llama-server answers nothing while its HTTP threads are taken) and still serve.
+
+Probes steer traffic between replicas; they never make a model unservable on their own. When every replica
+is out and at least one only for a failed probe, requests go to those (Envoy's "panic routing"): a request
+that really fails ejects its replica, and then the model answers 503 with Retry-After. Refusing outright
+would turn a slow health endpoint into an outage.
+
+A replica that holds a request past its first-byte deadline (``sent`` and not yet ``answered``) counts as
+ejected too, for as long as it holds it: it is hung, or far behind, and panic routing must not pile more
+requests onto it. The HTTP client gives up on such a request at that deadline (``backends.upstream.forward``),
+which ejects the replica for a cooldown; this rule covers whatever answers later than it should (a backend
+without deadlines of its own, a timer that fires late).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from backends.base import Backend
+from backends.engine_stats import EngineStats
+from backends.errors import GatewayError, ModelUnavailable, QueueFull
+from gateway.routing.balancing import ReplicaView, choose
+
+COOLDOWN = 1.0
+MAX_COOLDOWN = 30.0
+
+
+@dataclass(eq=False)
+class Replica:
+    index: int
+    backend: Backend
+    outstanding: int = 0
+    served: int = 0  # responses it started (status and first byte sent back), for operators
+    failures: int = 0  # consecutive failed requests
+    ejected_until: float = 0.0  # passive: out of rotation until then, after a failed request
+    down: bool = False  # active: its last health probe failed
+    engine_stats: EngineStats | None = None  # the last scrape of its engine's own metrics, if it has any
+    # The first-byte deadlines (time.monotonic) of the requests sent to it and not yet answered, oldest
+    # first: a model's requests share one first-byte timeout, so the oldest request's is the earliest.
+    awaiting: list[float] = field(default_factory=list)
+
+    def healthy(self, now: float) -> bool:
+        return not self.down and not self.ejected(now)
+
+    def ejected(self, now: float) -> bool:
+        """Out after a failed request (for a cooldown), or while a request is stuck on it; not merely for a
+        failed probe."""
+        return now < self.ejected_until or self.stuck(now)
+
+    def stuck(self, now: float) -> bool:
+        """It holds a request past that request's first-byte deadline."""
+        return bool(self.awaiting) and self.awaiting[0] <= now
+
+    def reason(self, now: float) -> str | None:
+        """Why it is out of rotation, for operators; None when it is in."""
+        if self.down:
+            return "health check failed"
+        if now < self.ejected_until:
+            return f"ejected after {self.failures} consecutive failed request(s)"
+        if self.stuck(now):
+            return "a request has waited past its first-byte deadline"
+        return None
+
+    def request_failed(self, now: float) -> None:
+        self.failures += 1
+        cooldown = min(COOLDOWN * 2 ** (self.failures - 1), MAX_COOLDOWN)
+        self.ejected_until = now + cooldown
+
+    def request_succeeded(self) -> None:
+        """A served request ends the failure streak, and outweighs a missed health probe."""
+        self.failures = 0
+        self.down = False
+
+    def probed(self, ok: bool, now: float) -> bool:
+        """Apply a health probe's result; True when it moved the replica into or out of rotation."""
+        was = self.healthy(now)
+        self.down = not ok
+        if ok:
+            self.ejected_until = min(self.ejected_until, now)
+        return self.healthy(now) != was
+
+
+class Pool:
+    def __init__(self, model: str, backends: list[Backend], max_queue: int, rng: random.Random) -> None:
+        self.model = model
+        self.replicas = [Replica(i, b) for i, b in enumerate(backends)]
+        self.max_queue = max_queue
+        self._rng = rng
+        self._waiters: deque[asyncio.Future[Replica]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
+    @property
+    def outstanding(self) -> int:
+        return sum(r.outstanding for r in self.replicas)
+
+    def _pick(self, preferred: int | None = None) -> Replica | None:
+        now = time.monotonic()
+        in_rotation = [r.healthy(now) for r in self.replicas]
+        if not any(in_rotation):  # panic routing: only probes may have taken them out (module docstring)
+            in_rotation = [not r.ejected(now) for r in self.replicas]
+        views = [
+            ReplicaView(r.index, r.outstanding, r.backend.capacity, ok)
+            for r, ok in zip(self.replicas, in_rotation, strict=True)
+        ]
+        index = choose(views, self._rng, preferred)
+        if index is None:
+            return None
+        replica = self.replicas[index]
+        replica.outstanding += 1
+        return replica
+
+    async def acquire(self, timeout: float, preferred: int | None = None) -> Replica:
+        """A replica with a free slot, waiting in FIFO order up to ``timeout``. The caller must release it."""
+        if not self._waiters:
+            replica = self._pick(preferred)
+            if replica is not None:
+                return replica
+        now = time.monotonic()
+        if all(r.ejected(now) for r in self.replicas):
+            raise ModelUnavailable(
+                f"every replica of '{self.model}' is failing; retry shortly",
+                retry_after=min(max(r.ejected_until - now, COOLDOWN) for r in self.replicas),
+            )
+        if self.queued >= self.max_queue:
+            raise QueueFull(
+                f"model '{self.model}' has {self.queued} requests waiting (max_queue={self.max_queue})",
+                retry_after=1,
+            )
+        waiter: asyncio.Future[Replica] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            done, _ = await asyncio.wait({waiter}, timeout=timeout)
+        except BaseException:
+            if not waiter.done():
+                waiter.cancel()
+            elif not waiter.cancelled() and waiter.exception() is None:
+                self.release(waiter.result())  # handed a replica just as we were cancelled
+            raise
+        if not done:
+            waiter.cancel()
+            raise ModelUnavailable(
+                f"no replica of '{self.model}' became free within {timeout:.0f}s", retry_after=5
+            )
+        return waiter.result()
+
+    def release(self, replica: Replica, failed: bool = False) -> None:
+        """Give the slot back. ``failed`` (connection error, 5xx, a stream broken mid-response) ejects the
+        replica for a cooldown that doubles with each consecutive failure; a success ends the streak."""
+        replica.outstanding -= 1
+        if failed:
+            now = time.monotonic()
+            replica.request_failed(now)
+            # Requests queued behind the ejection get the replica back the moment its cooldown ends, not
+            # whenever some other replica next frees a slot.
+            asyncio.get_running_loop().call_later(replica.ejected_until - now, self._dispatch)
+        else:
+            replica.request_succeeded()
+        self._dispatch()
+
+    def sent(self, replica: Replica, first_byte_by: float) -> None:
+        """A request went to ``replica``; it must answer by ``first_byte_by`` (time.monotonic)."""
+        replica.awaiting.append(first_byte_by)
+
+    def answered(self, replica: Replica, first_byte_by: float) -> None:
+        """The request ``sent`` with that deadline got its first byte, failed, or was given up."""
+        stuck = replica.stuck(time.monotonic())
+        replica.awaiting.remove(first_byte_by)  # any equal deadline will do: they are interchangeable
+        if stuck:
+            self._dispatch()  # back in rotation, if that was all that kept it out
+
+    def probed(self, replica: Replica, ok: bool) -> bool:
+        """Record a health probe's result; True when it moved the replica into or out of rotation. Queued
+        requests are dispatched on any change: a replica back in rotation takes them at once, and the last
+        one leaving it can start panic routing to replicas that are out only by their probes."""
+        changed = replica.probed(ok, time.monotonic())
+        if changed:
+            self._dispatch()
+        return changed
+
+    def _dispatch(self) -> None:
+        while self._waiters:
+            if self._waiters[0].done():
+                self._waiters.popleft()
+                continue
+            replica = self._pick()
+            if replica is None:
+                return
+            self._waiters.popleft().set_result(replica)
+
+    def fail_waiters(self, error: GatewayError) -> int:
+        """Wake every queued request with ``error`` (the model is going away); returns how many."""
+        failed = 0
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+                failed += 1
+        return failed

@@ -1,0 +1,251 @@
+"""The life of one model: its state machine, its replicas while loaded, and the leases that keep it resident.
+
+States and the only allowed moves::
+
+    UNLOADED ──► LOADING ──► READY ──► DRAINING ──► UNLOADED
+                    │                                  ▲
+                    └──────────── (load failed) ───────┘
+
+``ModelSlot._set`` is the single writer of ``state``. The scheduler drives the moves; request handlers only
+take and return leases, through ``Scheduler.acquire`` (one entry point, so no caller acts on a stale read).
+Memory counts as held from LOADING until the move back to UNLOADED, that is until the engine has let go: the
+placement chosen at ``begin_load`` (one option per unit of the model's demand: where each replica, worker or
+container goes) says on which devices, and the replicas are built for that placement.
+While the slot has a pool (READY and DRAINING), a task probes its replicas' health
+(``gateway.routing.health``); it is stopped before the replicas are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from backends.errors import GatewayError
+from backends.kinds import MakeBackends
+from gateway.config.manifest import ModelManifest
+from gateway.routing.health import start_checks, stop_checks
+from gateway.routing.pool import Pool
+from gateway.scheduling.placement import Option, Unit
+
+
+class State(enum.StrEnum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+
+
+ALLOWED: dict[State, frozenset[State]] = {
+    State.UNLOADED: frozenset({State.LOADING}),
+    State.LOADING: frozenset({State.READY, State.UNLOADED}),
+    State.READY: frozenset({State.DRAINING}),
+    State.DRAINING: frozenset({State.UNLOADED}),
+}
+
+HOLDS_MEMORY = frozenset({State.LOADING, State.READY, State.DRAINING})
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+MAX_BACKOFF = 60.0
+
+
+@dataclass
+class Failure:
+    message: str
+    retry_at: float
+    count: int
+
+
+class ModelSlot:
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        demand: Sequence[Unit],
+        make_backends: MakeBackends,
+        max_queue: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.manifest = manifest
+        self.name = manifest.name
+        self.demand = demand
+        self.placement: tuple[Option, ...] = ()  # chosen while the model holds memory
+        self.pinned = manifest.pinned
+        self.max_queue = max_queue
+        self._make_backends = make_backends
+        self._clock = clock
+        self.state = State.UNLOADED
+        self.failure: Failure | None = None
+        self.last_used = 0.0
+        self.in_flight = 0
+        self.loads = 0  # load attempts, for operators (and the test that concurrent requests share one)
+        self.load_seconds: float | None = None  # how long the last successful load took
+        self.replaced_by: ModelSlot | None = None  # a reload's new version, serving once this one unloads
+        self.removed = False  # a reload removed it: once unloaded, requests for it get 404
+        self.waiting = 0  # requests waiting for the model itself (its load, its drain)
+        self.pool: Pool | None = None
+        self._checks: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._cut = asyncio.Event()
+
+    # -- state: the one writer -------------------------------------------------------------------------
+    def _set(self, new: State) -> None:
+        if new not in ALLOWED[self.state]:
+            raise IllegalTransition(f"{self.name}: {self.state} -> {new}")
+        self.state = new
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_change(self, timeout: float) -> bool:
+        """Wait for the next state change; False on timeout.
+
+        ``asyncio.timeout``, not ``wait_for``, here and in ``wait_idle``: on Python 3.11 ``wait_for`` swallows
+        a cancellation that arrives as the event fires, so a client that left in that instant would have its
+        request carry on, load and generate for nobody."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    @property
+    def queued(self) -> int:
+        """Every request waiting: for the model (a load, a drain) or for a free replica."""
+        return self.waiting + (self.pool.queued if self.pool else 0)
+
+    @property
+    def claims(self) -> Mapping[str, int]:
+        """Bytes held per device: those of the placement while loading, ready or draining; else none."""
+        held: dict[str, int] = {}
+        for option in self.placement:
+            for device, n in option.claims.items():
+                held[device] = held.get(device, 0) + n
+        return held
+
+    @property
+    def memory(self) -> int:
+        """Bytes held, or, while unloaded, what the model's cheapest placement would hold."""
+        if self.placement:
+            return sum(o.total for o in self.placement)
+        return sum(min((o.total for o in unit), default=0) for unit in self.demand)
+
+    # -- moves, called by the scheduler only -------------------------------------------------------------
+    def begin_load(self, choice: Sequence[int]) -> None:
+        """Reserve the memory of the placement that ``choice`` picks (one option index per unit)."""
+        self._set(State.LOADING)
+        self.placement = tuple(unit[i] for unit, i in zip(self.demand, choice, strict=True))
+        self.loads += 1
+
+    async def start(self) -> None:
+        """Start every replica; on any failure, or when cancelled (an operator cancelled the load, or the
+        gateway shuts down), stop every replica (those that started and those half way) and re-raise."""
+        backends = self._make_backends(self.placement)
+        try:
+            results = await asyncio.gather(*(b.start() for b in backends), return_exceptions=True)
+        except BaseException:
+            await asyncio.shield(asyncio.gather(*(b.stop() for b in backends), return_exceptions=True))
+            raise
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await asyncio.gather(*(b.stop() for b in backends))
+            raise errors[0]
+        self.pool = Pool(self.name, backends, self.max_queue, random.Random())
+        self._checks = start_checks(self.pool, self.manifest.health_check_interval)
+        self.failure = None
+        self.last_used = self._clock()
+        self._set(State.READY)
+
+    def load_failed(self, message: str, backoff: float) -> Failure:
+        """Back to UNLOADED; requests fail fast until ``retry_at`` (doubling per failure, up to a minute)."""
+        count = (self.failure.count + 1) if self.failure else 1
+        wait = min(backoff * 2 ** (count - 1), MAX_BACKOFF)
+        self.failure = Failure(message, self._clock() + wait, count)
+        self.placement = ()
+        self._set(State.UNLOADED)
+        return self.failure
+
+    def load_cancelled(self) -> None:
+        """Back to UNLOADED after an operator cancelled the load: no failure, no backoff."""
+        self.placement = ()
+        self._set(State.UNLOADED)
+
+    def clear_failure(self) -> None:
+        """Forget the last failure so that the next request tries to load at once (admin load)."""
+        self.failure = None
+
+    def begin_drain(self) -> None:
+        self._cut = asyncio.Event()
+        self._set(State.DRAINING)
+
+    def cut(self) -> None:
+        """End a drain now: ``wait_idle`` returns and the requests still running are cut (forced unload)."""
+        self._cut.set()
+
+    async def wait_idle(self, grace: float) -> bool:
+        """True once no request runs; False when ``grace`` ran out or the drain was cut first."""
+        if self._idle.is_set():  # a timeout of 0 would expire even when idle
+            return True
+        waits = [asyncio.ensure_future(self._idle.wait()), asyncio.ensure_future(self._cut.wait())]
+        try:
+            await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return self._idle.is_set()
+
+    async def finish_unload(self, error: GatewayError) -> int:
+        """Fail queued requests, stop the replicas (which ends running ones), and return to UNLOADED."""
+        pool, self.pool = self.pool, None
+        checks, self._checks = self._checks, None
+        cancelled = 0
+        try:
+            await stop_checks(checks)
+            if pool is not None:
+                cancelled = pool.fail_waiters(error) + pool.outstanding
+                await asyncio.gather(*(r.backend.stop() for r in pool.replicas), return_exceptions=True)
+        finally:
+            self.placement = ()
+            self._set(State.UNLOADED)  # even if cancelled: never leave the memory counted forever
+        return cancelled
+
+    @property
+    def health_checks(self) -> asyncio.Task[None] | None:
+        """The running health-check task, if any (for tests and operators)."""
+        return self._checks
+
+    # -- leases ------------------------------------------------------------------------------------------
+    def lease(self) -> Lease:
+        assert self.state is State.READY and self.pool is not None
+        self.in_flight += 1
+        self._idle.clear()
+        self.last_used = self._clock()
+        return Lease(self, self.pool)
+
+    def _return(self) -> None:
+        self.in_flight -= 1
+        self.last_used = self._clock()
+        if self.in_flight == 0:
+            self._idle.set()
+
+
+class Lease:
+    """Held from the moment a request is admitted to a ready model until its response is finished."""
+
+    def __init__(self, slot: ModelSlot, pool: Pool) -> None:
+        self.slot = slot
+        self.pool = pool
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.slot._return()

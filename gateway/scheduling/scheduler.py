@@ -1,0 +1,372 @@
+"""Loads, evictions and idle unloads: every move of every model's state goes through here.
+
+- ``acquire`` is the one way in for requests: it returns a lease on a ready model, starting a load if needed.
+  Concurrent first requests join the one load task of their model.
+- One placement decision at a time (the decision lock): the pure ``placement.plan`` says where the model goes
+  (per device: the host, each engine's RAM and GPUs) and what to evict there; the
+  victims are marked draining under the lock, drained (grace period, then cancelled) and unloaded outside
+  it, and the target decides again once they are gone. A model starts loading only when it fits, so the
+  estimates of models holding memory never add up to more than any device's budget.
+- When the target only fails to fit because other models are loading or draining, it waits for those
+  transitions and decides again (llama-swap's "stopping waits, then starts"), instead of failing.
+- Engine loads and drains run outside the decision lock, so a slow load or a long drain does not hold up a
+  load of another model that fits.
+- A failed load returns the model to UNLOADED with the error; requests during the backoff that follows get
+  503 with the error and a Retry-After, then the next request tries again.
+- An idle-TTL reaper unloads models unused for longer than their ``idle_ttl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Protocol
+
+from backends.errors import (
+    GatewayError,
+    InsufficientMemory,
+    LoadFailed,
+    ModelNotFound,
+    ModelUnavailable,
+    QueueFull,
+)
+from gateway.scheduling.explain import Plan, explain
+from gateway.scheduling.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
+from gateway.scheduling.placement import DoesNotFit, Fits, Resident, plan
+
+log = logging.getLogger(__name__)
+
+
+class Events(Protocol):
+    """What the scheduler reports as it happens (the metrics implement it)."""
+
+    def load_finished(self, model: str, seconds: float, result: str) -> None:
+        """``result``: success, failure or cancelled."""
+
+    def evicted(self, model: str, reason: str) -> None:
+        """``reason``: lru, ttl, admin, failure or reload."""
+
+
+class _Quiet:
+    def load_finished(self, model: str, seconds: float, result: str) -> None:
+        pass
+
+    def evicted(self, model: str, reason: str) -> None:
+        pass
+
+
+class Scheduler:
+    def __init__(
+        self,
+        slots: Iterable[ModelSlot],
+        budgets: Mapping[str, int],
+        *,
+        drain_grace: float,
+        load_failure_backoff: float,
+        clock: Callable[[], float] = time.monotonic,
+        events: Events | None = None,
+    ) -> None:
+        self.events: Events = events or _Quiet()
+        self.slots = {s.name: s for s in slots}
+        self.budgets = dict(budgets)  # per device (gateway.scheduling.placement)
+        self.drain_grace = drain_grace
+        self.load_failure_backoff = load_failure_backoff
+        self._clock = clock
+        self._decision = asyncio.Lock()
+        self._loads: dict[str, asyncio.Task[None]] = {}
+        self._unloads: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: set[str] = set()  # loads an operator cancelled
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- the request path --------------------------------------------------------------------------------
+    async def acquire(self, slot: ModelSlot, timeout: float) -> Lease:
+        """A lease on ``slot`` once it is ready, loading it if needed. A request that has to wait for the
+        model (a load, a drain) takes a place in the model's queue, the same ``max_queue`` places as the
+        requests waiting for a free replica: when they are all taken, 429 with Retry-After. One request
+        may always wait for a load, even with ``max_queue: 0``: the one that asks for the model."""
+        if slot.state is State.READY:
+            return slot.lease()
+        waiting = slot.queued
+        if waiting >= max(slot.max_queue, 1):
+            raise QueueFull(
+                f"model '{slot.name}' has {waiting} requests waiting (max_queue={slot.max_queue})",
+                retry_after=1,
+            )
+        slot.waiting += 1
+        try:
+            return await self._until_ready(slot, timeout)
+        finally:
+            slot.waiting -= 1
+
+    async def _until_ready(self, slot: ModelSlot, timeout: float) -> Lease:
+        deadline = self._clock() + timeout
+        while True:
+            if slot.state is State.UNLOADED and slot.replaced_by is not None:  # a reload changed it
+                slot = slot.replaced_by
+                self.adopt(slot)
+                continue
+            if slot.state is State.UNLOADED and slot.removed:
+                raise ModelNotFound(slot.name)
+            if slot.state is State.READY:
+                return slot.lease()
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise ModelUnavailable(
+                    f"model '{slot.name}' is still {slot.state} after {timeout:.0f}s", retry_after=5
+                )
+            if slot.state is State.UNLOADED:
+                failure = slot.failure
+                if failure is not None and self._clock() < failure.retry_at:
+                    raise LoadFailed(
+                        f"model '{slot.name}' failed to load: {failure.message}",
+                        retry_after=failure.retry_at - self._clock(),
+                    )
+                task = self.load(slot)
+                await asyncio.wait({task}, timeout=remaining)
+                _raise_if_cancelled(slot, task)
+                if task.done() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            elif slot.state is State.LOADING and slot.name in self._loads:
+                task = self._loads[slot.name]
+                await asyncio.wait({task}, timeout=remaining)
+                _raise_if_cancelled(slot, task)  # every waiter is told, none starts the load again
+            else:
+                await slot.wait_change(remaining)
+
+    def adopt(self, slot: ModelSlot) -> None:
+        """Serve ``slot`` under its name (a reload's new or changed model). Idempotent. The version it
+        replaces must hold no memory any more: only one slot of a name is ever a resident."""
+        old = self.slots.get(slot.name)
+        assert old is None or old is slot or old.state is State.UNLOADED
+        self.slots[slot.name] = slot
+
+    def forget(self, slot: ModelSlot) -> None:
+        """Stop tracking ``slot`` (a reload removed it, and it has unloaded)."""
+        if self.slots.get(slot.name) is slot:
+            del self.slots[slot.name]
+
+    def used(self) -> dict[str, int]:
+        """Bytes held per device (every budgeted device, 0 when nothing holds it)."""
+        held = dict.fromkeys(self.budgets, 0)
+        for s in self.slots.values():
+            if s.state in HOLDS_MEMORY:
+                for device, n in s.claims.items():
+                    held[device] = held.get(device, 0) + n
+        return held
+
+    # -- loads -------------------------------------------------------------------------------------------
+    def load(self, slot: ModelSlot) -> asyncio.Task[None]:
+        """The load task of ``slot``, started if none runs. Waiters share it; it outlives any one of them."""
+        task = self._loads.get(slot.name)
+        if task is None:
+            task = asyncio.create_task(self._load(slot), name=f"load:{slot.name}")
+            self._loads[slot.name] = task
+            task.add_done_callback(self._load_done(slot.name))
+        return task
+
+    def _load_done(self, name: str) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            self._loads.pop(name, None)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("load of %s failed: %s", name, task.exception())
+
+        return done
+
+    async def _load(self, slot: ModelSlot) -> None:
+        while True:
+            async with self._decision:
+                if slot.state is not State.UNLOADED:
+                    return
+                residents = self.residents()
+                decision = plan(slot.name, slot.demand, residents, self.budgets)
+                if isinstance(decision, Fits) and not decision.evict:
+                    slot.begin_load(decision.choice)  # reserves the memory where it goes
+                    break
+                if isinstance(decision, Fits):
+                    log.info("evicting %s to load %s", ", ".join(decision.evict), slot.name)
+                    waits = [
+                        self._begin_unload(self.slots[n], f"evicted to load '{slot.name}'", "lru")
+                        for n in decision.evict
+                    ]
+                    until = asyncio.ALL_COMPLETED  # deciding again before all are gone would evict more
+                else:
+                    waits = self._transitions_that_could_make_room(slot, residents)
+                    if not waits:
+                        raise InsufficientMemory(decision.reason, retry_after=10)
+                    until = asyncio.FIRST_COMPLETED
+            # Outside the lock: drains and other loads go on; then decide again with what is resident.
+            await asyncio.wait(waits, return_when=until)
+        started = self._clock()
+        try:
+            await slot.start()
+        except BaseException as exc:  # cancelled (shutdown) too: the slot must not stay LOADING
+            result = "failure" if isinstance(exc, Exception) else "cancelled"
+            self.events.load_finished(slot.name, self._clock() - started, result)
+            if slot.name in self._cancelled:  # an operator's choice, not the model's failure: no backoff
+                self._cancelled.discard(slot.name)
+                slot.load_cancelled()
+                raise
+            message = exc.message if isinstance(exc, GatewayError) else f"{type(exc).__name__}: {exc}"
+            failure = slot.load_failed(message, self.load_failure_backoff)
+            if not isinstance(exc, Exception):
+                raise
+            raise LoadFailed(
+                f"model '{slot.name}' failed to load: {message}",
+                retry_after=failure.retry_at - self._clock(),
+            ) from exc
+        slot.load_seconds = self._clock() - started
+        self.events.load_finished(slot.name, slot.load_seconds, "success")
+        log.info("loaded %s in %.2fs", slot.name, self._clock() - started)
+
+    def _transitions_that_could_make_room(
+        self, slot: ModelSlot, residents: list[Resident]
+    ) -> list[asyncio.Task[None]]:
+        """The loads and drains to wait for when ``slot`` would fit once they are over; [] if it never will.
+
+        Only models that hold memory are waited on, and they are past their own decision, so two loads can
+        never wait on each other."""
+        settled = [replace(r, evictable=True) for r in residents]
+        if isinstance(plan(slot.name, slot.demand, settled, self.budgets), DoesNotFit):
+            return []
+        tasks = (self._loads.get(r.name) or self._unloads.get(r.name) for r in residents if not r.evictable)
+        return [t for t in tasks if t is not None]
+
+    def residents(self) -> list[Resident]:
+        """The models holding memory now, as the placement sees them."""
+        return [
+            Resident(
+                name=s.name,
+                claims=s.claims,
+                pinned=s.pinned,
+                in_flight=s.in_flight,
+                last_used=s.last_used,
+                evictable=s.state is State.READY,
+            )
+            for s in self.slots.values()
+            if s.state in HOLDS_MEMORY
+        ]
+
+    # -- unloads -----------------------------------------------------------------------------------------
+    def plan(self, slot: ModelSlot) -> Plan:
+        """What loading ``slot`` now would do: the same placement call a load makes, without the load."""
+        return explain(slot.name, slot.demand, self.residents(), self.budgets)
+
+    async def cancel_load(self, slot: ModelSlot) -> bool:
+        """Cancel ``slot``'s load if one runs (its waiters get a 503); True if there was one."""
+        task = self._loads.get(slot.name)
+        if task is None or task.done():
+            return False
+        self._cancelled.add(slot.name)
+        task.cancel()
+        await asyncio.wait({task})
+        self._cancelled.discard(slot.name)
+        return True
+
+    def _begin_unload(
+        self, slot: ModelSlot, why: str, reason: str | None, grace: float | None = None
+    ) -> asyncio.Task[None]:
+        """Mark a READY model draining and start its unload. Call with the decision lock held. ``reason``
+        labels the eviction in the metrics (None: not an eviction, a shutdown)."""
+        slot.begin_drain()
+        if reason is not None:
+            self.events.evicted(slot.name, reason)
+        task = asyncio.create_task(
+            self._drain_and_unload(slot, why, self.drain_grace if grace is None else grace),
+            name=f"unload:{slot.name}",
+        )
+        self._unloads[slot.name] = task
+        task.add_done_callback(lambda _: self._unloads.pop(slot.name, None))
+        return task
+
+    async def _drain_and_unload(self, slot: ModelSlot, why: str, grace: float) -> None:
+        if not await slot.wait_idle(grace):
+            log.warning("%s: %d requests still running after %.0fs grace", slot.name, slot.in_flight, grace)
+        cancelled = await slot.finish_unload(
+            ModelUnavailable(f"model '{slot.name}' was {why}", retry_after=1)
+        )
+        if cancelled:
+            log.warning("unloaded %s (%s), cancelling %d requests", slot.name, why, cancelled)
+        else:
+            log.info("unloaded %s (%s)", slot.name, why)
+
+    async def unload(
+        self,
+        slot: ModelSlot,
+        why: str,
+        reason: str | None = "admin",
+        idle_for: float | None = None,
+        grace: float | None = None,
+    ) -> bool:
+        """Drain (for ``grace``, default the drain grace; 0 cuts in-flight requests at once) and unload
+        ``slot`` if it is ready (and, with ``idle_for``, idle that long); False if not. A drain already
+        under way is waited for."""
+        async with self._decision:
+            running = self._unloads.get(slot.name)
+            if running is not None and grace == 0:
+                slot.cut()  # forced: the drain under way ends now
+            if running is None:
+                if slot.state is not State.READY:
+                    return False
+                if idle_for is not None and (slot.in_flight or self._clock() - slot.last_used < idle_for):
+                    return False
+                running = self._begin_unload(slot, why, reason, grace)
+        await asyncio.wait({running})
+        return True
+
+    # -- background work ---------------------------------------------------------------------------------
+    def start_background(self) -> None:
+        for slot in self.slots.values():
+            if slot.pinned:
+                self.load(slot)
+        self._reaper = asyncio.create_task(self._reap_idle(), name="idle-reaper")
+
+    async def _reap_idle(self) -> None:
+        ttls = [s.manifest.idle_ttl for s in self.slots.values() if s.manifest.idle_ttl]
+        if not ttls:
+            return
+        period = min(1.0, max(0.05, min(ttls) / 4))
+        while True:
+            await asyncio.sleep(period)  # a timer, not synchronisation
+            now = self._clock()
+            for slot in list(self.slots.values()):  # a reload may change the dict while this awaits
+                ttl = slot.manifest.idle_ttl
+                if ttl and not slot.pinned and slot.state is State.READY and now - slot.last_used >= ttl:
+                    try:
+                        await self.unload(slot, f"idle for {ttl:g}s", "ttl", idle_for=ttl)
+                    except Exception:
+                        log.exception("idle unload of %s failed", slot.name)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Cancel the loads under way (each stops what it had started), then drain every model at once
+        within one grace period (default: the drain grace), cut what is still running, and say how many.
+        uvicorn has already stopped accepting and waited for open connections by the time this runs."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        loads = list(self._loads.values())
+        for task in loads:
+            task.cancel()
+        await asyncio.gather(*loads, return_exceptions=True)
+        async with self._decision:
+            running = sum(s.in_flight for s in self.slots.values() if s.state is State.READY)
+            unloads = [
+                self._begin_unload(s, "shut down", None, grace)
+                for s in list(self.slots.values())
+                if s.state is State.READY
+            ]
+            unloads += [t for t in self._unloads.values() if t not in unloads]
+        log.info(
+            "shutdown: %d loads cancelled, %d models unloading at once, %d requests still running",
+            len(loads), len(unloads), running,
+        )  # fmt: skip
+        await asyncio.gather(*unloads, return_exceptions=True)
+
+
+def _raise_if_cancelled(slot: ModelSlot, load: asyncio.Task[None]) -> None:
+    if load.done() and load.cancelled():
+        raise ModelUnavailable(f"the load of '{slot.name}' was cancelled", retry_after=1)
