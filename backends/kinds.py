@@ -13,8 +13,8 @@ A kind gives:
   unit.
 
 The gateway reads a ``Kinds`` registry and never tests for a kind itself: a new kind is a package with a
-``kind.py``, and one line in ``builtin_kinds`` (or, for a kind that lives elsewhere, the registry handed to
-``build_gateway``).
+``kind.py``, and one line in ``backends.builtin`` (or, for a kind that lives elsewhere, the registry handed
+to ``build_gateway``).
 """
 
 from __future__ import annotations
@@ -110,14 +110,3 @@ class Kinds:
 
     def with_kind(self, kind: Kind[Any]) -> Kinds:
         return Kinds([*self._kinds.values(), kind])
-
-
-def builtin_kinds() -> Kinds:
-    """The kinds this package ships. Importing them loads no engine: each kind imports its replicas' code on
-    the first load of a model of that kind."""
-    from backends.container.kind import CONTAINER
-    from backends.llama_cpp.kind import LLAMA_CPP
-    from backends.llama_server.kind import LLAMA_SERVER
-    from backends.remote.kind import REMOTE
-
-    return Kinds([LLAMA_CPP, LLAMA_SERVER, REMOTE, CONTAINER])

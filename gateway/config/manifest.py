@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, PlainValidator, ValidationInfo, model_validator
 
-from backends.kinds import Kinds, builtin_kinds
+from backends.builtin import builtin_kinds
+from backends.kinds import Kinds
 from backends.spec import Duration, KindSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/\-]*$"
