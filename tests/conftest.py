@@ -19,6 +19,7 @@ import uvloop
 import yaml
 
 from gateway.config.settings import Settings
+from backends.kinds import Kinds
 from gateway.control.build import build_gateway
 from gateway.http.app import build_app
 from tests.fake_upstream import FakeUpstream, RunningUpstream
@@ -61,9 +62,9 @@ def free_port() -> int:
 class RunningGateway:
     """uvicorn serving the gateway on a free port, on its own thread and event loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, kinds: Kinds | None = None) -> None:
         self.settings = settings
-        self.gateway = build_gateway(settings)
+        self.gateway = build_gateway(settings, kinds)
         app = build_app(settings, self.gateway)
         config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
@@ -121,10 +122,10 @@ def wait_for(predicate: Callable[[], Any], what: str, deadline: float = 60.0) ->
 def serve(tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
     started: list[RunningGateway] = []
 
-    def start(manifests: list[dict[str, Any]], **settings: Any) -> RunningGateway:
+    def start(manifests: list[dict[str, Any]], kinds: Kinds | None = None, **settings: Any) -> RunningGateway:
         directory = write_manifests(tmp_path / f"manifests{len(started)}", manifests)
         settings.setdefault("memory_budget", 8 * 2**30)
-        gw = RunningGateway(Settings(manifests=directory, port=free_port(), **settings))
+        gw = RunningGateway(Settings(manifests=directory, port=free_port(), **settings), kinds)
         started.append(gw.__enter__())
         return gw
 
