@@ -18,8 +18,8 @@ import uvicorn
 import uvloop
 import yaml
 
-from gateway.config.settings import Settings
 from backends.kinds import Kinds
+from gateway.config.settings import Settings
 from gateway.control.build import build_gateway
 from gateway.http.app import build_app
 from tests.fake_upstream import FakeUpstream, RunningUpstream

@@ -68,7 +68,9 @@ class ToyReplica:
         async def body() -> AsyncIterator[bytes]:
             if request.stream:
                 for word in text.split(" "):
-                    delta = {"choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
+                    delta = {
+                        "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]
+                    }
                     yield f"data: {json.dumps({**base, 'object': 'chat.completion.chunk', **delta})}\n\n".encode()
                 yield b"data: [DONE]\n\n"
             else:
@@ -111,7 +113,11 @@ class ToyKind:
 
 
 def toy_manifest(name: str, **backend: Any) -> dict[str, Any]:
-    return {"name": name, "aliases": [f"{name}-alias"], "backend": {"kind": "toy", "greeting": "hello", **backend}}
+    return {
+        "name": name,
+        "aliases": [f"{name}-alias"],
+        "backend": {"kind": "toy", "greeting": "hello", **backend},
+    }
 
 
 @pytest.fixture
@@ -127,7 +133,10 @@ def test_a_toy_kind_is_served_end_to_end(
     gw = serve(
         [
             toy_manifest("toy-model", greeting="bonjour", replicas=2, memory_mib=30),
-            {"name": "next-door", "backend": {"kind": "llama_cpp", "model": str(model_files["a"]), "n_ctx": 256}},
+            {
+                "name": "next-door",
+                "backend": {"kind": "llama_cpp", "model": str(model_files["a"]), "n_ctx": 256},
+            },
         ],
         kinds=registry,
     )
