@@ -71,7 +71,8 @@ class ToyReplica:
                     delta = {
                         "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]
                     }
-                    yield f"data: {json.dumps({**base, 'object': 'chat.completion.chunk', **delta})}\n\n".encode()
+                    chunk = {**base, "object": "chat.completion.chunk", **delta}
+                    yield f"data: {json.dumps(chunk)}\n\n".encode()
                 yield b"data: [DONE]\n\n"
             else:
                 message = {"role": "assistant", "content": text}
