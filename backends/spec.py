@@ -1,9 +1,11 @@
-"""What every backend kind's manifest spec shares: durations, files relative to the manifest, and the GGUF
-engine settings of the llama.cpp kinds.
+"""What every backend kind's manifest spec shares: what the gateway reads of any spec (``KindSpec``),
+durations, upstream deadlines, files relative to the manifest, and the GGUF engine settings of the llama.cpp
+kinds.
 
 Each kind owns its spec (the pydantic model of its manifest ``backend:`` block) beside its code, in
-``backends/<kind>_spec.py``; ``gateway.config.settings`` composes the discriminated union from them. Spec
-modules import nothing heavy, so validating manifests never loads an engine.
+``backends/<kind>/spec.py``, and declares it to the kind registry (``backends.kinds``); the gateway's
+manifest schema validates a ``backend:`` block with its kind's spec. Spec modules import nothing heavy, so
+validating manifests never loads an engine.
 """
 
 from __future__ import annotations
