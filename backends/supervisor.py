@@ -86,7 +86,10 @@ class Run(Ending, Protocol):
 
 
 class SupervisedReplica:
-    """A replica whose runs are supervised. See ``backends.base`` for the interface it implements."""
+    """A replica whose runs are supervised. See ``backends.base`` for the interface it implements.
+
+    ``exit_status`` says why its last run ended by itself (with the last log lines), and stays after a
+    restart, so that an operator sees that a replica was restarted and why."""
 
     def __init__(self, label: str, capacity: int, load_timeout: float) -> None:
         self._label = label
@@ -141,8 +144,7 @@ class SupervisedReplica:
                 await self._end(run)
                 raise
             self._run = run
-            self._healthy = True
-            self.exit_status = None
+            self._healthy = True  # ``exit_status`` stays: the last exit, for operators, until the next
             self._supervisor = asyncio.create_task(self._supervise(run), name=f"supervise:{self._label}")
             return
 
