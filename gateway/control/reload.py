@@ -25,7 +25,7 @@ from typing import Any
 
 from gateway.config.loading import LoadedManifest, ManifestProblem, ManifestSet, load_directory
 from gateway.control.state import Gateway
-from gateway.scheduling.lifecycle import ModelSlot, State
+from gateway.scheduling.lifecycle import ModelSlot
 from gateway.scheduling.placement import DoesNotFit, plan
 from gateway.scheduling.registry import make_slot
 
@@ -143,9 +143,11 @@ class _Reloader:
             gw.scheduler.load(slot)
 
     async def _retire(self, slot: ModelSlot, why: str) -> None:
+        """The old version never loads again: its load is cancelled at any stage (loading, or waiting for
+        evictions), then it drains and unloads."""
         sched = self.gw.scheduler
-        if slot.state is State.LOADING:
-            await sched.cancel_load(slot)
+        sched.retire(slot)
+        await sched.cancel_load(slot)
         await sched.unload(slot, why, "reload")
 
     async def _remove(self, slot: ModelSlot) -> None:

@@ -88,6 +88,7 @@ class ModelSlot:
         self.load_seconds: float | None = None  # how long the last successful load took
         self.replaced_by: ModelSlot | None = None  # a reload's new version, serving once this one unloads
         self.removed = False  # a reload removed it: once unloaded, requests for it get 404
+        self.retired = False  # a reload replaced or removed it: it never loads again
         self.waiting = 0  # requests waiting for the model itself (its load, its drain)
         self.pool: Pool | None = None
         self._checks: asyncio.Task[None] | None = None
@@ -97,9 +98,10 @@ class ModelSlot:
         self._cut = asyncio.Event()
 
     # -- state: the one writer -------------------------------------------------------------------------
-    def _set(self, new: State) -> None:
-        if new not in ALLOWED[self.state]:
-            raise IllegalTransition(f"{self.name}: {self.state} -> {new}")
+    def _move(self, expected: State, new: State) -> None:
+        """Compare and set: the move happens only from the state the caller expects it to be in."""
+        if self.state is not expected or new not in ALLOWED[expected]:
+            raise IllegalTransition(f"{self.name}: {self.state} -> {new} (expected {expected})")
         self.state = new
         self._changed.set()
         self._changed = asyncio.Event()
@@ -140,8 +142,11 @@ class ModelSlot:
 
     # -- moves, called by the scheduler only -------------------------------------------------------------
     def begin_load(self, choice: Sequence[int]) -> None:
-        """Reserve the memory of the placement that ``choice`` picks (one option index per unit)."""
-        self._set(State.LOADING)
+        """Reserve the memory of the placement that ``choice`` picks (one option index per unit). A slot a
+        reload replaced or removed never loads again."""
+        if self.retired:
+            raise IllegalTransition(f"{self.name}: a retired version cannot load")
+        self._move(State.UNLOADED, State.LOADING)
         self.placement = tuple(unit[i] for unit, i in zip(self.demand, choice, strict=True))
         self.loads += 1
 
@@ -162,7 +167,7 @@ class ModelSlot:
         self._checks = start_checks(self.pool, self.manifest.health_check_interval)
         self.failure = None
         self.last_used = self._clock()
-        self._set(State.READY)
+        self._move(State.LOADING, State.READY)
 
     def load_failed(self, message: str, backoff: float) -> Failure:
         """Back to UNLOADED; requests fail fast until ``retry_at`` (doubling per failure, up to a minute)."""
@@ -170,13 +175,13 @@ class ModelSlot:
         wait = min(backoff * 2 ** (count - 1), MAX_BACKOFF)
         self.failure = Failure(message, self._clock() + wait, count)
         self.placement = ()
-        self._set(State.UNLOADED)
+        self._move(State.LOADING, State.UNLOADED)
         return self.failure
 
     def load_cancelled(self) -> None:
         """Back to UNLOADED after an operator cancelled the load: no failure, no backoff."""
         self.placement = ()
-        self._set(State.UNLOADED)
+        self._move(State.LOADING, State.UNLOADED)
 
     def clear_failure(self) -> None:
         """Forget the last failure so that the next request tries to load at once (admin load)."""
@@ -184,7 +189,7 @@ class ModelSlot:
 
     def begin_drain(self) -> None:
         self._cut = asyncio.Event()
-        self._set(State.DRAINING)
+        self._move(State.READY, State.DRAINING)
 
     def cut(self) -> None:
         """End a drain now: ``wait_idle`` returns and the requests still running are cut (forced unload)."""
@@ -214,7 +219,7 @@ class ModelSlot:
                 await asyncio.gather(*(r.backend.stop() for r in pool.replicas), return_exceptions=True)
         finally:
             self.placement = ()
-            self._set(State.UNLOADED)  # even if cancelled: never leave the memory counted forever
+            self._move(State.DRAINING, State.UNLOADED)  # even if cancelled: never count the memory forever
         return cancelled
 
     @property
