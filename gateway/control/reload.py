@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,19 +185,20 @@ def snapshot(directory: Path) -> dict[Path, tuple[int, int]]:
     return found
 
 
-async def watch(gw: Gateway, interval: float = WATCH_INTERVAL) -> None:
-    """Reload whenever a manifest file is added, removed or rewritten (``serve --watch``). Polling: a few
-    stat calls a second, and it works on every filesystem, bind mounts and network shares included."""
-    seen = await asyncio.to_thread(snapshot, gw.settings.manifests)
-    while True:
-        await asyncio.sleep(interval)  # a timer, not synchronisation
+def watch(gw: Gateway) -> Callable[[], Awaitable[None]]:
+    """One look at the manifest directory, reloading when a file was added, removed or rewritten since the
+    last look (``serve --watch`` runs it every ``WATCH_INTERVAL``). Polling: a few stat calls a second, and it
+    works on every filesystem, bind mounts and network shares included."""
+    seen: dict[Path, tuple[int, int]] | None = None
+
+    async def step() -> None:
+        nonlocal seen
         now = await asyncio.to_thread(snapshot, gw.settings.manifests)
-        if now != seen:
-            seen = now
-            try:
-                await reload(gw)
-            except Exception:
-                log.exception("reload after a manifest change failed")
+        if seen is not None and now != seen:
+            await reload(gw)
+        seen = now
+
+    return step
 
 
 def on_sighup(gw: Gateway) -> None:

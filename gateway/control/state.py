@@ -10,6 +10,7 @@ from backends.docker.engine import DockerEngine
 from backends.kinds import Hosts, Kinds
 from gateway.config.loading import ManifestSet
 from gateway.config.settings import Settings
+from gateway.observability.background import Background
 from gateway.observability.metrics import Metrics
 from gateway.scheduling.pins import Pins
 from gateway.scheduling.registry import Registry
@@ -28,6 +29,7 @@ class Gateway:
     pins: Pins
     never_fits: dict[str, str]  # models that cannot fit in any budget here, and why
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reload at a time
+    background: Background = field(default_factory=Background)  # loops that must not die silently
 
     def engines_in_use(self) -> list[DockerEngine]:
         """The engines some model may run on: only those are touched (cleaned up at startup)."""

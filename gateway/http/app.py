@@ -4,7 +4,6 @@ passed to the route classes explicitly."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -20,7 +19,7 @@ from starlette.types import ASGIApp
 from backends.errors import GatewayError
 from gateway.config.settings import Settings
 from gateway.control.build import build_gateway
-from gateway.control.reload import on_sighup, watch
+from gateway.control.reload import WATCH_INTERVAL, on_sighup, watch
 from gateway.control.state import Gateway
 from gateway.http.admin_routes import AdminRoutes
 from gateway.http.auth import AuthMiddleware, Keys, load_key_file
@@ -76,14 +75,16 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         for engine in engines:  # before any container of this run starts (DockerEngine.ready waits for it)
             engine.start_cleanup()
         gateway.scheduler.start_background()
-        running = timers.start(
+        background = gateway.background
+        timers.start(
+            background,
             gateway.metrics,
             gateway.scheduler,
             settings.stats_interval if settings.metrics else 0,
             settings.engine_scrape_interval if settings.metrics else 0,
         )
         if settings.watch:
-            running.append(asyncio.create_task(watch(gateway), name="manifest-watch"))
+            background.every("manifest-watch", WATCH_INTERVAL, watch(gateway))
         on_sighup(gateway)
         log.info(
             "serving %d models (%d manifest problems), memory budget %s",
@@ -94,15 +95,17 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         try:
             yield
         finally:
-            for timer in running:
-                timer.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+            await background.stop()
             await gateway.scheduler.shutdown()
             for engine in engines:
                 await engine.close()
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        failing = gateway.background.failing()
+        if not failing:
+            return JSONResponse({"status": "ok"})
+        loops = {name: {"failures": h.failures, "last_error": h.last_error} for name, h in failing.items()}
+        return JSONResponse({"status": "degraded", "failing": loops})
 
     async def metrics(request: Request) -> Response:
         refresh(gateway.metrics, gateway.scheduler, time.monotonic())

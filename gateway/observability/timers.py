@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
 
+from gateway.observability.background import Background
 from gateway.observability.engine_scrape import scrape
 from gateway.observability.gauges import carry_engine_stats
 from gateway.observability.metrics import Metrics
@@ -101,21 +102,22 @@ class StatsLine:
         return ", ".join(parts)
 
 
-async def log_stats(stats: StatsLine, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)  # a timer, not synchronisation
+def log_stats(stats: StatsLine) -> Callable[[], Awaitable[None]]:
+    async def step() -> None:
         for line in stats.lines():
             log.info("%s", line)
 
+    return step
 
-async def scrape_engines(metrics: Metrics, scheduler: Scheduler, interval: float) -> None:
-    """Read the own metrics of every ready replica that has them, each ``interval`` seconds.
+
+def scrape_engines(metrics: Metrics, scheduler: Scheduler) -> Callable[[], Awaitable[None]]:
+    """Read the own metrics of every ready replica that has them, one round per call.
 
     The HTTP client lives for one round only, and only when there is something to read: a client held
     open for the gateway's life (its ~2,700 objects in the collector's oldest generation) cost the request
     path 10% of its CPU in the proxy benchmark (bench/README.md)."""
-    while True:
-        await asyncio.sleep(interval)  # a timer, not synchronisation
+
+    async def step() -> None:
         targets = [
             (slot.name, replica, url)
             for slot in scheduler.slots.values()
@@ -124,24 +126,24 @@ async def scrape_engines(metrics: Metrics, scheduler: Scheduler, interval: float
             if (url := replica.backend.describe().metrics_url)
         ]
         if not targets:
-            continue
+            return
         async with httpx.AsyncClient(verify=False) as client:  # plain HTTP to the engines
             results = await asyncio.gather(*(scrape(client, url) for _, _, url in targets))
         for (model, replica, _), stats in zip(targets, results, strict=True):
             if stats is not None:
                 carry_engine_stats(metrics, model, replica, stats)
 
+    return step
+
 
 def start(
-    metrics: Metrics, scheduler: Scheduler, stats_interval: float, scrape_interval: float
-) -> list[asyncio.Task[None]]:
-    tasks = []
+    background: Background,
+    metrics: Metrics,
+    scheduler: Scheduler,
+    stats_interval: float,
+    scrape_interval: float,
+) -> None:
     if stats_interval > 0:
-        tasks.append(
-            asyncio.create_task(log_stats(StatsLine(metrics, scheduler), stats_interval), name="stats-line")
-        )
+        background.every("stats-line", stats_interval, log_stats(StatsLine(metrics, scheduler)))
     if scrape_interval > 0:
-        tasks.append(
-            asyncio.create_task(scrape_engines(metrics, scheduler, scrape_interval), name="engine-scrape")
-        )
-    return tasks
+        background.every("engine-scrape", scrape_interval, scrape_engines(metrics, scheduler))
