@@ -49,7 +49,7 @@ class Background:
                 health.failures += 1
                 health.total_failures += 1
                 health.last_error = f"{type(exc).__name__}: {exc}"
-                wait = min(max(interval, 1.0) * 2**health.failures, MAX_BACKOFF)
+                wait = min(interval * 2**health.failures, MAX_BACKOFF)
                 log.exception("%s failed (%d in a row); next try in %.0fs", name, health.failures, wait)
             else:
                 health.failures = 0
