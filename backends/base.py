@@ -59,6 +59,7 @@ class OpenAIRequest:
     raw: bytes | None = None  # the client's bytes, for an HTTP upstream to forward untouched
     timeouts: Timeouts = DEFAULT_TIMEOUTS
     deadline: float | None = None  # the end of ``timeouts.total`` (loop.time()), set by the first try
+    max_body: int = 128 * 2**20  # largest non-streamed answer read whole (GATEWAY_MAX_UPSTREAM_BODY_BYTES)
 
 
 @dataclass

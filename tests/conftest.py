@@ -22,6 +22,7 @@ from backends.kinds import Kinds
 from gateway.config.settings import Settings
 from gateway.control.build import build_gateway
 from gateway.http.app import build_app
+from gateway.http.server_limits import server_options
 from tests.fake_upstream import FakeUpstream, RunningUpstream
 from tests.synthetic_gguf import Shape, write_model
 
@@ -60,13 +61,23 @@ def free_port() -> int:
 
 
 class RunningGateway:
-    """uvicorn serving the gateway on a free port, on its own thread and event loop."""
+    """uvicorn serving the gateway on a free port, on its own thread and event loop, with the server options
+    of ``llm-gateway serve``."""
 
     def __init__(self, settings: Settings, kinds: Kinds | None = None) -> None:
         self.settings = settings
         self.gateway = build_gateway(settings, kinds)
         app = build_app(settings, self.gateway)
-        config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning", lifespan="on")
+        # The production server options (the limits and timeouts `llm-gateway serve` gives uvicorn), so that
+        # every integration test runs the server clients meet.
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=settings.port,
+            log_level="warning",
+            lifespan="on",
+            **server_options(settings),
+        )
         self.server = uvicorn.Server(config)
         # uvloop, as `llm-gateway serve` runs it (uvicorn picks it when installed)
         self.thread = threading.Thread(target=lambda: uvloop.run(self.server.serve()), daemon=True)

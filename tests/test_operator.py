@@ -279,3 +279,22 @@ def test_streams_and_metrics_behind_keys(
     assert admin(gw, "GET", "/metrics", "sk-alice").status_code == 401
     assert admin(gw, "GET", "/metrics", "prom-key").status_code == 200
     assert admin(gw, "GET", "/metrics", "adm-key").status_code == 200
+
+
+def test_idle_ttl_of_a_model_a_reload_added_or_changed(
+    serve: Callable[..., RunningGateway], model_files: dict[str, Path]
+) -> None:
+    """A gateway started without any TTL: a reload adds a model with one and gives another one; both unload
+    once idle that long, and a model without one stays."""
+    gw = serve([llama_manifest(n, model_files[n]) for n in "ab"])
+    directory = gw.settings.manifests
+    assert chat(gw, "a").status_code == 200 and chat(gw, "b").status_code == 200
+    (directory / "a.yaml").write_text(yaml.safe_dump(llama_manifest("a", model_files["a"], idle_ttl="1s")))
+    (directory / "c.yaml").write_text(yaml.safe_dump(llama_manifest("c", model_files["c"], idle_ttl="1s")))
+    assert admin(gw, "POST", "/admin/reload").json()["added"] == ["c"]
+    assert chat(gw, "a").status_code == 200 and chat(gw, "c").status_code == 200
+    assert states(gw)["a"] == "ready" and states(gw)["c"] == "ready"
+    wait_for(lambda: states(gw)["a"] == states(gw)["c"] == "unloaded", "a and c to unload once idle")
+    assert states(gw)["b"] == "ready"  # no TTL: it stays
+    loads = {m["name"]: m["loads"] for m in gw.admin()["models"]}
+    assert loads == {"a": 1, "b": 1, "c": 1}  # the new version of a loaded once, and was reaped

@@ -209,3 +209,27 @@ def test_slow_loris_connections_cannot_take_every_connection(
         Loris(url, silent=8),
     ):
         wait_for(lambda: _status(int(url.rsplit(":", 1)[1])) == 200, "a request to be served", deadline=10)
+
+
+def test_a_client_that_stops_reading_is_cut_and_its_slot_freed(tmp_path: Path, stack: ExitStack) -> None:
+    """A stream's client that reads nothing: after the send timeout its connection is reset, its upstream
+    request ends, and the model's only slot serves the next client (a reader on the same model)."""
+    long = stack.enter_context(RunningUpstream(FakeUpstream(chunks=100_000), free_port()))
+    manifest = remote("long", long.url)
+    manifest["backend"]["endpoints"][0]["max_concurrency"] = 1  # one slot: the reader needs it back
+    with (
+        serve_process(tmp_path, [manifest], send_timeout="1s") as url,
+        contextlib.closing(_connect(url)) as idle,
+    ):
+        idle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        idle.sendall(_request_bytes(stream=True, model="long"))
+        wait_for(lambda: long.app.requests == 1, "the idle client's stream to start")
+        # The reader waits in the queue behind it, and is served once the gateway has cut the idle one.
+        answer = httpx.post(f"{url}/v1/chat/completions", json={**CHAT, "model": "long"}, timeout=120)
+        assert answer.status_code == 200
+        assert answer.json()["choices"][0]["message"]["content"] == "ok"
+        assert long.app.requests == 2
+        idle.settimeout(60)
+        with pytest.raises(ConnectionResetError):  # reset, not a clean end: the answer was never whole
+            while idle.recv(1 << 20):
+                pass

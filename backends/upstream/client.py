@@ -50,6 +50,10 @@ class ConnectTimeout(ConnectFailed, TimedOut):
 SLACK = 0.001  # a timer may fire this early (the loop's clock resolution); it still counts as on time
 
 
+class BodyTooLarge(HttpClientError):
+    """A body read whole was larger than the caller's limit."""
+
+
 class Disconnected(HttpClientError):
     """The connection ended before the response did. ``stale`` when it was a reused keep-alive connection
     that ended before a single response byte: the server had closed it, and the request never ran."""
@@ -145,10 +149,14 @@ class Response:
             self._conn.resume_reading()
         return data
 
-    async def read(self, deadline: float | None = None) -> bytes:
-        """The rest of the body, by ``deadline`` (loop time)."""
+    async def read(self, deadline: float | None = None, limit: int | None = None) -> bytes:
+        """The rest of the body, by ``deadline`` (loop time); ``BodyTooLarge`` past ``limit`` bytes."""
         parts = []
+        size = 0
         while chunk := await self.next_chunk(deadline):
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise BodyTooLarge(f"a body over {limit} bytes")
             parts.append(chunk)
         return b"".join(parts)
 

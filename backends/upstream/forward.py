@@ -35,6 +35,7 @@ from backends.errors import GatewayError, GatewayTimeout, UpstreamError, Upstrea
 from backends.upstream.answer_shape import EventShape, first_problem
 from backends.upstream.client import (
     SLACK,
+    BodyTooLarge,
     Client,
     ConnectTimeout,
     Disconnected,
@@ -143,13 +144,15 @@ class HttpUpstream:
             raise UpstreamUnavailable(f"cannot reach {self.base_url}: {exc}") from exc
         try:
             if resp.status >= 400:
-                raw = await resp.read(first_by)
+                raw = await resp.read(first_by, ERROR_BODY_LIMIT)
                 resp.close()
                 if resp.status >= 500:
                     raise UpstreamUnavailable(_upstream_error(resp.status, raw).message)
                 raise _upstream_error(resp.status, raw)
             # A non-streamed answer is small and complete: read it whole and pass it on with its length.
-            first = await (resp.next_chunk(first_by) if request.stream else resp.read(first_by))
+            first = await (
+                resp.next_chunk(first_by) if request.stream else resp.read(first_by, request.max_body)
+            )
             shape = EventShape() if request.stream else None
             problem = first_problem(first, request.stream) or (shape.check(first) if shape else None)
             if problem is not None:  # nothing has reached the client: another replica may answer
@@ -158,6 +161,11 @@ class HttpUpstream:
         except TimedOut as exc:
             resp.close()
             raise GatewayTimeout(_late_message(self.base_url, t, first_by == end)) from exc
+        except BodyTooLarge as exc:
+            resp.close()
+            raise UpstreamUnavailable(
+                f"{self.base_url} answered with {exc} (GATEWAY_MAX_UPSTREAM_BODY_BYTES)"
+            ) from exc
         except HttpClientError as exc:
             resp.close()
             raise UpstreamUnavailable(f"{self.base_url} failed before answering: {exc}") from exc
@@ -181,6 +189,9 @@ class HttpUpstream:
             headers["content-length"] = str(len(first))
         body = _body(first, resp, shape, done, t.idle, end)
         return UpstreamResponse(resp.status, headers, body, close, finished)
+
+
+ERROR_BODY_LIMIT = 1 << 20  # an error body is a message; more is not one
 
 
 def _late_message(url: str, t: Timeouts, total: bool) -> str:

@@ -164,6 +164,18 @@ class Settings(BaseSettings):
         description="Default of a model's timeouts.idle: between two pieces of a response's body; past it, "
         "an error event ends the stream and the replica is ejected.",
     )
+    max_upstream_body_bytes: ByteSize = Field(
+        ByteSize(128 * 2**20),
+        gt=0,
+        description="Largest non-streamed answer from an upstream (read whole before it is passed on); a "
+        "larger one is a 502. Streams are passed on as they arrive and are not bounded by it.",
+    )
+    send_timeout: Duration = Field(
+        60.0,
+        gt=0,
+        description="How long a client may take to accept one piece of its response (a client that stops "
+        "reading): past it the connection is cut, the upstream request cancelled and the slot freed.",
+    )
     upstream_total_timeout: Duration = Field(
         3600.0, gt=0, description="Default of a model's timeouts.total: one request, retries included."
     )

@@ -9,6 +9,7 @@ Request object cost a third of the gateway's time per proxied request (bench/REA
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -34,7 +35,8 @@ from gateway.api.validation import (
 )
 from gateway.control.state import Gateway
 from gateway.http.errors import error_response
-from gateway.http.relay import CancelOnDisconnect, ClientGone, relay
+from gateway.http.relay import CancelOnDisconnect, ClientGone, SlowClient, Watchdog, relay
+from gateway.http.server_limits import ABORT
 from gateway.observability.metrics import Trace
 from gateway.routing.dispatch import affinity_key, dispatch, upstream_timeouts
 from gateway.scheduling.lifecycle import ModelSlot
@@ -120,6 +122,7 @@ def _too_large(limit: int, size: str = "") -> PayloadTooLarge:
 
 
 CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the response ended
+SLOW_CLIENT = 408  # a client that stopped reading its answer (counted so in the metrics; it is not sent)
 
 
 class OpenAIRoutes:
@@ -127,6 +130,7 @@ class OpenAIRoutes:
         self.gw = gw
         self.observe = gw.settings.metrics
         self.created = int(time.time())
+        self.max_body = int(gw.settings.max_upstream_body_bytes)
 
     def endpoints(self) -> dict[str, Handler]:
         """The POST endpoints, by path: plain ASGI handlers."""
@@ -180,16 +184,26 @@ class OpenAIRoutes:
             stream = bool(data.get("stream"))
             strip_usage = self.observe and stream and endpoint != "embeddings" and ask_for_usage(data)
             if slot.manifest.backend.gateway_validates:
-                request = OpenAIRequest(endpoint, validate(data, SCHEMAS[endpoint]), stream)
+                request = OpenAIRequest(
+                    endpoint, validate(data, SCHEMAS[endpoint]), stream, max_body=self.max_body
+                )
             else:
                 body = check_passthrough(data, endpoint)
-                request = OpenAIRequest(endpoint, body, stream, with_usage(raw, body) if strip_usage else raw)
+                raw = with_usage(raw, body) if strip_usage else raw
+                request = OpenAIRequest(endpoint, body, stream, raw, max_body=self.max_body)
             trace = Trace(model, endpoint, started, _int(data.get("n"), 1), _max_tokens(data))
             async with CancelOnDisconnect(receive):
                 await self._serve(slot, request, Headers(scope=scope), response, trace, strip_usage)
             status = trace.status
         except ClientGone:  # gone before the end, or just after it (then the answer was whole)
             status = trace.status if trace is not None and trace.completed else CLIENT_GONE
+        except SlowClient as exc:  # its upstream request is cancelled and its slot free; cut the connection
+            log.warning("%s: %s; connection cut", scope["path"], exc)
+            status = SLOW_CLIENT
+            abort = scope.get("extensions", {}).get(ABORT)
+            if abort is None:
+                raise  # uvicorn closes the connection of an app that fails mid-response
+            abort()
         except GatewayError as err:
             status = err.status
             if isinstance(err, QueueFull):
@@ -245,9 +259,17 @@ class OpenAIRoutes:
         upstream.finished.add_done_callback(lambda _: lease.release())  # after dispatch's own (the replica)
         trace.status = upstream.status
         trace.engine = str(replica.index)
+        watch = Watchdog(gw.settings.send_timeout)
         try:
-            await relay(upstream, send, trace if self.observe else None, strip_usage)
+            await relay(upstream, watch.guard(send), trace if self.observe else None, strip_usage)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if watch.fired is None or task is None:
+                raise
+            task.uncancel()  # the watchdog's cancellation, turned into SlowClient
+            raise SlowClient(f"the client took over {watch.timeout:g}s to accept a piece") from None
         finally:
+            watch.stop()
             upstream.close()
         if trace.status >= 500 and trace.first:
             self._upstream_error(slot.name, "mid_stream")

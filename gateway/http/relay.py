@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from starlette.types import Receive, Send
+from starlette.types import Message, Receive, Send
 
 from backends.base import UpstreamResponse
 from gateway.api.usage import StreamReader
@@ -21,6 +21,55 @@ from gateway.observability.metrics import Trace
 
 class ClientGone(Exception):
     """The client disconnected before its response was complete."""
+
+
+class SlowClient(Exception):
+    """The client stopped reading its response: a piece waited longer than the send timeout to go out."""
+
+
+class Watchdog:
+    """The deadline on sending each piece of a response to the client (``send_timeout``): one timer per
+    response, moved lazily, so a piece costs two assignments and a clock read. A client that stops reading
+    makes uvicorn's ``send`` wait forever (its write buffer is full); past the timeout the request's task is
+    cancelled, and the caller turns that into ``SlowClient``: its upstream request is cancelled, its slot
+    freed, and its connection cut."""
+
+    __slots__ = ("_handle", "_loop", "_since", "_task", "fired", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.fired: str | None = None
+        self._since = 0.0  # when the send under way began (loop time); 0: none
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(timeout, self._check)
+
+    def guard(self, send: Send) -> Send:
+        clock = self._loop.time
+
+        async def guarded(message: Message) -> None:
+            self._since = clock()
+            await send(message)
+            self._since = 0.0
+
+        return guarded
+
+    def _check(self) -> None:
+        since = self._since
+        now = self._loop.time()
+        if since and now - since >= self.timeout:
+            self.fired = "send"
+            self._handle = None
+            self._task.cancel()
+            return
+        self._handle = self._loop.call_at((since or now) + self.timeout, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class CancelOnDisconnect:

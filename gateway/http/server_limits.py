@@ -62,6 +62,9 @@ def bounded_http(max_head: int, head_timeout: float, body_timeout: float) -> typ
     return cast(type[BoundedHttpTools], type("BoundedHttpTools", (BoundedHttpTools,), bounds))
 
 
+ABORT = "gateway.abort"  # the ASGI scope extension: a callable that resets the connection
+
+
 class _HeadTooLarge(Exception):
     pass
 
@@ -99,6 +102,9 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # How the app cuts a connection whose client stopped reading (``openai_routes``, SlowClient):
+        # uvicorn's own close() would wait for the full write buffer to drain, which it never does.
+        self.scope["extensions"] = {ABORT: self._abort}  # type: ignore[dict-item]
         self._arriving = True
         if self._deadline is None:  # a kept-alive connection's next request: its head from its first byte
             self._set_deadline(self.head_timeout)
@@ -160,6 +166,10 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._head_read = 0
         self._deadline = self.loop.time() + self.body_timeout  # later than the head's: the timer moves lazily
         super().on_headers_complete()
+
+    def _abort(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.abort()
 
     def on_message_complete(self) -> None:
         self._deadline = None
