@@ -33,13 +33,18 @@ WORKDIR /app
 COPY manifests/smollm2.yaml manifests/smollm2-long.yaml manifests/
 RUN llm-gateway fetch-model --manifests /app/manifests
 
-RUN useradd --system --uid 10001 --no-create-home --home-dir /app gateway
+RUN useradd --system --uid 10001 --no-create-home --home-dir /app gateway \
+ && mkdir -p /var/lib/llm-gateway && chown gateway /var/lib/llm-gateway
 USER gateway
+# Pins set through the admin API are kept in a writable state directory (a volume), not in the manifests.
 ENV GATEWAY_MANIFESTS=/app/manifests \
+    GATEWAY_STATE_FILE=/var/lib/llm-gateway/pins.json \
     PYTHONUNBUFFERED=1
+VOLUME /var/lib/llm-gateway
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"]
 # Without GATEWAY_MEMORY_BUDGET (or --memory-budget) the budget is 90% of the memory available at startup,
-# which inside a container is the host's, not the container's limit: set it.
+# which inside a container is the host's, not the container's limit: set it. On 0.0.0.0 the gateway refuses
+# to start without API keys (GATEWAY_API_KEYS) unless GATEWAY_ALLOW_OPEN=true says so.
 CMD ["llm-gateway", "serve", "--host", "0.0.0.0", "--port", "8000"]

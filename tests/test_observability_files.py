@@ -174,7 +174,13 @@ def test_compose_wires_the_services_to_each_other() -> None:
     assert job["static_configs"][0]["targets"] == ["gateway:8000"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     assert prometheus_config["global"]["scrape_interval"] == "5s"
-    assert "8000:8000" in services["gateway"]["ports"]
+    # published on the host's loopback unless told otherwise; Grafana has no default password
+    assert services["gateway"]["ports"] == ["${GATEWAY_PUBLISH:-127.0.0.1}:8000:8000"]
+    assert services["prometheus"]["ports"] == ["${PROMETHEUS_PUBLISH:-127.0.0.1}:9090:9090"]
+    assert services["grafana"]["ports"] == ["${GRAFANA_PUBLISH:-127.0.0.1}:3000:3000"]
+    password = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert password.startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert "gateway-state:/var/lib/llm-gateway" in services["gateway"]["volumes"]
     assert ("./prometheus.yml", "/etc/prometheus/prometheus.yml") in bind_mounts(services["prometheus"])
 
     grafana_mounts = dict(bind_mounts(services["grafana"]))
@@ -214,6 +220,10 @@ def test_dockerfile_serves_on_the_published_port_with_the_bundled_model() -> Non
     cmd = re.search(r"^CMD (\[.*\])$", text, re.M)
     assert cmd is not None
     assert json.loads(cmd.group(1)) == ["llm-gateway", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    # pins are kept in a writable state directory the image declares as a volume, owned by its user
+    assert "GATEWAY_STATE_FILE=/var/lib/llm-gateway/pins.json" in text
+    assert re.search(r"^VOLUME /var/lib/llm-gateway$", text, re.M)
+    assert "chown gateway /var/lib/llm-gateway" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv"} <= set(ignored)
 

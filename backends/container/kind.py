@@ -134,7 +134,7 @@ def _factory(model: Model, spec: Spec, hosts: Hosts) -> MakeBackends:
 
     def server_spec(option: Option, rpc: Sequence[str]) -> ContainerRun:
         if isinstance(spec, LlamaCppContainer):
-            return llamacpp_run(spec, option.gpus, rpc)
+            return llamacpp_run(spec, option.gpus, rpc, names)
         if isinstance(spec, VllmContainer):
             return vllm_run(spec, names, option.gpus)
         return raw_run(spec, option.gpus)

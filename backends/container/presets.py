@@ -38,13 +38,22 @@ def _extra_mounts(volumes: Sequence[str]) -> dict[str, tuple[str, str]]:
     return mounts
 
 
-def llamacpp_run(spec: LlamaCppContainer, gpu_ids: Sequence[int], rpc: Sequence[str] = ()) -> ContainerRun:
-    """``rpc``: the addresses of the worker containers (``host:port``), or the manifest's own ``rpc``."""
+def llamacpp_run(
+    spec: LlamaCppContainer, gpu_ids: Sequence[int], rpc: Sequence[str] = (), names: Sequence[str] = ()
+) -> ContainerRun:
+    """``rpc``: the addresses of the worker containers (``host:port``), or the manifest's own ``rpc``;
+    ``names``: the model's name and aliases (``--alias``)."""
     mounts = _extra_mounts(spec.volumes)
     model = _mount_file(mounts, spec.model, "/models")
     template = _mount_file(mounts, spec.chat_template_file, "/templates") if spec.chat_template_file else None
     command = server_args(
-        spec, model=model, host="0.0.0.0", port=spec.port, chat_template_file=template, rpc=rpc or spec.rpc
+        spec,
+        model=model,
+        host="0.0.0.0",
+        port=spec.port,
+        chat_template_file=template,
+        rpc=rpc or spec.rpc,
+        names=names,
     )
     return ContainerRun(
         image=spec.image,

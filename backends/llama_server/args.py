@@ -20,12 +20,15 @@ def server_args(
     host: str = "127.0.0.1",
     chat_template_file: str | None = None,
     rpc: Sequence[str] = (),
+    names: Sequence[str] = (),
 ) -> list[str]:
     """The flags for ``spec``. Paths and addresses are passed in, because they differ between a process on
-    this machine and a container (where the files are mounted elsewhere and the workers are managed)."""
+    this machine and a container (where the files are mounted elsewhere and the workers are managed).
+    ``names``: the model's name and aliases (``--alias``), so that answers name the model, not its file."""
     args = [
         "-m",
         model,
+        *(["--alias", ",".join(names)] if names else []),
         "--host",
         host,
         "--port",
@@ -60,10 +63,12 @@ def server_args(
     return [*args, *spec.extra_args]
 
 
-def process_args(spec: LlamaServerBackend, port: int) -> list[str]:
+def process_args(spec: LlamaServerBackend, port: int, names: Sequence[str] = ()) -> list[str]:
     """The flags of a llama-server on this machine: the manifest's own paths and RPC workers."""
     template = str(spec.chat_template_file) if spec.chat_template_file else None
-    return server_args(spec, model=str(spec.model), port=port, chat_template_file=template, rpc=spec.rpc)
+    return server_args(
+        spec, model=str(spec.model), port=port, chat_template_file=template, rpc=spec.rpc, names=names
+    )
 
 
 def _gpu_layers(n: int) -> str:

@@ -30,8 +30,9 @@ class LlamaServerKind:
         def make(_: Sequence[Option]) -> list[Backend]:
             from backends.llama_server.replica import LlamaServerReplica
 
+            names = (model.name, *model.aliases)
             return [
-                LlamaServerReplica(spec, f"{model.name}-{i}", hosts.llama_server)
+                LlamaServerReplica(spec, f"{model.name}-{i}", hosts.llama_server, names)
                 for i in range(spec.replicas)
             ]
 

@@ -29,6 +29,7 @@ import shutil
 import signal
 import socket
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 from backends.base import ReplicaInfo
@@ -178,9 +179,12 @@ class ProcessRun:
 
 
 class LlamaServerReplica(SupervisedReplica):
-    def __init__(self, spec: LlamaServerBackend, label: str, binary: Path | None = None) -> None:
+    def __init__(
+        self, spec: LlamaServerBackend, label: str, binary: Path | None = None, names: Sequence[str] = ()
+    ) -> None:
         super().__init__(label, spec.parallel, spec.load_timeout)
         self._spec = spec
+        self._names = tuple(names)  # the model's name and aliases, for llama-server's --alias
         self._configured_binary = binary
         self._log = LogTail()  # one per replica: a crashed process's last lines stay beside its successor's
 
@@ -201,7 +205,7 @@ class LlamaServerReplica(SupervisedReplica):
         proc = await asyncio.create_subprocess_exec(
             *die_with_parent(),
             str(binary),
-            *process_args(self._spec, port),
+            *process_args(self._spec, port, self._names),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

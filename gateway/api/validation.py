@@ -227,10 +227,21 @@ def _invalid(err: ErrorDetails) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise InvalidRequest(f"the key '{twice}' appears twice in one object of the body", param=twice)
+    return obj
+
+
 def decode(raw: bytes) -> dict[str, Any]:
-    """The JSON object of a request body, with a non-empty string ``model``."""
+    """The JSON object of a request body, with a non-empty string ``model``. A key twice in one object is a
+    400: the gateway would route on one value ({"model": "a", "model": "b"}: the last) while an upstream's
+    parser may read the other."""
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_unique_keys)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -59,8 +59,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    refusal = open_refusal(settings)
+    if refusal is not None:
+        print(f"llm-gateway: {refusal}", file=sys.stderr)
+        return 2
     app = build_app(settings)
-    warn_if_open(settings)
     if settings.gc_freeze:
         from gateway.cli.gc_tuning import tune_gc
 
@@ -76,20 +79,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def warn_if_open(settings: Settings) -> None:
-    """No keys and not on loopback: anyone who can reach the port can use and administer the gateway."""
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def open_refusal(settings: Settings) -> str | None:
+    """Why ``serve`` must not start: no key guards /v1 and the address is not loopback, so anyone who can
+    reach the port could run every model. None when that is not so, or is intended (GATEWAY_ALLOW_OPEN)."""
     from gateway.http.app import api_keys
 
-    if not api_keys(settings).any and settings.host not in ("127.0.0.1", "localhost", "::1"):
-        logging.getLogger("gateway").warning(
-            "\n%s\nNO API KEYS ARE SET and the gateway listens on %s: anyone who can reach port %d can run "
-            "every model and use /admin (load, unload, reload). Set GATEWAY_API_KEYS and GATEWAY_ADMIN_KEY, "
-            "or bind to 127.0.0.1.\n%s",
-            "!" * 100,
-            settings.host,
-            settings.port,
-            "!" * 100,
-        )
+    keys = api_keys(settings)
+    if keys.api or settings.host in LOOPBACK or settings.allow_open:
+        return None
+    admin = "" if keys.admin else " and /admin (load, unload, reload)"
+    return (
+        f"refusing to serve /v1{admin} without API keys on {settings.host}: anyone who can reach port "
+        f"{settings.port} could use every model. Set GATEWAY_API_KEYS (and GATEWAY_ADMIN_KEY), bind to "
+        "127.0.0.1, or set GATEWAY_ALLOW_OPEN=true if that is what you want."
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:

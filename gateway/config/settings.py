@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_.-]+$",
         description="Labels this gateway's containers; default: derived from host, port and manifests.",
     )
+    allow_open: bool = Field(
+        False,
+        description="Serve /v1 without API keys on an address other than loopback, on purpose; without it "
+        "`serve` refuses to start so (anyone who can reach the port could use every model).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     watch: bool = Field(False, description="Reload whenever a manifest file changes.")
     metrics: bool = Field(True, description="Measure requests for /metrics and the stats line.")

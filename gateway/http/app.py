@@ -23,7 +23,7 @@ from gateway.control.reload import WATCH_INTERVAL, on_sighup, watch
 from gateway.control.state import Gateway
 from gateway.http.admin_routes import AdminRoutes
 from gateway.http.auth import AuthMiddleware, Keys, load_key_file
-from gateway.http.errors import error_response
+from gateway.http.errors import error_response, internal_error
 from gateway.http.openai_routes import HotPath, OpenAIRoutes
 from gateway.http.openapi import openapi_route
 from gateway.observability import timers
@@ -62,8 +62,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
-    return error_response(GatewayError(f"internal error: {type(exc).__name__}: {exc}"))
+    try:
+        raise exc
+    except Exception:
+        return error_response(internal_error(request.url.path))
 
 
 def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:

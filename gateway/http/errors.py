@@ -6,7 +6,9 @@ The tree is re-exported here so that gateway code imports errors from one place.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import secrets
 
 from starlette.responses import Response
 
@@ -28,6 +30,8 @@ from backends.errors import (
     sse_error_event,
 )
 
+log = logging.getLogger("gateway.errors")
+
 __all__ = [
     "GatewayError",
     "HeadersTooLarge",
@@ -44,8 +48,17 @@ __all__ = [
     "UpstreamError",
     "UpstreamUnavailable",
     "error_response",
+    "internal_error",
     "sse_error_event",
 ]
+
+
+def internal_error(where: str) -> GatewayError:
+    """A 500 for a bug: the client gets a request id, the log gets it with the traceback (call it from the
+    ``except`` block). The exception's text stays in the log: it may hold paths, addresses or data."""
+    request_id = f"req_{secrets.token_hex(8)}"
+    log.exception("unhandled error on %s (%s)", where, request_id)
+    return GatewayError(f"internal error (request id {request_id}; the gateway's log has the details)")
 
 
 def error_response(err: GatewayError) -> Response:

@@ -34,7 +34,7 @@ from gateway.api.validation import (
     validate,
 )
 from gateway.control.state import Gateway
-from gateway.http.errors import error_response
+from gateway.http.errors import error_response, internal_error
 from gateway.http.relay import CancelOnDisconnect, ClientGone, SlowClient, Watchdog, relay
 from gateway.http.server_limits import ABORT
 from gateway.observability.metrics import Trace
@@ -211,13 +211,10 @@ class OpenAIRoutes:
             if response.started:
                 raise
             await error_response(err)(scope, receive, send)
-        except Exception as exc:
+        except Exception:
             if response.started:
                 raise
-            log.exception("unhandled error on %s", scope["path"])
-            await error_response(GatewayError(f"internal error: {type(exc).__name__}: {exc}"))(
-                scope, receive, send
-            )
+            await error_response(internal_error(scope["path"]))(scope, receive, send)
         finally:
             if self.observe:
                 if trace is None:

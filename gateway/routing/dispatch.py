@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -34,7 +36,15 @@ from gateway.routing.pool import Pool, Replica
 if TYPE_CHECKING:
     from gateway.config.settings import Settings
 
+log = logging.getLogger(__name__)
+
 UpstreamErrorHook = Callable[[str, str], None]  # (model, kind): a replica failed before the first byte
+_ADDRESS = re.compile(r"(?:https?|unix|tcp)://[^\s,;)]+")
+
+
+def hide_addresses(message: str) -> str:
+    """A message for a client, without the addresses of the gateway's upstreams."""
+    return _ADDRESS.sub("the upstream", message)
 
 
 def _nothing() -> None:
@@ -83,8 +93,11 @@ async def dispatch(
             pool.release(replica, failed=True)
             pool.answered(replica, first_byte_by)
             upstream_error(pool.model, err.code or "upstream_unavailable")
+            log.warning("model %s replica %d failed before answering: %s", pool.model, replica.index, err)
             tried += 1
             if tried >= len(pool.replicas) or loop.time() >= deadline:
+                # The client learns which model and replica, not where it runs (the log has that).
+                err.message = f"model '{pool.model}' replica {replica.index}: {hide_addresses(err.message)}"
                 raise
         except BaseException:
             # The backend has let go (or, cancelled mid-prompt, stops at its next token; an in-process
