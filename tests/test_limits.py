@@ -305,3 +305,23 @@ def test_serve_options_carry_the_settings() -> None:
     assert (defaults["http"].max_head, defaults["limit_concurrency"]) == (64 * 1024, 1025)
     assert (defaults["timeout_keep_alive"], defaults["timeout_graceful_shutdown"]) == (30.0, 30.0)
     assert Settings().max_body_bytes == 32 * MiB
+
+
+def test_uvicorn_is_the_version_the_limits_were_written_against() -> None:
+    """``BoundedHttpTools`` subclasses uvicorn's httptools protocol, which is not a public API: on another
+    uvicorn than pyproject.toml allows, this fails loudly instead of the limits failing quietly."""
+    import re
+    import tomllib
+
+    import uvicorn
+    from packaging.specifiers import SpecifierSet
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    root = Path(__file__).resolve().parents[1]
+    dependencies = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pin,) = [d for d in dependencies if d.startswith("uvicorn")]
+    allowed = SpecifierSet(re.sub(r"^uvicorn(\[[^\]]*\])?", "", pin))
+    assert uvicorn.__version__ in allowed, f"uvicorn {uvicorn.__version__} is not {allowed}"
+    for hook in ("on_message_begin", "on_headers_complete", "on_message_complete", "data_received",
+                 "connection_made", "connection_lost", "send_400_response"):  # fmt: skip
+        assert callable(getattr(HttpToolsProtocol, hook, None)), f"uvicorn's protocol has no {hook}"
