@@ -47,23 +47,32 @@ class Job:
 
 
 class _TokenCounter:
-    """A logits processor that llama.cpp calls once per sampled token with the evaluated ids: it counts the
-    prompt and sampled tokens, and applies ``logit_bias`` (llama-cpp-python 0.3.36 drops its own bias
-    processor when another processor is given: ``list.extend`` returns None there)."""
+    """Counts one generation's tokens from the engine's sampler hook (``Engine.on_sample``): the prompt's (the
+    context's length when the first token is sampled) and the sampled ones. It touches no logits: a logits
+    processor makes llama-cpp-python copy the whole vocabulary's logits for every token (~5% of decode)."""
 
-    def __init__(self, logit_bias: dict[str, float] | None) -> None:
+    def __init__(self, llama: Any) -> None:
+        self._llama = llama
         self.prompt_tokens: int | None = None
         self.sampled = 0
-        bias = logit_bias or {}
-        self._ids = np.array([int(k) for k in bias], dtype=np.intp)
-        self._bias = np.array(list(bias.values()), dtype=np.float32)
+
+    def on_sample(self, token: int) -> None:
+        if self.prompt_tokens is None:
+            self.prompt_tokens = int(self._llama.n_tokens)
+        self.sampled += 1
+
+
+class _LogitBias:
+    """``logit_bias`` as a logits processor, vectorised (llama-cpp-python 0.3.36 drops its own bias processor
+    when another processor is given: ``list.extend`` returns None there; and its own copies the logits and
+    loops in Python, a third of the decode speed here)."""
+
+    def __init__(self, logit_bias: dict[str, float]) -> None:
+        self._ids = np.array([int(k) for k in logit_bias], dtype=np.intp)
+        self._bias = np.array(list(logit_bias.values()), dtype=np.float32)
 
     def __call__(self, input_ids: np.ndarray[Any, Any], scores: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        if self.prompt_tokens is None:
-            self.prompt_tokens = len(input_ids)
-        self.sampled += 1
-        if len(self._ids):
-            scores[self._ids] += self._bias
+        scores[self._ids] += self._bias
         return scores
 
 
@@ -217,27 +226,33 @@ def _choice(
 
 
 def _counting(
-    framer: _Framer, body: dict[str, Any], tracker: TokenLogprobs | None
+    llama: Any, framer: _Framer, body: dict[str, Any], tracker: TokenLogprobs | None
 ) -> tuple[_TokenCounter | None, dict[str, Any]]:
-    """The logits processors of one generation: the logprob tracker first (it reads the raw logits), then a
-    token counter when the response reports usage or carries a ``logit_bias`` (which the counter applies
-    vectorised: llama-cpp-python's own bias processor copies the logits and loops in Python, a third of the
-    decode speed here). Otherwise nothing on the per-token path: a logits processor costs ~5% of decode."""
+    """The hooks of one generation: a token counter on the sampler when the response reports usage, the
+    logprob tracker, and the logits processors: the tracker's (it reads the raw logits) and ``logit_bias``.
+    Without logprobs or a bias nothing touches the logits."""
     processors: list[Any] = [] if tracker is None else [tracker.processor]
-    counter = None
     bias = body.get("logit_bias")
-    if not framer.stream or framer.include_usage or bias:
-        counter = _TokenCounter(bias)
-        processors.append(counter)
+    if bias:
+        processors.append(_LogitBias(bias))
+    counter = _TokenCounter(llama) if not framer.stream or framer.include_usage else None
+    hooks = [h for h in (tracker.sampled if tracker else None, counter.on_sample if counter else None) if h]
+    llama.on_sample = hooks[0] if len(hooks) == 1 else _both(*hooks) if hooks else None
     return counter, {"logits_processor": processors} if processors else {}
+
+
+def _both(first: Callable[[int], None], second: Callable[[int], None]) -> Callable[[int], None]:
+    def both(token: int) -> None:
+        first(token)
+        second(token)
+
+    return both
 
 
 def _tracker(llama: Any, top: int | None) -> TokenLogprobs | None:
     """A logprob tracker for the next generation (``top`` alternatives; None: no logprobs), hooked to the
     engine's sampler (``backends.llama_cpp.engine``)."""
-    tracker = None if top is None else TokenLogprobs(llama, top)
-    llama.on_sample = None if tracker is None else tracker.sampled
-    return tracker
+    return None if top is None else TokenLogprobs(llama, top)
 
 
 def _seed(body: dict[str, Any], i: int) -> int | None:
@@ -282,7 +297,7 @@ def run_chat(llama: Any, job: Job) -> None:
     try:
         for i in range(body.get("n") or 1):
             tracker = _tracker(llama, top)
-            counter, extra = _counting(framer, body, tracker)
+            counter, extra = _counting(llama, framer, body, tracker)
             chunks = _chat_chunks(llama, body, {**kwargs, "seed": _seed(body, i), **extra})
             _choice(framer, i, chunks, counter, i == 0, tracker)
     finally:
@@ -303,7 +318,7 @@ def run_completion(llama: Any, job: Job) -> None:
         for p, prompt in enumerate(prompts):
             for i in range(n):
                 tracker = _tracker(llama, body.get("logprobs"))
-                counter, extra = _counting(framer, body, tracker)
+                counter, extra = _counting(llama, framer, body, tracker)
                 chunks = llama.create_completion(
                     prompt=prompt, stream=True, seed=_seed(body, i), **kwargs, **extra
                 )
