@@ -181,6 +181,12 @@ def test_client_disconnect_stops_generation_and_frees_the_slot(
     gw = serve([llama_manifest("a", model_files["a"], backend={"n_ctx": 65536}, max_queue=0)])
     _stream_some(gw, "a", 5)
     wait_for(lambda: gw.model_state("a")["in_flight"] == 0, "the slot to be freed")
+    # The engine's own count of the tokens in its context: the prompt and what it generated until it saw
+    # the cancel, not the whole context (the job ended because it was cancelled, not at its end).
+    pool = gw.gateway.registry.slots["a"].pool
+    assert pool is not None
+    engine = pool.replicas[0].backend._llama  # type: ignore[attr-defined]
+    assert engine.n_tokens < 4096, engine.n_tokens  # of 65,536 it would reach if it ran on
     assert chat(gw, "a")  # max_queue=0: this would be 429 if the engine were still busy
 
 
