@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "manifests" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODELS = ("m1", "m2", "m3")
 CLIENTS = 2
+LOG_LEVEL = "warning"
 
 
 @dataclass
@@ -51,7 +52,7 @@ def write_manifests(directory: Path) -> None:
 def serve(root: Path, manifests: Path, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--manifests", str(manifests), "--port", str(port),
-         "--memory-budget", "400MiB", "--log-level", "warning"],
+         "--memory-budget", "400MiB", "--log-level", LOG_LEVEL],
         cwd=root,
     )  # fmt: skip
     end = time.monotonic() + 120

@@ -89,7 +89,9 @@ class ModelSlot:
         self.replaced_by: ModelSlot | None = None  # a reload's new version, serving once this one unloads
         self.removed = False  # a reload removed it: once unloaded, requests for it get 404
         self.retired = False  # a reload replaced or removed it: it never loads again
-        self.waiting = 0  # requests waiting for the model itself (its load, its drain)
+        self._waiting = 0  # requests waiting for the model itself (its load, its drain)
+        self._none_waiting = asyncio.Event()
+        self._none_waiting.set()
         self.pool: Pool | None = None
         self._checks: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -118,6 +120,25 @@ class ModelSlot:
         except TimeoutError:
             return False
         return True
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for the model itself (its load, its drain). Once it is ready they take their
+        leases as soon as they run: until then, it was loaded for them and must not be evicted."""
+        return self._waiting
+
+    def wait_begins(self) -> None:
+        self._waiting += 1
+        self._none_waiting.clear()
+
+    def wait_ends(self) -> None:
+        self._waiting -= 1
+        if self._waiting == 0:
+            self._none_waiting.set()
+
+    async def waiters_served(self) -> None:
+        """Returns once no request waits for the model itself (they have their leases, or gave up)."""
+        await self._none_waiting.wait()
 
     @property
     def queued(self) -> int:

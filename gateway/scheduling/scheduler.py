@@ -90,6 +90,8 @@ class Scheduler:
         self._unloads: dict[ModelSlot, asyncio.Task[None]] = {}
         self._cancelled: set[ModelSlot] = set()  # loads an operator cancelled
         self._reserved: dict[ModelSlot, Mapping[str, int]] = {}  # memory evicted for a load, kept for it
+        self._since: dict[ModelSlot, int] = {}  # loads under way, in the order they were asked for
+        self._turns = 0
         self._idle_timers: dict[ModelSlot, asyncio.Task[None]] = {}
 
     # -- the request path --------------------------------------------------------------------------------
@@ -106,11 +108,11 @@ class Scheduler:
                 f"model '{slot.name}' has {waiting} requests waiting (max_queue={slot.max_queue})",
                 retry_after=1,
             )
-        slot.waiting += 1
+        slot.wait_begins()
         try:
             return await self._until_ready(slot, timeout)
         finally:
-            slot.waiting -= 1
+            slot.wait_ends()
 
     async def _until_ready(self, slot: ModelSlot, timeout: float) -> Lease:
         deadline = self._clock() + timeout
@@ -177,6 +179,8 @@ class Scheduler:
         """The load task of ``slot``, started if none runs. Waiters share it; it outlives any one of them."""
         task = self._loads.get(slot)
         if task is None:
+            self._turns += 1
+            self._since[slot] = self._turns
             task = asyncio.create_task(self._load(slot), name=f"load:{slot.name}")
             self._loads[slot] = task
             task.add_done_callback(self._load_done(slot))
@@ -186,6 +190,7 @@ class Scheduler:
         def done(task: asyncio.Task[None]) -> None:
             if self._loads.get(slot) is task:
                 del self._loads[slot]
+                self._since.pop(slot, None)
             self._reserved.pop(slot, None)  # a load that gave up frees what was kept for it
             if not task.cancelled() and task.exception() is not None:
                 log.warning("load of %s failed: %s", slot.name, task.exception())
@@ -203,7 +208,12 @@ class Scheduler:
                     self._reserved.pop(slot, None)
                     slot.begin_load(decision.choice)  # the memory is the slot's own from here
                     break
-                if isinstance(decision, Fits):
+                older = self._older_loads(slot) if isinstance(decision, Fits) else []
+                if older:
+                    # First come, first served among loads that must evict: the older ones decide first
+                    # (without this, two models' clients took turns and a third one's load never came).
+                    waits, until = older, asyncio.FIRST_COMPLETED
+                elif isinstance(decision, Fits):
                     log.info("evicting %s to load %s", ", ".join(decision.evict), slot.name)
                     chosen = [unit[i] for unit, i in zip(slot.demand, decision.choice, strict=True)]
                     self._reserved[slot] = _sum_claims(chosen)  # freed for this load, and kept for it
@@ -219,7 +229,12 @@ class Scheduler:
                         raise InsufficientMemory(decision.reason, retry_after=10)
                     until = asyncio.FIRST_COMPLETED
             # Outside the lock: drains and other loads go on; then decide again with what is resident.
-            await asyncio.wait(waits, return_when=until)
+            try:
+                await asyncio.wait(waits, return_when=until)
+            finally:
+                for w in waits:  # the waits on waiters are the only tasks of this load's own
+                    if w.get_name().startswith("served:") and not w.done():
+                        w.cancel()
         started = self._clock()
         try:
             await slot.start()
@@ -255,9 +270,24 @@ class Scheduler:
         if isinstance(plan(slot.name, slot.demand, settled, self.budgets), DoesNotFit):
             return []
         holders = {s.name: s for s in (*self.slots.values(), *self._reserved)}
-        busy = (holders[r.name] for r in residents if not r.evictable and r.name in holders)
-        tasks = (self._loads.get(s) or self._unloads.get(s) for s in busy)
-        return [t for t in tasks if t is not None]
+        busy = [holders[r.name] for r in residents if not r.evictable and r.name in holders]
+        tasks = [t for s in busy if (t := self._loads.get(s) or self._unloads.get(s)) is not None]
+        # A model just loaded for waiting requests: until they have their leases (next loop turn)
+        tasks += [
+            asyncio.create_task(s.waiters_served(), name=f"served:{s.name}")
+            for s in busy
+            if s.state is State.READY
+        ]
+        return tasks
+
+    def _older_loads(self, slot: ModelSlot) -> list[asyncio.Task[None]]:
+        """The load tasks asked for before ``slot``'s that still wait for their memory."""
+        mine = self._since.get(slot, 0)
+        return [
+            self._loads[s]
+            for s, turn in self._since.items()
+            if turn < mine and s.state is State.UNLOADED and s in self._loads
+        ]
 
     def residents(self, excluding: ModelSlot | None = None) -> list[Resident]:
         """The models holding memory now, as the placement sees them, and the memory kept for loads that
@@ -269,7 +299,8 @@ class Scheduler:
                 pinned=s.pinned,
                 in_flight=s.in_flight,
                 last_used=s.last_used,
-                evictable=s.state is State.READY,
+                # loaded for waiting requests: theirs until they have their leases (llama-swap's rule too)
+                evictable=s.state is State.READY and not s.waiting,
             )
             for s in self.slots.values()
             if s.state in HOLDS_MEMORY
