@@ -256,10 +256,6 @@ def test_no_5xx_no_hang_and_answers_as_documented(
         run()
     # hypothesis sends each distinct case once: an operation without parameters has one
     assert len(statuses) >= (EXAMPLES_PER_OPERATION // 2 if op.params or op.body else 1), statuses
-    if mode is GenerationMode.NEGATIVE and op.body:
-        # bodies that break the document: each one refused by the validation, none served or crashed on
-        wrong = [s for s in statuses if not 400 <= s < 500]
-        assert not wrong, statuses
     if variant in ("streamed", "every field") and mode is GenerationMode.POSITIVE:
         # valid bodies for served models: the engine answered (not only the validation)
         assert statuses.count(200) >= len(statuses) // 3, statuses

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -72,7 +73,8 @@ def test_every_replica_failing_is_a_clear_upstream_error(
     assert err.value.status_code == 502
     error = err.value.response.json()["error"]
     assert (error["source"], error["code"]) == ("upstream", "upstream_unavailable")
-    assert error["message"] == "injected failure"
+    # which model and replica, not where it runs; the upstream's own message after it
+    assert re.fullmatch(r"model 'm' replica [01]: injected failure", error["message"]), error["message"]
     assert [u.app.requests for u in bad] == [1, 1]
     # Both are ejected now: the next request is refused by the gateway itself, without trying them again.
     with pytest.raises(openai.APIStatusError) as refused:

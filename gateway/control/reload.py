@@ -189,14 +189,14 @@ def watch(gw: Gateway) -> Callable[[], Awaitable[None]]:
     """One look at the manifest directory, reloading when a file was added, removed or rewritten since the
     last look (``serve --watch`` runs it every ``WATCH_INTERVAL``). Polling: a few stat calls a second, and it
     works on every filesystem, bind mounts and network shares included."""
-    seen: dict[Path, tuple[int, int]] | None = None
+    seen = snapshot(gw.settings.manifests)  # at startup: a change from then on is a change
 
     async def step() -> None:
         nonlocal seen
         now = await asyncio.to_thread(snapshot, gw.settings.manifests)
-        if seen is not None and now != seen:
+        if now != seen:
+            seen = now
             await reload(gw)
-        seen = now
 
     return step
 

@@ -32,6 +32,8 @@ The request body's bound (``max_body_bytes``) is kept where the body is read (``
 from __future__ import annotations
 
 import json
+import socket
+import struct
 from asyncio import TimerHandle, Transport
 from http import HTTPStatus
 from typing import Any, cast
@@ -168,8 +170,14 @@ class BoundedHttpTools(HttpToolsProtocol):
         super().on_headers_complete()
 
     def _abort(self) -> None:
-        if not self.transport.is_closing():
-            self.transport.abort()
+        """Reset the connection: what is still in the kernel's send buffer is dropped, not delivered (a plain
+        close would deliver it first, to a client that does not read)."""
+        if self.transport.is_closing():
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def on_message_complete(self) -> None:
         self._deadline = None
