@@ -295,10 +295,7 @@ REFUSED += [
     ("chat/completions", {**TOOLS, "parallel_tool_calls": False}, "parallel_tool_calls", "llama_server"),
     (
         "chat/completions",
-        {
-            "model": "smol-tools",
-            "messages": [*WEATHER, {"role": "tool", "tool_call_id": "c", "content": "Sun"}],
-        },
+        {"model": "smol-tools", "messages": [*WEATHER, {"role": "function", "name": "f", "content": "Sun"}]},
         "messages[1].role",
         "llama_server",
     ),

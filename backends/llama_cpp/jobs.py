@@ -260,7 +260,7 @@ def _seed(body: dict[str, Any], i: int) -> int | None:
     return None if seed is None else seed + i  # n choices from one seed must still differ
 
 
-def _chat_kwargs(body: dict[str, Any]) -> dict[str, Any]:
+def _chat_kwargs(body: dict[str, Any], chat_format: str | None = None) -> dict[str, Any]:
     kwargs = _sampling_kwargs(body)
     fmt = body.get("response_format")
     if fmt and fmt["type"] == "json_schema":
@@ -269,7 +269,7 @@ def _chat_kwargs(body: dict[str, Any]) -> dict[str, Any]:
         kwargs["response_format"] = {"type": "json_object", "schema": schema}
     elif fmt:
         kwargs["response_format"] = fmt
-    return {"messages": messages(body), **kwargs}
+    return {"messages": messages(body, chat_format), **kwargs}
 
 
 def _chat_chunks(llama: Any, body: dict[str, Any], kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -292,7 +292,7 @@ def _chat_chunks(llama: Any, body: dict[str, Any], kwargs: dict[str, Any]) -> It
 def run_chat(llama: Any, job: Job) -> None:
     body = job.request.body
     framer = _Framer(job, "chatcmpl", "chat.completion")
-    kwargs = _chat_kwargs(body)
+    kwargs = _chat_kwargs(body, getattr(llama, "chat_format", None))
     top = (body.get("top_logprobs") or 0) if body.get("logprobs") else None
     try:
         for i in range(body.get("n") or 1):

@@ -14,9 +14,10 @@ What its handler does, and what this module makes of it:
   when it decides against a call is empty (its follow-up grammar admits only another call). So the decision
   runs whole: a call comes back whole, and an answer in words is then generated, streamed, as for
   ``tool_choice: none``. The handler ignores ``max_tokens`` while it writes a call's arguments.
-- Its template renders only system, user and assistant messages: a ``tool`` or ``function`` message would
-  vanish from the prompt, so it is a 400. ``developer`` messages are passed as ``system`` ones (OpenAI's
-  meaning) for every format.
+- Its template renders only system, user and assistant messages: a ``tool`` message (a call's result) would
+  vanish from the prompt, so it goes in as a user turn that says which call it answers (a tool loop works:
+  call, result, answer); a legacy ``function`` message is a 400. ``developer`` messages are passed as
+  ``system`` ones (OpenAI's meaning) for every format.
 - Logprobs and ``response_format`` do not reach its tool path, so with tools they are a 400.
 """
 
@@ -50,7 +51,7 @@ def check_chat(body: dict[str, Any], chat_format: str | None) -> None:
     tools = body.get("tools") or []
     if chat_format == TOOL_FORMAT:
         for i, message in enumerate(body["messages"]):
-            if message["role"] not in (*_TOOL_ROLES, "developer"):
+            if message["role"] not in (*_TOOL_ROLES, "developer", "tool"):
                 raise _refuse(
                     f"messages[{i}].role",
                     f"is '{message['role']}', which chat_format {TOOL_FORMAT} (llama_cpp) does not "
@@ -88,14 +89,19 @@ def check_chat(body: dict[str, Any], chat_format: str | None) -> None:
         raise _refuse("response_format", f"cannot be combined with tools on llama_cpp; {_SERVER}")
 
 
-def messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The messages as the chat formats read them: content as one string, ``developer`` as ``system``."""
+def messages(body: dict[str, Any], chat_format: str | None = None) -> list[dict[str, Any]]:
+    """The messages as the chat formats read them: content as one string, ``developer`` as ``system``, and,
+    for the tool format (which renders no tool role), a tool's result as a user turn naming its call."""
     out = []
     for message in body["messages"]:
         content = message.get("content")
         if isinstance(content, list):  # text (and refusal) parts, joined as vLLM joins them
             content = "\n".join(part.get("text", part.get("refusal", "")) for part in content)
         role = "system" if message["role"] == "developer" else message["role"]
+        if role == "tool" and chat_format == TOOL_FORMAT:
+            call = message.get("tool_call_id", "")
+            out.append({"role": "user", "content": f"Result of tool call {call}: {content or ''}"})
+            continue
         out.append({**message, "role": role, "content": content or ""})
     return out
 

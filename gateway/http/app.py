@@ -22,9 +22,10 @@ from gateway.control.build import build_gateway
 from gateway.control.reload import WATCH_INTERVAL, on_sighup, watch
 from gateway.control.state import Gateway
 from gateway.http.admin_routes import AdminRoutes
+from gateway.http.anthropic_routes import AnthropicRoutes
 from gateway.http.auth import AuthMiddleware, Keys, load_key_file
 from gateway.http.errors import error_response, internal_error
-from gateway.http.openai_routes import HotPath, OpenAIRoutes
+from gateway.http.openai_routes import HotPath, OpenAIRoutes, asgi
 from gateway.http.openapi import openapi_route
 from gateway.observability import timers
 from gateway.observability.exposition import CONTENT_TYPE
@@ -114,10 +115,17 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
     openai = OpenAIRoutes(gateway)
+    anthropic = AnthropicRoutes(openai).endpoints()
+    posts = {**openai.endpoints(), **anthropic}
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *openai.routes(),
+        *(
+            Route(path, asgi(h), methods=["POST"])
+            for path, h in posts.items()
+            if path.startswith("/v1/messages")
+        ),
         *AdminRoutes(gateway).routes(),
         openapi_route(),  # GET /openapi.json
     ]
@@ -127,6 +135,6 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.state.gateway = gateway
-    served: ASGIApp = HotPath(app, openai.endpoints())
+    served: ASGIApp = HotPath(app, posts)
     keys = api_keys(settings)
     return AuthMiddleware(served, keys) if keys.any else served

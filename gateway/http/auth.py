@@ -24,7 +24,7 @@ import yaml
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backends.errors import GatewayError, Unauthorized
-from gateway.http.errors import error_response
+from gateway.http.errors import anthropic_error_response, error_response
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,14 @@ def load_key_file(path: Path) -> dict[str, str]:
 
 
 def _bearer(scope: Scope) -> bytes | None:
+    """The key a request carries: ``Authorization: Bearer <key>`` (OpenAI's SDKs), or ``x-api-key: <key>``
+    (Anthropic's); None without either, b"" for a malformed one."""
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = value.partition(b" ")
             return token.strip() if scheme.lower() == b"bearer" and token.strip() else b""
+        if name == b"x-api-key":
+            return bytes(value.strip())
     return None
 
 
@@ -102,14 +106,15 @@ class AuthMiddleware:
             return
         error = self._check(scope, allowed, area)
         if error is not None:
-            await error_response(error)(scope, receive, send)
+            render = anthropic_error_response if path.startswith("/v1/messages") else error_response
+            await render(error)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
     def _check(self, scope: Scope, allowed: dict[str, bytes], area: str) -> GatewayError | None:
         token = _bearer(scope)
         if token is None:
-            return Unauthorized(f"{area} needs an API key: send 'Authorization: Bearer <key>'.")
+            return Unauthorized(f"{area} needs an API key: 'Authorization: Bearer <key>' (or 'x-api-key').")
         name = _match(token, allowed) if token else None
         if name is not None:
             scope.setdefault("state", {})["key_name"] = name

@@ -29,6 +29,7 @@ from backends.errors import (
     UpstreamUnavailable,
     sse_error_event,
 )
+from gateway.api.anthropic import gateway_error_body
 
 log = logging.getLogger("gateway.errors")
 
@@ -59,6 +60,16 @@ def internal_error(where: str) -> GatewayError:
     request_id = f"req_{secrets.token_hex(8)}"
     log.exception("unhandled error on %s (%s)", where, request_id)
     return GatewayError(f"internal error (request id {request_id}; the gateway's log has the details)")
+
+
+def anthropic_error_response(err: GatewayError) -> Response:
+    """An error in Anthropic's shape (``{"type": "error", "error": {"type", "message"}}``), with the status,
+    Retry-After and source headers OpenAI's shape gets, and a ``request-id`` as Anthropic's API sends."""
+    headers: dict[str, str] = {"x-error-source": err.source, "request-id": f"req_{secrets.token_hex(12)}"}
+    if err.retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(err.retry_after)))
+    body = gateway_error_body(err)
+    return Response(json.dumps(body), status_code=err.status, headers=headers, media_type="application/json")
 
 
 def error_response(err: GatewayError) -> Response:

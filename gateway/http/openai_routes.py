@@ -14,7 +14,8 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -22,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backends.base import Endpoint, OpenAIRequest
+from backends.base import Endpoint, OpenAIRequest, UpstreamResponse
 from backends.errors import GatewayError, InvalidRequest, PayloadTooLarge, QueueFull
 from gateway.api.validation import (
     ChatRequest,
@@ -44,6 +45,10 @@ from gateway.scheduling.lifecycle import ModelSlot
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def asgi(handler: Handler) -> _Asgi:
+    return _Asgi(handler)
 
 
 class _Asgi:
@@ -125,6 +130,61 @@ CLIENT_GONE = 499  # nginx's status for a client that closed the connection befo
 SLOW_CLIENT = 408  # a client that stopped reading its answer (counted so in the metrics; it is not sent)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A request ready to serve: its model, what its replica gets, and its trace."""
+
+    slot: ModelSlot
+    request: OpenAIRequest
+    trace: Trace
+    strip_usage: bool = False
+
+
+class Front(Protocol):
+    """An API family at the edge (OpenAI's, Anthropic's...): how its body becomes the internal request, how
+    the upstream's answer goes back in its shape, and how its errors look. The rest is shared."""
+
+    @property
+    def endpoint(self) -> str:
+        """The metrics' endpoint label."""
+        ...
+
+    def prepare(self, raw: bytes, started: float) -> Prepared: ...
+
+    async def relay(
+        self, upstream: UpstreamResponse, send: Send, trace: Trace | None, strip_usage: bool
+    ) -> None: ...
+
+    def error(self, err: GatewayError) -> Response: ...
+
+
+class _OpenAIFront:
+    """OpenAI's own endpoints: the body is checked and passed on; the answer streams through untouched."""
+
+    def __init__(self, routes: OpenAIRoutes, endpoint: Endpoint) -> None:
+        self.routes = routes
+        self.endpoint = endpoint
+
+    def prepare(self, raw: bytes, started: float) -> Prepared:
+        routes, endpoint = self.routes, self.endpoint
+        data = decode(raw)
+        slot = routes.gw.registry.resolve(data["model"])
+        _check_endpoint(slot, endpoint, data["model"])
+        stream = bool(data.get("stream"))
+        strip_usage = routes.observe and stream and endpoint != "embeddings" and ask_for_usage(data)
+        request = routes.upstream_request(slot, endpoint, data, raw, strip_usage)
+        trace = Trace(slot.name, endpoint, started, _int(data.get("n"), 1), _max_tokens(data))
+        return Prepared(slot, request, trace, strip_usage)
+
+    async def relay(
+        self, upstream: UpstreamResponse, send: Send, trace: Trace | None, strip_usage: bool
+    ) -> None:
+        await relay(upstream, send, trace, strip_usage)
+
+    def error(self, err: GatewayError) -> Response:
+        return error_response(err)
+
+
 class OpenAIRoutes:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
@@ -161,15 +221,44 @@ class OpenAIRoutes:
             "status": slot.state.value,
         }
 
+    def _anthropic_card(self, name: str) -> dict[str, object]:
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created))
+        return {"type": "model", "id": name, "display_name": name, "created_at": created}
+
     async def models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [self._model_card(n) for n in self.gw.registry.names]})
+        names = list(self.gw.registry.names)
+        if "anthropic-version" in request.headers:  # Anthropic's SDKs send it: their list shape
+            cards = [self._anthropic_card(n) for n in names]
+            first, last = (names[0], names[-1]) if names else (None, None)
+            return JSONResponse({"data": cards, "has_more": False, "first_id": first, "last_id": last})
+        return JSONResponse({"object": "list", "data": [self._model_card(n) for n in names]})
 
     async def model(self, request: Request) -> Response:
         name = request.path_params["name"]
         self.gw.registry.resolve(name)
+        if "anthropic-version" in request.headers:
+            return JSONResponse(self._anthropic_card(name))
         return JSONResponse(self._model_card(name))
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+        await self.handle(scope, receive, send, _OpenAIFront(self, endpoint))
+
+    def upstream_request(
+        self, slot: ModelSlot, endpoint: Endpoint, data: dict[str, Any], raw: bytes | None, strip_usage: bool
+    ) -> OpenAIRequest:
+        """The request a replica gets: validated whole where the gateway is the engine's OpenAI server, else
+        checked for what the gateway reads and passed on as the client's bytes (``raw``; None: encoded)."""
+        stream = bool(data.get("stream"))
+        if slot.manifest.backend.gateway_validates:
+            return OpenAIRequest(endpoint, validate(data, SCHEMAS[endpoint]), stream, max_body=self.max_body)
+        body = check_passthrough(data, endpoint)
+        if raw is not None and strip_usage:
+            raw = with_usage(raw, body)
+        raw = raw if raw is not None else json.dumps(body).encode()
+        return OpenAIRequest(endpoint, body, stream, raw, max_body=self.max_body)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, front: Front) -> None:
+        """One request of an API family (``front``): read, prepare, serve, relay; errors in its shape."""
         started = time.perf_counter()
         response = _Send(send)
         model = ""
@@ -177,23 +266,13 @@ class OpenAIRoutes:
         trace: Trace | None = None
         try:
             raw = await _read_body(scope, receive, self.gw.settings.max_body_bytes)
-            data = decode(raw)
-            slot = self.gw.registry.resolve(data["model"])
-            model = slot.name
-            _check_endpoint(slot, endpoint, data["model"])
-            stream = bool(data.get("stream"))
-            strip_usage = self.observe and stream and endpoint != "embeddings" and ask_for_usage(data)
-            if slot.manifest.backend.gateway_validates:
-                request = OpenAIRequest(
-                    endpoint, validate(data, SCHEMAS[endpoint]), stream, max_body=self.max_body
-                )
-            else:
-                body = check_passthrough(data, endpoint)
-                raw = with_usage(raw, body) if strip_usage else raw
-                request = OpenAIRequest(endpoint, body, stream, raw, max_body=self.max_body)
-            trace = Trace(model, endpoint, started, _int(data.get("n"), 1), _max_tokens(data))
+            prepared = front.prepare(raw, started)
+            model, trace = prepared.slot.name, prepared.trace
             async with CancelOnDisconnect(receive):
-                await self._serve(slot, request, Headers(scope=scope), response, trace, strip_usage)
+                await self._serve(
+                    prepared.slot, prepared.request, Headers(scope=scope), response, trace,
+                    prepared.strip_usage, front,
+                )  # fmt: skip
             status = trace.status
         except ClientGone:  # gone before the end, or just after it (then the answer was whole)
             status = trace.status if trace is not None and trace.completed else CLIENT_GONE
@@ -210,15 +289,15 @@ class OpenAIRoutes:
                 self.gw.metrics.rejected(model)
             if response.started:
                 raise
-            await error_response(err)(scope, receive, send)
+            await front.error(err)(scope, receive, send)
         except Exception:
             if response.started:
                 raise
-            await error_response(internal_error(scope["path"]))(scope, receive, send)
+            await front.error(internal_error(scope["path"]))(scope, receive, send)
         finally:
             if self.observe:
                 if trace is None:
-                    self.gw.metrics.count_request(model, endpoint, status)
+                    self.gw.metrics.count_request(model, front.endpoint, status)
                 else:
                     trace.status = status
                     self.gw.metrics.finished(trace, time.perf_counter())
@@ -231,6 +310,7 @@ class OpenAIRoutes:
         send: Send,
         trace: Trace,
         strip_usage: bool,
+        front: Front,
     ) -> None:
         gw = self.gw
         lease = await gw.scheduler.acquire(slot, gw.settings.load_timeout)
@@ -258,7 +338,7 @@ class OpenAIRoutes:
         trace.engine = str(replica.index)
         watch = Watchdog(gw.settings.send_timeout)
         try:
-            await relay(upstream, watch.guard(send), trace if self.observe else None, strip_usage)
+            await front.relay(upstream, watch.guard(send), trace if self.observe else None, strip_usage)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if watch.fired is None or task is None:

@@ -1,0 +1,146 @@
+"""Anthropic's Messages API (``POST /v1/messages``, ``/v1/messages/count_tokens``) on every model.
+
+The body is translated to a chat completion (``gateway.api.anthropic``), which every kind serves, and goes the
+way an OpenAI request goes (``OpenAIRoutes.handle``): the same queue, load, affinity (``metadata.user_id``),
+deadlines, failover, limits and metrics. The answer comes back as Anthropic's message object, or streamed as
+its event sequence; errors in Anthropic's shape with the same status codes. ``count_tokens`` asks the engine
+for one token and reports the prompt's tokens it counted, so it is what the model itself counts (and loads
+the model like any request).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from backends.base import UpstreamResponse
+from backends.errors import GatewayError
+from gateway.api.anthropic import MessageStream, from_chat, message_id, to_chat
+from gateway.api.usage import Usage
+from gateway.api.validation import decode
+from gateway.http.errors import anthropic_error_response
+from gateway.http.openai_routes import Handler, OpenAIRoutes, Prepared, _check_endpoint
+from gateway.observability.metrics import Trace
+
+DONE = b"data: [DONE]"
+
+
+class _MessagesFront:
+    """One Messages request (its own object: it remembers the model name asked and whether it streams)."""
+
+    endpoint = "messages"
+
+    def __init__(self, routes: OpenAIRoutes, count_only: bool) -> None:
+        self.routes = routes
+        self.count_only = count_only
+        self.asked = ""
+        self.stream = False
+
+    def prepare(self, raw: bytes, started: float) -> Prepared:
+        data = decode(raw)
+        self.asked = data["model"]
+        slot = self.routes.gw.registry.resolve(self.asked)
+        if self.count_only:  # the prompt as the engine counts it: one token generated, then its usage
+            data = {**data, "max_tokens": 1, "stream": False}
+        chat = to_chat(data)
+        self.stream = bool(chat.get("stream"))
+        if self.stream:
+            chat["stream_options"] = {"include_usage": True}
+        _check_endpoint(slot, "chat/completions", self.asked)
+        request = self.routes.upstream_request(slot, "chat/completions", chat, None, False)
+        return Prepared(slot, request, Trace(slot.name, self.endpoint, started, 1, chat["max_tokens"]))
+
+    async def relay(
+        self, upstream: UpstreamResponse, send: Send, trace: Trace | None, strip_usage: bool
+    ) -> None:
+        if self.stream:
+            await self._relay_stream(upstream, send, trace)
+            return
+        body = b"".join([chunk async for chunk in upstream.body])
+        answer = json.loads(body)
+        usage = answer.get("usage") or {}
+        out: dict[str, Any] = (
+            {"input_tokens": usage.get("prompt_tokens", 0)}
+            if self.count_only
+            else from_chat(answer, self.asked)
+        )
+        encoded = json.dumps(out).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": _headers("application/json")})
+        await send({"type": "http.response.body", "body": encoded, "more_body": False})
+        if trace is not None:
+            trace.first = time.perf_counter()
+            trace.body = body  # the chat completion's usage, read by the metrics
+            trace.completed = True
+
+    async def _relay_stream(self, upstream: UpstreamResponse, send: Send, trace: Trace | None) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": _headers("text/event-stream")})
+        events = MessageStream(self.asked, message_id())
+        pending = b""
+        last = 0.0
+        try:
+            async for chunk in upstream.body:
+                pending += chunk
+                *whole, pending = pending.split(b"\n\n")
+                out: list[bytes] = []
+                for raw in whole:
+                    out += _translate(raw.strip(), events)
+                if not out:
+                    continue
+                if trace is not None:
+                    now = time.perf_counter()
+                    if last:
+                        trace.gaps.append(now - last)
+                    else:
+                        trace.first = now
+                    last = now
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                if events.ended:
+                    break
+            await send({"type": "http.response.body", "body": b"".join(events.end()), "more_body": False})
+        finally:
+            if trace is not None:
+                trace.usage = Usage(events.input_tokens, events.output_tokens)
+                trace.finish_reasons = [events.finish] if events.finish else []
+                trace.completed = events.ended and events.finish is not None
+
+    def error(self, err: GatewayError) -> Response:
+        return anthropic_error_response(err)
+
+
+def _translate(raw: bytes, events: MessageStream) -> list[bytes]:
+    """One server-sent event of the chat stream, as Anthropic's events."""
+    if not raw.startswith(b"data:"):
+        return []  # a comment or a keep-alive
+    if raw.startswith(DONE):
+        return events.end()
+    data = json.loads(raw[5:])
+    error = data.get("error") if isinstance(data, dict) else None
+    if error is not None:
+        message = error.get("message", "upstream error") if isinstance(error, dict) else str(error)
+        return events.error(message)
+    return events.feed(data)
+
+
+def _headers(content_type: str) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"content-type", content_type.encode()),
+        (b"request-id", message_id().replace("msg_", "req_").encode()),
+    ]
+
+
+class AnthropicRoutes:
+    def __init__(self, openai: OpenAIRoutes) -> None:
+        self.openai = openai
+
+    def endpoints(self) -> dict[str, Handler]:
+        def post(count_only: bool) -> Handler:
+            async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+                await self.openai.handle(scope, receive, send, _MessagesFront(self.openai, count_only))
+
+            return handler
+
+        return {"/v1/messages": post(False), "/v1/messages/count_tokens": post(True)}

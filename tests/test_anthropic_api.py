@@ -1,0 +1,137 @@
+"""Anthropic's Messages API through the gateway, with the official ``anthropic`` SDK as the client, on the
+real SmolLM2 in process (translated to chat completions): plain and streamed answers, count_tokens,
+models.list, a tool loop, errors as the SDK's own exception types, and keys sent as ``x-api-key``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anthropic
+import pytest
+
+from tests.conftest import SMOLLM2, RunningGateway, llama_manifest
+from tests.test_llama_server import server_manifest
+
+HI = [{"role": "user", "content": "Name three colours."}]
+GREEDY = {"temperature": 0}  # the 2026 SDK has no sampling arguments; the API still takes them
+TOOLS_FORMAT = "chatml-function-calling"
+WEATHER = {
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+@pytest.fixture(scope="module")
+def models() -> list[dict[str, Any]]:
+    assert SMOLLM2.is_file(), "run `llm-gateway fetch-model` first (README's commands do)"
+    return [
+        llama_manifest("smol", SMOLLM2, aliases=["claude-smol"], backend={"n_ctx": 1024, "n_threads": 2}),
+        llama_manifest(
+            "smol-tools", SMOLLM2, backend={"n_ctx": 1024, "chat_format": "chatml-function-calling"}
+        ),
+    ]
+
+
+def client(gw: RunningGateway, key: str = "unused") -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gw.base_url, api_key=key, max_retries=0)
+
+
+def test_messages_plain_streamed_and_counted(
+    serve: Callable[..., RunningGateway], models: list[dict[str, Any]]
+) -> None:
+    gw = serve(models)
+    c = client(gw)
+    message = c.messages.create(
+        model="claude-smol", max_tokens=16, messages=HI, system="Be brief.", extra_body=GREEDY
+    )
+    assert message.id.startswith("msg_") and message.type == "message" and message.role == "assistant"
+    assert message.model == "claude-smol"  # the name asked, not the file or the canonical name
+    assert message.content[0].type == "text" and message.content[0].text.strip()
+    assert message.stop_reason in ("end_turn", "max_tokens")
+    assert message.usage.input_tokens > 0 and 0 < message.usage.output_tokens <= 16
+
+    with c.messages.stream(
+        model="smol", max_tokens=16, messages=HI, system="Be brief.", extra_body=GREEDY
+    ) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text.strip() and final.content[0].text == text
+    assert final.usage.output_tokens > 0 and final.usage.input_tokens == message.usage.input_tokens
+    assert final.stop_reason in ("end_turn", "max_tokens")
+
+    counted = c.messages.count_tokens(model="smol", messages=HI, system="Be brief.")
+    assert counted.input_tokens == message.usage.input_tokens
+    assert {"smol", "claude-smol", "smol-tools"} <= {m.id for m in c.models.list()}
+
+
+def test_a_tool_loop(serve: Callable[..., RunningGateway], models: list[dict[str, Any]]) -> None:
+    gw = serve(models)
+    c = client(gw)
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    call = c.messages.create(
+        model="smol-tools", max_tokens=64, messages=ask, tools=[WEATHER],
+        tool_choice={"type": "tool", "name": "get_weather"},
+    )  # fmt: skip
+    assert call.stop_reason == "tool_use"
+    (use,) = [b for b in call.content if b.type == "tool_use"]
+    assert use.name == "get_weather" and isinstance(use.input, dict) and use.id
+    answer = c.messages.create(
+        model="smol-tools",
+        max_tokens=32,
+        tools=[WEATHER],
+        messages=[
+            *ask,
+            {"role": "assistant", "content": [b.model_dump() for b in call.content]},
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "Sunny, 21C"}],
+            },
+        ],
+    )
+    assert answer.content and answer.content[0].type in ("text", "tool_use")
+    assert answer.usage.input_tokens > call.usage.input_tokens  # the tool's result reached the prompt
+
+
+def test_errors_are_the_sdks_own_types(
+    serve: Callable[..., RunningGateway], models: list[dict[str, Any]]
+) -> None:
+    gw = serve(models)
+    c = client(gw)
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        c.messages.create(model="nope", max_tokens=8, messages=HI)
+    assert missing.value.response.headers.get("request-id")
+    assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    with pytest.raises(anthropic.BadRequestError) as thinking:
+        c.messages.create(
+            model="smol", max_tokens=64, messages=HI, thinking={"type": "enabled", "budget_tokens": 32}
+        )
+    assert "thinking" in str(thinking.value)
+    with pytest.raises(anthropic.BadRequestError) as image:
+        c.messages.create(
+            model="smol", max_tokens=8,
+            messages=[{"role": "user", "content": [
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]}],
+        )  # fmt: skip
+    assert "messages[0].content[0]" in str(image.value)
+
+
+def test_keys_as_x_api_key(serve: Callable[..., RunningGateway], models: list[dict[str, Any]]) -> None:
+    gw = serve(models, api_keys={"alice": "sk-alice"})
+    assert client(gw, "sk-alice").messages.create(model="smol", max_tokens=4, messages=HI).content
+    with pytest.raises(anthropic.AuthenticationError) as refused:
+        client(gw, "sk-wrong").messages.create(model="smol", max_tokens=4, messages=HI)
+    assert refused.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+
+
+def test_messages_on_llama_server_too(serve: Callable[..., RunningGateway]) -> None:
+    """Every kind serves chat completions, so every kind serves the Messages API through the translation."""
+    gw = serve([server_manifest("srv", SMOLLM2, n_ctx=1024)])
+    c = client(gw)
+    message = c.messages.create(model="srv", max_tokens=8, messages=HI, extra_body=GREEDY)
+    assert message.content[0].type == "text" and message.content[0].text.strip()
+    assert message.model == "srv" and message.usage.input_tokens > 0
+    with c.messages.stream(model="srv", max_tokens=8, messages=HI, extra_body=GREEDY) as s:
+        text = "".join(s.text_stream)
+    assert text == s.get_final_message().content[0].text and text.strip()
