@@ -184,3 +184,24 @@ def test_an_upstream_error_mid_stream_ends_it_with_an_error_event() -> None:
     assert kind == "error"
     assert data == {"type": "error", "error": {"type": "api_error", "message": "the replica went silent"}}
     assert s.end() == []  # nothing after an error
+
+
+@pytest.mark.parametrize(
+    "text", ["plain", 'a "quoted" word', "back\\slash\\", "tab\tnew\nline", "é ✓ 🙂", '\\"']
+)
+def test_a_text_delta_copied_without_parsing_says_what_parsing_would(text: str) -> None:
+    fast, parsed = MessageStream("m", "msg_1"), MessageStream("m", "msg_1")
+    opening = chunk({"role": "assistant", "content": "x"})
+    for s in (fast, parsed):
+        s.feed(opening)
+    for raw in (
+        json.dumps(chunk({"content": text}), separators=(",", ":")).encode(),  # llama-server's spacing
+        json.dumps(
+            {"id": "c", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode(),
+    ):
+        got, want = fast.feed_raw(raw), parsed.feed(json.loads(raw))
+        assert [_events([g]) for g in got] == [_events([w]) for w in want]
+        assert _events(got)[0][1]["delta"]["text"] == text

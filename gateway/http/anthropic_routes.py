@@ -117,12 +117,13 @@ def _translate(raw: bytes, events: MessageStream) -> list[bytes]:
         return []  # a comment or a keep-alive
     if raw.startswith(DONE):
         return events.end()
-    data = json.loads(raw[5:])
-    error = data.get("error") if isinstance(data, dict) else None
-    if error is not None:
+    payload = raw[5:].strip()
+    if b'"error"' in payload and b'"choices"' not in payload:
+        data = json.loads(payload)
+        error = data.get("error")
         message = error.get("message", "upstream error") if isinstance(error, dict) else str(error)
         return events.error(message)
-    return events.feed(data)
+    return events.feed_raw(payload)
 
 
 def _headers(content_type: str) -> list[tuple[bytes, bytes]]:
