@@ -156,7 +156,7 @@ def test_real_smollm2_in_llama_server_with_embeddings(
 ) -> None:
     gw = serve(
         [
-            server_manifest("smol", SMOLLM2, threads=2, parallel=2),
+            {**server_manifest("smol", SMOLLM2, threads=2, parallel=2), "aliases": ["smol-alias"]},
             server_manifest("smol-embed", SMOLLM2, embeddings=True, n_ctx=512),
         ]
     )
@@ -181,6 +181,8 @@ def test_real_smollm2_in_llama_server_with_embeddings(
     )
     assert r.choices[0].logprobs is not None and r.choices[0].logprobs.content
     assert len(r.choices[0].logprobs.content[0].top_logprobs) == 2
+    # Answers name the model (llama-server's --alias), never the file it runs: plain and streamed.
+    assert r.model in ("smol", "smol-alias") and {c.model for c in chunks} <= {"smol", "smol-alias"}, r.model
     e = client.embeddings.create(model="smol-embed", input=["hello", "world"])
     assert len(e.data) == 2 and len(e.data[0].embedding) == 576
     logs = httpx.get(f"{gw.base_url}/admin/models/smol/logs", timeout=10).json()["replicas"][0]["log"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 
 from backends.base import OpenAIRequest, Timeouts, UpstreamResponse
@@ -45,6 +46,8 @@ from backends.upstream.client import (
 )
 
 PASS_HEADERS = ("content-type", "cache-control")
+
+log = logging.getLogger(__name__)
 
 
 class UpstreamHttpError(UpstreamError):
@@ -161,11 +164,10 @@ class HttpUpstream:
         except TimedOut as exc:
             resp.close()
             raise GatewayTimeout(_late_message(self.base_url, t, first_by == end)) from exc
-        except BodyTooLarge as exc:
+        except BodyTooLarge as exc:  # the answer, not the replica, is at fault: no retry, no ejection
             resp.close()
-            raise UpstreamUnavailable(
-                f"{self.base_url} answered with {exc} (GATEWAY_MAX_UPSTREAM_BODY_BYTES)"
-            ) from exc
+            log.warning("%s answered with %s", self.base_url, exc)
+            raise UpstreamError(f"the upstream answered {exc} (GATEWAY_MAX_UPSTREAM_BODY_BYTES)") from exc
         except HttpClientError as exc:
             resp.close()
             raise UpstreamUnavailable(f"{self.base_url} failed before answering: {exc}") from exc

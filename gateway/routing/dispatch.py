@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UpstreamErrorHook = Callable[[str, str], None]  # (model, kind): a replica failed before the first byte
-_ADDRESS = re.compile(r"(?:https?|unix|tcp)://[^\s,;)]+")
+_ADDRESS = re.compile(r"(?:https?|unix|tcp)://[^\s,;)]+|\b[\w.-]+:\d{2,5}\b")
 
 
 def hide_addresses(message: str) -> str:

@@ -198,6 +198,7 @@ class Scheduler:
         return done
 
     async def _load(self, slot: ModelSlot) -> None:
+        own: list[asyncio.Task[None]] = []
         while True:
             async with self._decision:
                 if slot.state is not State.UNLOADED or slot.retired or self.slots.get(slot.name) is not slot:
@@ -224,7 +225,7 @@ class Scheduler:
                     ]
                     until = asyncio.ALL_COMPLETED  # deciding again before all are gone would evict more
                 else:
-                    waits = self._transitions_that_could_make_room(slot, residents)
+                    waits, own = self._transitions_that_could_make_room(slot, residents)
                     if not waits:
                         raise InsufficientMemory(decision.reason, retry_after=10)
                     until = asyncio.FIRST_COMPLETED
@@ -232,9 +233,9 @@ class Scheduler:
             try:
                 await asyncio.wait(waits, return_when=until)
             finally:
-                for w in waits:  # the waits on waiters are the only tasks of this load's own
-                    if w.get_name().startswith("served:") and not w.done():
-                        w.cancel()
+                for w in own:  # this load's own waits (on a model's waiters): not left behind
+                    w.cancel()
+                own = []
         started = self._clock()
         try:
             await slot.start()
@@ -261,24 +262,26 @@ class Scheduler:
 
     def _transitions_that_could_make_room(
         self, slot: ModelSlot, residents: list[Resident]
-    ) -> list[asyncio.Task[None]]:
-        """The loads and drains to wait for when ``slot`` would fit once they are over; [] if it never will.
+    ) -> tuple[list[asyncio.Task[None]], list[asyncio.Task[None]]]:
+        """The loads and drains to wait for when ``slot`` would fit once they are over ([] if it never will),
+        and which of those waits are tasks of the caller's own.
 
         Only models that hold memory are waited on, and they are past their own decision, so two loads can
         never wait on each other."""
         settled = [replace(r, evictable=True) for r in residents]
         if isinstance(plan(slot.name, slot.demand, settled, self.budgets), DoesNotFit):
-            return []
+            return [], []
         holders = {s.name: s for s in (*self.slots.values(), *self._reserved)}
         busy = [holders[r.name] for r in residents if not r.evictable and r.name in holders]
         tasks = [t for s in busy if (t := self._loads.get(s) or self._unloads.get(s)) is not None]
-        # A model just loaded for waiting requests: until they have their leases (next loop turn)
-        tasks += [
+        # A model just loaded for waiting requests: until they have their leases (its next loop turn). These
+        # waits are the caller's own tasks, to cancel once it has decided again.
+        own = [
             asyncio.create_task(s.waiters_served(), name=f"served:{s.name}")
             for s in busy
             if s.state is State.READY
         ]
-        return tasks
+        return tasks + own, own
 
     def _older_loads(self, slot: ModelSlot) -> list[asyncio.Task[None]]:
         """The load tasks asked for before ``slot``'s that still wait for their memory."""
