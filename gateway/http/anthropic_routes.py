@@ -38,12 +38,14 @@ class _MessagesFront:
         self.routes = routes
         self.count_only = count_only
         self.asked = ""
+        self.model = ""
         self.stream = False
 
     def prepare(self, raw: bytes, started: float) -> Prepared:
         data = decode(raw)
         self.asked = data["model"]
         slot = self.routes.gw.registry.resolve(self.asked)
+        self.model = slot.name
         if self.count_only:  # the prompt as the engine counts it: one token generated, then its usage
             data = {**data, "max_tokens": 1, "stream": False}
         chat = to_chat(data)

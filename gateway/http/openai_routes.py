@@ -149,6 +149,11 @@ class Front(Protocol):
         """The metrics' endpoint label."""
         ...
 
+    @property
+    def model(self) -> str:
+        """The model resolved so far ("" before): a request refused after that is counted under it."""
+        ...
+
     def prepare(self, raw: bytes, started: float) -> Prepared: ...
 
     async def relay(
@@ -164,11 +169,13 @@ class _OpenAIFront:
     def __init__(self, routes: OpenAIRoutes, endpoint: Endpoint) -> None:
         self.routes = routes
         self.endpoint = endpoint
+        self.model = ""
 
     def prepare(self, raw: bytes, started: float) -> Prepared:
         routes, endpoint = self.routes, self.endpoint
         data = decode(raw)
         slot = routes.gw.registry.resolve(data["model"])
+        self.model = slot.name
         _check_endpoint(slot, endpoint, data["model"])
         stream = bool(data.get("stream"))
         strip_usage = routes.observe and stream and endpoint != "embeddings" and ask_for_usage(data)
@@ -297,7 +304,7 @@ class OpenAIRoutes:
         finally:
             if self.observe:
                 if trace is None:
-                    self.gw.metrics.count_request(model, front.endpoint, status)
+                    self.gw.metrics.count_request(model or front.model, front.endpoint, status)
                 else:
                     trace.status = status
                     self.gw.metrics.finished(trace, time.perf_counter())
