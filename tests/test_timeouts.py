@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +25,7 @@ from backends.upstream.client import Client, TimedOut
 from gateway.config.manifest import ModelManifest
 from gateway.config.settings import Settings
 from gateway.routing.dispatch import upstream_timeouts
-from tests.conftest import RunningGateway, free_port, wait_for
+from tests.conftest import RunningGateway, free_port, llama_manifest, wait_for
 from tests.fake_upstream import FakeUpstream, RunningUpstream, _chunk
 from tests.test_upstream_faults import replica_state, session_for
 
@@ -315,3 +316,19 @@ def test_the_client_gives_up_on_a_missing_head_and_on_a_silent_body_but_not_on_a
         await server.wait_closed()
 
     asyncio.run(main())
+
+
+def test_the_total_deadline_ends_an_in_process_stream(
+    serve: Callable[..., RunningGateway], model_files: dict[str, Path]
+) -> None:
+    """The in-process engine never checks a deadline itself: the gateway's timer ends the stream at the
+    request's total deadline with an error event, and frees the slot (the stream would run for a minute)."""
+    gw = serve([llama_manifest("a", model_files["a"], backend={"n_ctx": 65536})], upstream_total_timeout=1)
+    body = {"model": "a", "messages": [{"role": "user", "content": "x"}], "stream": True,
+            "max_tokens": 100_000, "logit_bias": {"2": -100}}  # fmt: skip
+    with httpx.stream("POST", f"{gw.base_url}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    last = json.loads(events[-1].removeprefix("data: "))
+    assert last["error"]["code"] == "upstream_timeout", last
+    wait_for(lambda: gw.model_state("a")["in_flight"] == 0, "the slot to be freed")

@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from backends.base import UpstreamResponse
 from backends.errors import GatewayError
-from gateway.api.anthropic import MessageStream, from_chat, message_id, to_chat
+from gateway.api.anthropic import MessageStream, event, from_chat, gateway_error_body, message_id, to_chat
 from gateway.api.usage import Usage
 from gateway.api.validation import decode
 from gateway.http.errors import anthropic_error_response
@@ -111,6 +111,9 @@ class _MessagesFront:
 
     def error(self, err: GatewayError) -> Response:
         return anthropic_error_response(err)
+
+    def error_event(self, err: GatewayError) -> bytes:
+        return event("error", gateway_error_body(err))
 
 
 def _translate(raw: bytes, events: MessageStream) -> list[bytes]:

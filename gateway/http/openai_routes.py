@@ -10,6 +10,7 @@ Request object cost a third of the gateway's time per proxied request (bench/REA
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -24,7 +25,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backends.base import Endpoint, OpenAIRequest, UpstreamResponse
-from backends.errors import GatewayError, InvalidRequest, PayloadTooLarge, QueueFull
+from backends.errors import (
+    GatewayError,
+    GatewayTimeout,
+    InvalidRequest,
+    PayloadTooLarge,
+    QueueFull,
+    sse_error_event,
+)
 from gateway.api.validation import (
     ChatRequest,
     CompletionRequest,
@@ -126,6 +134,7 @@ def _too_large(limit: int, size: str = "") -> PayloadTooLarge:
     )
 
 
+TOTAL_SLACK = 1.0  # after an HTTP upstream's own total deadline, which ends its stream itself
 CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the response ended
 SLOW_CLIENT = 408  # a client that stopped reading its answer (counted so in the metrics; it is not sent)
 
@@ -162,6 +171,10 @@ class Front(Protocol):
 
     def error(self, err: GatewayError) -> Response: ...
 
+    def error_event(self, err: GatewayError) -> bytes:
+        """``err`` inside a stream that has started."""
+        ...
+
 
 class _OpenAIFront:
     """OpenAI's own endpoints: the body is checked and passed on; the answer streams through untouched."""
@@ -190,6 +203,9 @@ class _OpenAIFront:
 
     def error(self, err: GatewayError) -> Response:
         return error_response(err)
+
+    def error_event(self, err: GatewayError) -> bytes:
+        return sse_error_event(err)
 
 
 class OpenAIRoutes:
@@ -327,13 +343,16 @@ class OpenAIRoutes:
         def scheduled() -> None:
             trace.scheduled = time.perf_counter()
 
+        timeouts = upstream_timeouts(slot.manifest.backend, gw.settings)
+        # The upstream's own check of the total deadline (HTTP kinds) comes first; this timer is the backstop.
+        total_by = asyncio.get_running_loop().time() + timeouts.total + TOTAL_SLACK
         try:
             replica, upstream = await dispatch(
                 lease.pool,
                 request,
                 key,
                 gw.settings.queue_timeout,
-                timeouts=upstream_timeouts(slot.manifest.backend, gw.settings),
+                timeouts=timeouts,
                 scheduled=scheduled,
                 upstream_error=self._upstream_error,
             )
@@ -343,15 +362,28 @@ class OpenAIRoutes:
         upstream.finished.add_done_callback(lambda _: lease.release())  # after dispatch's own (the replica)
         trace.status = upstream.status
         trace.engine = str(replica.index)
-        watch = Watchdog(gw.settings.send_timeout)
+        watch = Watchdog(gw.settings.send_timeout, total_by)
         try:
             await front.relay(upstream, watch.guard(send), trace if self.observe else None, strip_usage)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if watch.fired is None or task is None:
                 raise
-            task.uncancel()  # the watchdog's cancellation, turned into SlowClient
-            raise SlowClient(f"the client took over {watch.timeout:g}s to accept a piece") from None
+            task.uncancel()  # the watchdog's cancellation, turned into SlowClient or a timeout
+            if watch.fired == "send":
+                raise SlowClient(f"the client took over {watch.timeout:g}s to accept a piece") from None
+            late = GatewayTimeout(
+                f"the request's total deadline passed ({timeouts.total:g}s, timeouts.total)"
+            )
+            if not getattr(send, "started", False):
+                raise late from None
+            trace.status = late.status
+            with contextlib.suppress(TimeoutError, OSError):  # a client that cannot take it is gone anyway
+                async with asyncio.timeout(1.0):
+                    await send(
+                        {"type": "http.response.body", "body": front.error_event(late), "more_body": True}
+                    )
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watch.stop()
             upstream.close()

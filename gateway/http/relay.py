@@ -34,17 +34,22 @@ class Watchdog:
     cancelled, and the caller turns that into ``SlowClient``: its upstream request is cancelled, its slot
     freed, and its connection cut."""
 
-    __slots__ = ("_handle", "_loop", "_since", "_task", "fired", "timeout")
+    __slots__ = ("_deadline", "_handle", "_loop", "_since", "_task", "fired", "timeout")
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, deadline: float | None = None) -> None:
+        """``deadline`` (loop time): the request's total deadline, enforced by the same timer, so that an
+        engine that never checks it (the in-process one) is held to it too."""
         self.timeout = timeout
         self.fired: str | None = None
+        self._deadline = deadline
         self._since = 0.0  # when the send under way began (loop time); 0: none
         self._loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
         self._task = task
-        self._handle: asyncio.TimerHandle | None = self._loop.call_later(timeout, self._check)
+        first = self._loop.time() + timeout
+        at = first if deadline is None else min(first, deadline)
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(at, self._check)
 
     def guard(self, send: Send) -> Send:
         clock = self._loop.time
@@ -59,12 +64,18 @@ class Watchdog:
     def _check(self) -> None:
         since = self._since
         now = self._loop.time()
-        if since and now - since >= self.timeout:
-            self.fired = "send"
+        late = "send" if since and now - since >= self.timeout else None
+        if late is None and self._deadline is not None and now >= self._deadline:
+            late = "total"
+        if late is not None:
+            self.fired = late
             self._handle = None
             self._task.cancel()
             return
-        self._handle = self._loop.call_at((since or now) + self.timeout, self._check)
+        at = (since or now) + self.timeout
+        self._handle = self._loop.call_at(
+            at if self._deadline is None else min(at, self._deadline), self._check
+        )
 
     def stop(self) -> None:
         if self._handle is not None:
