@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from backends.errors import InvalidRequest
-from gateway.api.anthropic import MessageStream, from_chat, to_chat
+from gateway.api.anthropic import from_chat, to_chat
+from gateway.api.anthropic_stream import MessageStream
 
 BASE: dict[str, Any] = {"model": "m", "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}]}
 

@@ -7,9 +7,7 @@
   server tools) is a 400 naming it, never silently dropped; hints that change nothing here (``cache_control``,
   ``service_tier``) are accepted.
 - ``from_chat``: a chat completion to Anthropic's message object.
-- ``MessageStream``: chat-completion chunks in, Anthropic's event sequence out (``message_start``,
-  ``content_block_start`` / ``_delta`` / ``_stop`` for text and tool calls, ``message_delta`` with the stop
-  reason and usage, ``message_stop``), each event whole, in order.
+- The streamed answer's events: ``gateway.api.anthropic_stream``.
 - ``error_body``: the gateway's errors in Anthropic's shape, with the same status codes.
 """
 
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass, field
 from typing import Any
 
 from backends.errors import GatewayError, InvalidRequest
@@ -72,9 +69,13 @@ def _text_of(blocks: Any, param: str) -> str:
         where = f"{param}[{i}]"
         is_text = isinstance(block, dict) and block.get("type") == "text"
         _need(is_text, f"{where}: expected a text block", where)
-        _need(isinstance(block.get("text"), str), f"{where}.text: expected a string", f"{where}.text")
-        parts.append(block["text"])
+        parts.append(_text(block, where))
     return "\n".join(parts)
+
+
+def _text(block: dict[str, Any], where: str) -> str:
+    _need(isinstance(block.get("text"), str), f"{where}.text: expected a string", f"{where}.text")
+    return str(block["text"])
 
 
 def _user_message(content: Any, param: str) -> list[dict[str, Any]]:
@@ -89,8 +90,7 @@ def _user_message(content: Any, param: str) -> list[dict[str, Any]]:
         where = f"{param}[{i}]"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            _need(isinstance(block.get("text"), str), f"{where}.text: expected a string", f"{where}.text")
-            text.append(block["text"])
+            text.append(_text(block, where))
         elif kind == "tool_result":
             call = block.get("tool_use_id")
             has_id = isinstance(call, str) and bool(call)
@@ -116,8 +116,7 @@ def _assistant_message(content: Any, param: str) -> dict[str, Any]:
         where = f"{param}[{i}]"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            _need(isinstance(block.get("text"), str), f"{where}.text: expected a string", f"{where}.text")
-            text.append(block["text"])
+            text.append(_text(block, where))
         elif kind == "tool_use":
             _need(isinstance(block.get("id"), str), f"{where}.id: required", f"{where}.id")
             _need(isinstance(block.get("name"), str), f"{where}.name: required", f"{where}.name")
@@ -281,152 +280,6 @@ def _arguments(raw: Any) -> dict[str, Any]:
     except (TypeError, ValueError):
         return {"_raw": raw}
     return value if isinstance(value, dict) else {"value": value}
-
-
-def event(kind: str, data: dict[str, Any]) -> bytes:
-    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
-@dataclass
-class MessageStream:
-    """Chat-completion chunks in (parsed), Anthropic's streamed events out (encoded), in order."""
-
-    model: str
-    msg_id: str = field(default_factory=message_id)
-    started: bool = False
-    block: int = -1  # the index of the open content block; -1: none yet
-    open_kind: str | None = None  # "text" or "tool_use"
-    tool_blocks: dict[int, int] = field(default_factory=dict)  # a chat tool call's index -> its block
-    finish: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    ended: bool = False
-
-    def _start(self) -> list[bytes]:
-        if self.started:
-            return []
-        self.started = True
-        message: dict[str, Any] = {
-            "id": self.msg_id,
-            "type": "message",
-            "role": "assistant",
-            "model": self.model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
-        }
-        return [event("message_start", {"type": "message_start", "message": message})]
-
-    def _close(self) -> list[bytes]:
-        if self.open_kind is None:
-            return []
-        self.open_kind = None
-        return [event("content_block_stop", {"type": "content_block_stop", "index": self.block})]
-
-    def _open(self, kind: str, block: dict[str, Any]) -> list[bytes]:
-        out = self._close()
-        self.block += 1
-        self.open_kind = kind
-        start = {"type": "content_block_start", "index": self.block, "content_block": block}
-        return [*out, event("content_block_start", start)]
-
-    def _delta(self, delta: dict[str, Any]) -> bytes:
-        return event(
-            "content_block_delta", {"type": "content_block_delta", "index": self.block, "delta": delta}
-        )
-
-    def feed_raw(self, data: bytes) -> list[bytes]:
-        """One chunk as the upstream sent it (the JSON after ``data: ``). A plain text delta, nearly every
-        chunk of an answer, is translated without parsing: its content string is copied, escapes and all,
-        into the event (measured: parsing and encoding each chunk cost 3.6x the gateway CPU per token of a
-        chat stream passed through). Anything else (tool calls, the finish, usage) is parsed."""
-        start = data.find(_TEXT_DELTA)
-        if (
-            start != -1
-            and self.open_kind == "text"
-            and b'"tool_calls"' not in data
-            and b'"usage"' not in data
-            and b'"finish_reason":null' in data
-        ):
-            begin = start + len(_TEXT_DELTA) - 1  # the opening quote
-            end = _string_end(data, begin + 1)
-            if end != -1 and data.find(_TEXT_DELTA, end) == -1:
-                text = data[begin : end + 1]
-                return [_TEXT_EVENT_HEAD + b"%d" % self.block + _TEXT_EVENT_MID + text + _TEXT_EVENT_TAIL]
-        return self.feed(json.loads(data))
-
-    def feed(self, chunk: dict[str, Any]) -> list[bytes]:
-        """One chat-completion chunk; the events it makes (none for a chunk that says nothing)."""
-        out = self._start()
-        if isinstance(chunk.get("usage"), dict):
-            self.input_tokens = chunk["usage"].get("prompt_tokens", self.input_tokens) or 0
-            self.output_tokens = chunk["usage"].get("completion_tokens", self.output_tokens) or 0
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if text:
-                if self.open_kind != "text":
-                    out += self._open("text", {"type": "text", "text": ""})
-                out.append(self._delta({"type": "text_delta", "text": text}))
-            for call in delta.get("tool_calls") or []:
-                index = call.get("index", 0)
-                function = call.get("function") or {}
-                if index not in self.tool_blocks:
-                    tool_id = call.get("id") or f"toolu_{secrets.token_hex(12)}"
-                    block = {"type": "tool_use", "id": tool_id, "name": function.get("name", ""), "input": {}}
-                    out += self._open("tool_use", block)
-                    self.tool_blocks[index] = self.block
-                if function.get("arguments"):
-                    out.append(
-                        self._delta({"type": "input_json_delta", "partial_json": function["arguments"]})
-                    )
-            if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
-        return out
-
-    def end(self) -> list[bytes]:
-        """The stream's end: the open block closed, the stop reason and usage, ``message_stop``."""
-        if self.ended:
-            return []
-        self.ended = True
-        finish = "tool_calls" if self.tool_blocks and self.finish in (None, "stop") else self.finish
-        delta = {
-            "type": "message_delta",
-            "delta": {"stop_reason": STOP_REASONS.get(finish or "stop", "end_turn"), "stop_sequence": None},
-            "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
-        }
-        return [
-            *self._start(),
-            *self._close(),
-            event("message_delta", delta),
-            event("message_stop", {"type": "message_stop"}),
-        ]
-
-    def error(self, message: str, status: int = 500) -> list[bytes]:
-        """A failure mid-stream (the upstream's error event): Anthropic's ``error`` event ends the stream."""
-        self.ended = True
-        return [event("error", error_body(status, message))]
-
-
-_TEXT_DELTA = b'"delta":{"content":"'
-_TEXT_EVENT_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
-_TEXT_EVENT_MID = b',"delta":{"type":"text_delta","text":'
-_TEXT_EVENT_TAIL = b"}}\n\n"
-
-
-def _string_end(data: bytes, i: int) -> int:
-    """The index of the quote that ends the JSON string whose content starts at ``i``; -1 if none."""
-    while True:
-        i = data.find(b'"', i)
-        if i == -1:
-            return -1
-        slashes = 0
-        while data[i - 1 - slashes] == 0x5C:  # backslash
-            slashes += 1
-        if slashes % 2 == 0:
-            return i
-        i += 1
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:

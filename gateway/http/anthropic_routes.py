@@ -19,7 +19,8 @@ from starlette.types import Receive, Scope, Send
 
 from backends.base import UpstreamResponse
 from backends.errors import GatewayError
-from gateway.api.anthropic import MessageStream, event, from_chat, gateway_error_body, message_id, to_chat
+from gateway.api.anthropic import from_chat, gateway_error_body, message_id, to_chat
+from gateway.api.anthropic_stream import MessageStream, event
 from gateway.api.usage import Usage
 from gateway.api.validation import decode
 from gateway.http.errors import anthropic_error_response
