@@ -105,3 +105,16 @@ def test_a_non_streamed_answer_over_the_cap_is_a_502_and_streams_pass(
         assert s.status_code == 200
         assert "[DONE]" in s.read().decode()
     wait_for(lambda: upstream.app.requests == 2, "both requests to reach the upstream")
+
+
+def test_only_keys_the_gateway_reads_must_be_unique() -> None:
+    """A key the gateway reads, twice in one object, could be read one way here and the other upstream."""
+    from backends.errors import InvalidRequest
+    from gateway.api.validation import decode
+
+    assert decode(b'{"model": "a", "messages": [{"role": "user", "content": "model"}]}')["model"] == "a"
+    with pytest.raises(InvalidRequest) as twice:
+        decode(b'{"model": "a", "stream": false, "messages": [], "stream": true}')
+    assert twice.value.param == "stream"
+    # read by one side only (the upstream, or the gateway's own parse for the in-process engine)
+    assert decode(b'{"model": "a", "temperature": 0, "temperature": 1}')["temperature"] == 1

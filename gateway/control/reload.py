@@ -185,11 +185,11 @@ def snapshot(directory: Path) -> dict[Path, tuple[int, int]]:
     return found
 
 
-def watch(gw: Gateway) -> Callable[[], Awaitable[None]]:
+def watch(gw: Gateway, seen: dict[Path, tuple[int, int]]) -> Callable[[], Awaitable[None]]:
     """One look at the manifest directory, reloading when a file was added, removed or rewritten since the
     last look (``serve --watch`` runs it every ``WATCH_INTERVAL``). Polling: a few stat calls a second, and it
-    works on every filesystem, bind mounts and network shares included."""
-    seen = snapshot(gw.settings.manifests)  # at startup: a change from then on is a change
+    works on every filesystem, bind mounts and network shares included. ``seen``: the snapshot at startup,
+    so that a change from then on is a change."""
 
     async def step() -> None:
         nonlocal seen

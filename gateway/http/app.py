@@ -4,6 +4,7 @@ passed to the route classes explicitly."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -19,7 +20,7 @@ from starlette.types import ASGIApp
 from backends.errors import GatewayError
 from gateway.config.settings import Settings
 from gateway.control.build import build_gateway
-from gateway.control.reload import WATCH_INTERVAL, on_sighup, watch
+from gateway.control.reload import WATCH_INTERVAL, on_sighup, snapshot, watch
 from gateway.control.state import Gateway
 from gateway.http.admin_routes import AdminRoutes
 from gateway.http.anthropic_routes import AnthropicRoutes
@@ -87,7 +88,8 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
             settings.engine_scrape_interval if settings.metrics else 0,
         )
         if settings.watch:
-            background.every("manifest-watch", WATCH_INTERVAL, watch(gateway))
+            seen = await asyncio.to_thread(snapshot, settings.manifests)  # file I/O, off the loop
+            background.every("manifest-watch", WATCH_INTERVAL, watch(gateway, seen))
         on_sighup(gateway)
         log.info(
             "serving %d models (%d manifest problems), memory budget %s",

@@ -330,7 +330,7 @@ class OpenAIRoutes:
         slot: ModelSlot,
         request: OpenAIRequest,
         headers: Headers,
-        send: Send,
+        send: _Send,
         trace: Trace,
         strip_usage: bool,
         front: Front,
@@ -375,7 +375,7 @@ class OpenAIRoutes:
             late = GatewayTimeout(
                 f"the request's total deadline passed ({timeouts.total:g}s, timeouts.total)"
             )
-            if not getattr(send, "started", False):
+            if not send.started:
                 raise late from None
             trace.status = late.status
             with contextlib.suppress(TimeoutError, OSError):  # a client that cannot take it is gone anyway
