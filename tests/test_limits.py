@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from gateway.config.settings import Settings
+from gateway.http.edge import _read_body
 from gateway.http.errors import PayloadTooLarge
-from gateway.http.openai_routes import _read_body
 from gateway.http.relay import ClientGone
 from gateway.http.server_limits import server_options
 from tests.conftest import ROOT, RunningGateway, free_port, llama_manifest, wait_for, write_manifests

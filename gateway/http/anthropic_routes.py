@@ -23,8 +23,9 @@ from gateway.api.anthropic import from_chat, gateway_error_body, message_id, to_
 from gateway.api.anthropic_stream import MessageStream, event
 from gateway.api.usage import Usage
 from gateway.api.validation import decode
+from gateway.http.edge import Handler, Prepared
 from gateway.http.errors import anthropic_error_response
-from gateway.http.openai_routes import Handler, OpenAIRoutes, Prepared, _check_endpoint
+from gateway.http.openai_routes import OpenAIRoutes, _check_endpoint
 from gateway.observability.metrics import Trace
 
 DONE = b"data: [DONE]"

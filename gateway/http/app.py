@@ -25,8 +25,9 @@ from gateway.control.state import Gateway
 from gateway.http.admin_routes import AdminRoutes
 from gateway.http.anthropic_routes import AnthropicRoutes
 from gateway.http.auth import AuthMiddleware, Keys, load_key_file
+from gateway.http.edge import HotPath, asgi
 from gateway.http.errors import error_response, internal_error
-from gateway.http.openai_routes import HotPath, OpenAIRoutes, asgi
+from gateway.http.openai_routes import OpenAIRoutes
 from gateway.http.openapi import openapi_route
 from gateway.observability import timers
 from gateway.observability.exposition import CONTENT_TYPE

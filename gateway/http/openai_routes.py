@@ -14,22 +14,19 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from backends.base import Endpoint, OpenAIRequest, UpstreamResponse
 from backends.errors import (
     GatewayError,
     GatewayTimeout,
     InvalidRequest,
-    PayloadTooLarge,
     QueueFull,
     sse_error_event,
 )
@@ -43,6 +40,14 @@ from gateway.api.validation import (
     validate,
 )
 from gateway.control.state import Gateway
+from gateway.http.edge import (
+    Front,
+    Handler,
+    Prepared,
+    _Asgi,
+    _read_body,
+    _Send,
+)
 from gateway.http.errors import error_response, internal_error
 from gateway.http.relay import CancelOnDisconnect, ClientGone, SlowClient, Watchdog, relay
 from gateway.http.server_limits import ABORT
@@ -52,23 +57,6 @@ from gateway.scheduling.lifecycle import ModelSlot
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-def asgi(handler: Handler) -> _Asgi:
-    return _Asgi(handler)
-
-
-class _Asgi:
-    """Marks a coroutine as an ASGI endpoint for Starlette's router."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.handler(scope, receive, send)
-
-
 SCHEMAS: dict[Endpoint, type[_Body]] = {
     "chat/completions": ChatRequest,
     "completions": CompletionRequest,
@@ -76,104 +64,9 @@ SCHEMAS: dict[Endpoint, type[_Body]] = {
 }
 
 
-class HotPath:
-    """Sends the OpenAI POST endpoints straight to their handlers; everything else to ``app`` (Starlette).
-    The same handlers are also Starlette routes, so a wrong method still gets its 405."""
-
-    def __init__(self, app: ASGIApp, endpoints: dict[str, Handler]) -> None:
-        self.app = app
-        self.endpoints = endpoints
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            handler = self.endpoints.get(scope["path"])
-            if handler is not None:
-                await handler(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-class _Send:
-    """``send``, remembering whether the response has started (after that, an error cannot be a response)."""
-
-    __slots__ = ("send", "started")
-
-    def __init__(self, send: Send) -> None:
-        self.send = send
-        self.started = False
-
-    async def __call__(self, message: Message) -> None:
-        self.started = True
-        await self.send(message)
-
-
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The request body, at most ``limit`` bytes: a declared ``content-length`` over it is refused before a
-    byte is read, and a chunked body as soon as it passes it. Chunks are joined once (linear in the size)."""
-    for name, value in scope["headers"]:
-        if name == b"content-length" and int(value) > limit:  # the HTTP parser has checked it is a number
-            raise _too_large(limit, f" ({int(value)} bytes)")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-def _too_large(limit: int, size: str = "") -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"the request body{size} is over this gateway's limit of {limit} bytes (GATEWAY_MAX_BODY_BYTES)"
-    )
-
-
 TOTAL_SLACK = 1.0  # after an HTTP upstream's own total deadline, which ends its stream itself
 CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the response ended
 SLOW_CLIENT = 408  # a client that stopped reading its answer (counted so in the metrics; it is not sent)
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A request ready to serve: its model, what its replica gets, and its trace."""
-
-    slot: ModelSlot
-    request: OpenAIRequest
-    trace: Trace
-    strip_usage: bool = False
-
-
-class Front(Protocol):
-    """An API family at the edge (OpenAI's, Anthropic's...): how its body becomes the internal request, how
-    the upstream's answer goes back in its shape, and how its errors look. The rest is shared."""
-
-    @property
-    def endpoint(self) -> str:
-        """The metrics' endpoint label."""
-        ...
-
-    @property
-    def model(self) -> str:
-        """The model resolved so far ("" before): a request refused after that is counted under it."""
-        ...
-
-    def prepare(self, raw: bytes, started: float) -> Prepared: ...
-
-    async def relay(
-        self, upstream: UpstreamResponse, send: Send, trace: Trace | None, strip_usage: bool
-    ) -> None: ...
-
-    def error(self, err: GatewayError) -> Response: ...
-
-    def error_event(self, err: GatewayError) -> bytes:
-        """``err`` inside a stream that has started."""
-        ...
 
 
 class _OpenAIFront:
