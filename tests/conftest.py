@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -82,7 +83,7 @@ class RunningGateway:
         # uvloop, as `llm-gateway serve` runs it (uvicorn picks it when installed)
         self.thread = threading.Thread(target=lambda: uvloop.run(self.server.serve()), daemon=True)
         self.base_url = f"http://127.0.0.1:{settings.port}"
-        self._clients: list[openai.OpenAI] = []
+        self._clients: list[openai.OpenAI | anthropic.Anthropic] = []
 
     def __enter__(self) -> RunningGateway:
         self.thread.start()
@@ -99,6 +100,13 @@ class RunningGateway:
         """An SDK client for this gateway; closed with the gateway."""
         kw.setdefault("api_key", "unused")
         client = openai.OpenAI(base_url=f"{self.base_url}/v1", max_retries=0, **kw)
+        self._clients.append(client)
+        return client
+
+    def anthropic_client(self, api_key: str = "unused") -> anthropic.Anthropic:
+        """An Anthropic SDK client for this gateway; closed with the gateway (its sockets would otherwise be
+        closed by the garbage collector, whose ResourceWarning fails whichever test it lands in)."""
+        client = anthropic.Anthropic(base_url=self.base_url, api_key=api_key, max_retries=0)
         self._clients.append(client)
         return client
 

@@ -35,7 +35,7 @@ def models() -> list[dict[str, Any]]:
 
 
 def client(gw: RunningGateway, key: str = "unused") -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gw.base_url, api_key=key, max_retries=0)
+    return gw.anthropic_client(key)
 
 
 def test_messages_plain_streamed_and_counted(
