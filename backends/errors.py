@@ -112,6 +112,14 @@ class ModelNotFound(GatewayError):
         )
 
 
+class NotFound(GatewayError):
+    """Something other than a model that the request names is not there (a stored response)."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
 class QueueFull(GatewayError):
     status = 429
     type = "rate_limit_error"

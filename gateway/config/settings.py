@@ -85,6 +85,18 @@ class Settings(BaseSettings):
         None,
         description="The file keeping pins set through the admin API (<manifests>/.llm-gateway-pins.json)",
     )
+    responses_store: Path | None = Field(
+        None,
+        description="The SQLite file of stored Responses API responses (responses.sqlite3 beside the state "
+        "file, else <manifests>/.llm-gateway-responses.sqlite3).",
+    )
+    responses_max_count: int = Field(10_000, ge=1, description="Stored responses kept; the oldest go first.")
+    responses_max_bytes: ByteSize = Field(
+        ByteSize(256 * 2**20), gt=0, description="Bytes of stored responses kept; the oldest go first."
+    )
+    responses_max_age: Duration = Field(
+        30 * 86400.0, gt=0, description="Seconds a stored response is kept (OpenAI's default: 30 days)."
+    )
     llama_server: Path | None = Field(None, description="The llama-server binary for llama_server models.")
     engines: list[EngineSettings] = Field(
         [],
@@ -184,3 +196,10 @@ class Settings(BaseSettings):
     upstream_total_timeout: Duration = Field(
         3600.0, gt=0, description="Default of a model's timeouts.total: one request, retries included."
     )
+
+    def responses_path(self) -> Path:
+        if self.responses_store is not None:
+            return self.responses_store
+        if self.state_file is not None:
+            return self.state_file.parent / "responses.sqlite3"
+        return self.manifests / ".llm-gateway-responses.sqlite3"

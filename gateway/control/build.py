@@ -11,6 +11,7 @@ from backends.kinds import Hosts, Kinds
 from gateway.config.loading import load_directory
 from gateway.config.manifest import ModelManifest, default_kinds
 from gateway.config.settings import Settings
+from gateway.control.response_store import ResponseStore
 from gateway.control.state import Gateway
 from gateway.observability.metrics import Metrics
 from gateway.resources.hosts import devices, docker_engine, engine_settings, instance_id
@@ -77,4 +78,12 @@ def build_gateway(settings: Settings, kinds: Kinds | None = None) -> Gateway:
         if isinstance(never, DoesNotFit):
             never_fits[slot.name] = never.reason
             log.warning("%s can never be loaded here: %s", slot.name, never.reason)
-    return Gateway(settings, kinds, manifests, registry, scheduler, metrics, hosts, pins, never_fits)
+    responses = ResponseStore(
+        settings.responses_path(),
+        settings.responses_max_count,
+        int(settings.responses_max_bytes),
+        settings.responses_max_age,
+    )
+    return Gateway(
+        settings, kinds, manifests, registry, scheduler, metrics, hosts, pins, never_fits, responses
+    )

@@ -10,6 +10,7 @@ from backends.docker.engine import DockerEngine
 from backends.kinds import Hosts, Kinds
 from gateway.config.loading import ManifestSet
 from gateway.config.settings import Settings
+from gateway.control.response_store import ResponseStore
 from gateway.observability.background import Background
 from gateway.observability.metrics import Metrics
 from gateway.scheduling.pins import Pins
@@ -28,6 +29,7 @@ class Gateway:
     hosts: Hosts
     pins: Pins
     never_fits: dict[str, str]  # models that cannot fit in any budget here, and why
+    responses: ResponseStore  # stored responses of the Responses API
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reload at a time
     background: Background = field(default_factory=Background)  # loops that must not die silently
 

@@ -21,14 +21,12 @@ from backends.base import UpstreamResponse
 from backends.errors import GatewayError
 from gateway.api.anthropic import from_chat, gateway_error_body, message_id, to_chat
 from gateway.api.anthropic_stream import MessageStream, event
-from gateway.api.usage import Usage
 from gateway.api.validation import decode
 from gateway.http.edge import Handler, Prepared
 from gateway.http.errors import anthropic_error_response
 from gateway.http.openai_routes import OpenAIRoutes, _check_endpoint
+from gateway.http.translated import relay_translated
 from gateway.observability.metrics import Trace
-
-DONE = b"data: [DONE]"
 
 
 class _MessagesFront:
@@ -43,7 +41,7 @@ class _MessagesFront:
         self.model = ""
         self.stream = False
 
-    def prepare(self, raw: bytes, started: float) -> Prepared:
+    async def prepare(self, raw: bytes, started: float) -> Prepared:
         data = decode(raw)
         self.asked = data["model"]
         slot = self.routes.gw.registry.resolve(self.asked)
@@ -81,56 +79,14 @@ class _MessagesFront:
             trace.completed = True
 
     async def _relay_stream(self, upstream: UpstreamResponse, send: Send, trace: Trace | None) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": _headers("text/event-stream")})
         events = MessageStream(self.asked, message_id())
-        pending = b""
-        last = 0.0
-        try:
-            async for chunk in upstream.body:
-                pending += chunk
-                *whole, pending = pending.split(b"\n\n")
-                out: list[bytes] = []
-                for raw in whole:
-                    out += _translate(raw.strip(), events)
-                if not out:
-                    continue
-                if trace is not None:
-                    now = time.perf_counter()
-                    if last:
-                        trace.gaps.append(now - last)
-                    else:
-                        trace.first = now
-                    last = now
-                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-                if events.ended:
-                    break
-            await send({"type": "http.response.body", "body": b"".join(events.end()), "more_body": False})
-        finally:
-            if trace is not None:
-                trace.usage = Usage(events.input_tokens, events.output_tokens)
-                trace.finish_reasons = [events.finish] if events.finish else []
-                trace.completed = events.ended and events.finish is not None
+        await relay_translated(upstream, send, trace, events, _headers("text/event-stream"))
 
     def error(self, err: GatewayError) -> Response:
         return anthropic_error_response(err)
 
     def error_event(self, err: GatewayError) -> bytes:
         return event("error", gateway_error_body(err))
-
-
-def _translate(raw: bytes, events: MessageStream) -> list[bytes]:
-    """One server-sent event of the chat stream, as Anthropic's events."""
-    if not raw.startswith(b"data:"):
-        return []  # a comment or a keep-alive
-    if raw.startswith(DONE):
-        return events.end()
-    payload = raw[5:].strip()
-    if b'"error"' in payload and b'"choices"' not in payload:
-        data = json.loads(payload)
-        error = data.get("error")
-        message = error.get("message", "upstream error") if isinstance(error, dict) else str(error)
-        return events.error(message)
-    return events.feed_raw(payload)
 
 
 def _headers(content_type: str) -> list[tuple[bytes, bytes]]:

@@ -29,6 +29,7 @@ from gateway.http.edge import HotPath, asgi
 from gateway.http.errors import error_response, internal_error
 from gateway.http.openai_routes import OpenAIRoutes
 from gateway.http.openapi import openapi_route
+from gateway.http.responses_routes import ResponsesRoutes
 from gateway.observability import timers
 from gateway.observability.exposition import CONTENT_TYPE
 from gateway.observability.gauges import refresh
@@ -105,6 +106,7 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
             await gateway.scheduler.shutdown()
             for engine in engines:
                 await engine.close()
+            gateway.responses.close()
 
     async def health(request: Request) -> Response:
         failing = gateway.background.failing()
@@ -119,16 +121,15 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
 
     openai = OpenAIRoutes(gateway)
     anthropic = AnthropicRoutes(openai).endpoints()
-    posts = {**openai.endpoints(), **anthropic}
+    responses = ResponsesRoutes(openai)
+    extra_posts = {**anthropic, **responses.endpoints()}  # the API families besides OpenAI's own endpoints
+    posts = {**openai.endpoints(), **extra_posts}
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *openai.routes(),
-        *(
-            Route(path, asgi(h), methods=["POST"])
-            for path, h in posts.items()
-            if path.startswith("/v1/messages")
-        ),
+        *(Route(path, asgi(h), methods=["POST"]) for path, h in extra_posts.items()),
+        *responses.routes(),
         *AdminRoutes(gateway).routes(),
         openapi_route(),  # GET /openapi.json
     ]

@@ -77,7 +77,7 @@ class _OpenAIFront:
         self.endpoint = endpoint
         self.model = ""
 
-    def prepare(self, raw: bytes, started: float) -> Prepared:
+    async def prepare(self, raw: bytes, started: float) -> Prepared:
         routes, endpoint = self.routes, self.endpoint
         data = decode(raw)
         slot = routes.gw.registry.resolve(data["model"])
@@ -182,7 +182,7 @@ class OpenAIRoutes:
         trace: Trace | None = None
         try:
             raw = await _read_body(scope, receive, self.gw.settings.max_body_bytes)
-            prepared = front.prepare(raw, started)
+            prepared = await front.prepare(raw, started)
             model, trace = prepared.slot.name, prepared.trace
             async with CancelOnDisconnect(receive):
                 await self._serve(
