@@ -1,5 +1,5 @@
-"""Gateway CPU per streamed token: Anthropic's Messages API (translated) against chat completions (passed
-through), on the same model, side by side.
+"""Gateway CPU per streamed token: Anthropic's Messages API and OpenAI's Responses API (both translated)
+against chat completions (passed through), on the same model, side by side.
 
 A fake upstream (``tests/fake_upstream.py``, a ``remote`` model) streams 2,000 chat chunks per request; the
 gateway runs as ``llm-gateway serve`` in its own process, and its CPU time (user + system, from /proc) is read
@@ -51,6 +51,12 @@ def stream_messages(http: httpx.Client) -> int:
         return sum(1 for line in r.iter_lines() if line == "event: content_block_delta")
 
 
+def stream_responses(http: httpx.Client) -> int:
+    body = {"model": "m", "input": "x", "stream": True, "store": False}
+    with http.stream("POST", "/v1/responses", json=body) as r:
+        return sum(1 for line in r.iter_lines() if line == "event: response.output_text.delta")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, RunningUpstream(FakeUpstream(chunks=CHUNKS), 18995) as up:
         manifest = {"name": "m", "backend": {"kind": "remote", "endpoints": [{"url": up.url}]},
@@ -69,12 +75,16 @@ def main() -> None:
                         break
                     except httpx.HTTPError:
                         time.sleep(0.1)
-                per_token: dict[str, list[float]] = {"chat completions": [], "messages (translated)": []}
-                ways = {"chat completions": stream_chat, "messages (translated)": stream_messages}
+                ways = {
+                    "chat completions": stream_chat,
+                    "messages (translated)": stream_messages,
+                    "responses (translated)": stream_responses,
+                }
+                per_token: dict[str, list[float]] = {name: [] for name in ways}
                 for way in ways.values():
                     way(http)  # warm up
                 for i in range(ROUNDS):
-                    for name in list(ways)[i % 2 :] + list(ways)[: i % 2]:
+                    for name in list(ways)[i % 3 :] + list(ways)[: i % 3]:
                         before = cpu_seconds(gw.pid)
                         tokens = sum(ways[name](http) for _ in range(STREAMS))
                         assert tokens == STREAMS * CHUNKS, (name, tokens)
