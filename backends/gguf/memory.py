@@ -27,13 +27,15 @@ vocabulary), Gemma 3 270M (gemma3, sliding window, 262k vocabulary) and syntheti
   flash attention the scores are never materialised: the masks are f16 (Gemma 2k -> 8k: 4.5 bytes per cell x
   token for two masks) and the micro-batch's activations remain (``FLASH_ACTIVATION_BYTES``).
 - **vocabulary**: the tokenizer's tables (loaded) and, once tokens are sampled, the last token's logits and
-  the sampler's candidate arrays: ~150 bytes per vocabulary entry (measured: the load less weights, KV and the
-  output buffer was 20.7 MiB for SmolLM2 and 41.7 for Gemma; the fill less the attention term 4.5 and 14 MiB).
-  An embedding model also keeps outputs for every token of a batch (2 x vocabulary x n_ubatch floats). Not
-  counted: llama.cpp reserves a compute buffer sized for 512 outputs' logits (514 MiB for Gemma), but
-  llama-cpp-python asks for one output per batch, so those pages are never touched and RSS never holds them.
-- a fixed per-instance overhead (contexts, thread pools, the engine's Python objects): 16 MiB, the same two
-  fits' intercept.
+  the sampler's candidate arrays: ~210 bytes per vocabulary entry, and ~240 per merge of a BPE tokenizer.
+  Measured: the load less weights, KV and output buffer was 41.7 MiB for Gemma (262k entries, no merges) and
+  20.7 for SmolLM2 (49k entries, 48.9k merges); the fill less the attention term 14 and 4.5 MiB; the
+  synthetic models (264 entries) leave ~6 MiB for what does not depend on the vocabulary. An embedding model
+  also keeps outputs for every token of a batch (2 x vocabulary x n_ubatch floats). Not counted: llama.cpp
+  reserves a compute buffer sized for 512 outputs' logits (514 MiB for Gemma), but llama-cpp-python asks for
+  one output per batch, so those pages are never touched and RSS never holds them.
+- a fixed per-instance overhead (contexts, thread pools, the engine's Python objects): 6 MiB, what the
+  synthetic models leave once the terms above are counted.
 
 Every instance counts its own weights: ``parallel`` instances each map the file, and RSS, like VRAM, counts
 each.
@@ -60,11 +62,12 @@ from backends.gguf.reader import GgufError, read_gguf
 from backends.spec import GgufSettings
 
 MiB = 1024 * 1024
-INSTANCE_OVERHEAD = 16 * MiB
+INSTANCE_OVERHEAD = 6 * MiB
 KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default KV cache type is f16
 ATTENTION_BYTES_PER_SCORE = 6.2
 MASK_BYTES = 4  # f32 mask per cell x micro-batch token, one per kind of layer; f16 (2) with flash attention
-BYTES_PER_VOCAB_ENTRY = 150
+BYTES_PER_VOCAB_ENTRY = 210
+BYTES_PER_MERGE = 240  # a BPE tokenizer's merge table (pairs of strings in a map)
 GPU_PROCESS_OVERHEAD = 700 * MiB
 FLASH_ACTIVATION_BYTES = 64  # per embedding dimension per micro-batch token
 SLOT_PAD = 256  # llama.cpp rounds each slot's context (and a window-sized SWA cache) up to a multiple
@@ -102,6 +105,7 @@ class GgufInfo:
     n_swa: int = 0  # the sliding window in tokens; 0: every layer attends over the whole context
     n_swa_layers: int = 0  # how many layers attend over the window only
     repacked_bytes: int = 0  # matrices the CPU backend copies into its interleaved layout
+    n_merges: int = 0  # a BPE tokenizer's merges
 
 
 def _swa_layers(arch: str, n_layers: int, pattern: tuple[int, ...] | int | None) -> int:
@@ -160,6 +164,7 @@ def read_gguf_info(path: Path) -> GgufInfo:
         if n_swa > 0
         else 0,
         repacked_bytes=repacked,
+        n_merges=num("tokenizer.ggml.merges", 0),
     )
 
 
@@ -227,7 +232,7 @@ def estimate_llama_cpp(
         longest = attended if global_layers else swa_cells
         scores = longest * n_ubatch * info.n_heads * ATTENTION_BYTES_PER_SCORE
         attention = int(scores) + masked * n_ubatch * MASK_BYTES
-    vocab = info.n_vocab * BYTES_PER_VOCAB_ENTRY
+    vocab = info.n_vocab * BYTES_PER_VOCAB_ENTRY + info.n_merges * BYTES_PER_MERGE
     if spec.embeddings:
         vocab += 2 * info.n_vocab * n_ubatch * 4
     gpu_process = GPU_PROCESS_OVERHEAD if server_slots is not None and spec.n_gpu_layers != 0 else 0
