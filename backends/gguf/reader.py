@@ -8,6 +8,7 @@ them with ``struct`` and skips everything else. Format: https://github.com/ggml-
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -58,33 +59,87 @@ def _skip(f: BinaryIO, vtype: int) -> None:
         raise GgufError(f"unknown value type {vtype}")
 
 
+_SMALL_ARRAY = 4096  # integer arrays up to this length are kept whole (per-layer patterns); longer: skipped
+_INTEGERS = {0, 1, 2, 3, 4, 5, 7, 10, 11}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    ggml_type: int
+    elements: int
+
+
+@dataclass(frozen=True)
+class GgufFile:
+    """Scalars by key; an array as its length (``tokenizer.ggml.tokens`` -> vocabulary size); short integer
+    arrays also whole in ``arrays`` (e.g. a per-layer ``sliding_window_pattern``); and every tensor's name,
+    type and element count."""
+
+    metadata: dict[str, Value]
+    arrays: dict[str, tuple[int, ...]]
+    tensors: tuple[Tensor, ...]
+
+
+def _header(f: BinaryIO) -> tuple[int, int]:
+    if f.read(4) != b"GGUF":
+        raise GgufError("not a GGUF file (bad magic)")
+    (version,) = _read(f, "<I")
+    if version < 2:
+        raise GgufError(f"GGUF version {version} is not supported")
+    tensor_count, kv_count = _read(f, "<QQ")
+    if kv_count > 1 << 20 or tensor_count > 1 << 24:
+        raise GgufError(f"implausible metadata count {kv_count} or tensor count {tensor_count}")
+    return int(tensor_count), int(kv_count)
+
+
+def _metadata(f: BinaryIO, kv_count: int, arrays: dict[str, tuple[int, ...]]) -> dict[str, Value]:
+    out: dict[str, Value] = {}
+    for _ in range(kv_count):
+        key = _string(f)
+        vtype = int(_read(f, "<I")[0])
+        if vtype == _STRING:
+            out[key] = _string(f)
+        elif vtype == _ARRAY:
+            etype, count = (int(v) for v in _read(f, "<IQ"))
+            if etype in _INTEGERS and count <= _SMALL_ARRAY:
+                fmt = _SCALARS[etype]
+                arrays[key] = tuple(int(v) for v in _read(f, "<" + fmt[1] * count))
+            elif etype in _SCALARS:
+                f.seek(count * struct.calcsize(_SCALARS[etype]), 1)
+            else:
+                for _ in range(count):
+                    _skip(f, etype)
+            out[key] = count
+        elif vtype in _SCALARS:
+            out[key] = _read(f, _SCALARS[vtype])[0]
+        else:
+            raise GgufError(f"unknown value type {vtype} for '{key}'")
+    return out
+
+
 def read_metadata(path: Path) -> dict[str, Value]:
     """Scalars by key; an array is given as its length (e.g. ``tokenizer.ggml.tokens`` -> vocabulary size)."""
-    out: dict[str, Value] = {}
     with path.open("rb") as f:
-        if f.read(4) != b"GGUF":
-            raise GgufError("not a GGUF file (bad magic)")
-        (version,) = _read(f, "<I")
-        if version < 2:
-            raise GgufError(f"GGUF version {version} is not supported")
-        _, kv_count = _read(f, "<QQ")
-        if kv_count > 1 << 20:
-            raise GgufError(f"implausible metadata count {kv_count}")
-        for _ in range(int(kv_count)):
-            key = _string(f)
-            vtype = int(_read(f, "<I")[0])
-            if vtype == _STRING:
-                out[key] = _string(f)
-            elif vtype == _ARRAY:
-                etype, count = _read(f, "<IQ")
-                if etype in _SCALARS:
-                    f.seek(int(count) * struct.calcsize(_SCALARS[int(etype)]), 1)
-                else:
-                    for _ in range(int(count)):
-                        _skip(f, int(etype))
-                out[key] = int(count)
-            elif vtype in _SCALARS:
-                out[key] = _read(f, _SCALARS[vtype])[0]
-            else:
-                raise GgufError(f"unknown value type {vtype} for '{key}'")
-    return out
+        _, kv_count = _header(f)
+        return _metadata(f, kv_count, {})
+
+
+def read_gguf(path: Path) -> GgufFile:
+    """The metadata, the short integer arrays and the tensor directory (no tensor data is read)."""
+    arrays: dict[str, tuple[int, ...]] = {}
+    tensors = []
+    with path.open("rb") as f:
+        tensor_count, kv_count = _header(f)
+        meta = _metadata(f, kv_count, arrays)
+        for _ in range(tensor_count):
+            name = _string(f)
+            (n_dims,) = _read(f, "<I")
+            if n_dims > 8:
+                raise GgufError(f"tensor {name} has {n_dims} dimensions")
+            elements = 1
+            for dim in _read(f, "<" + "Q" * int(n_dims)):
+                elements *= int(dim)
+            ggml_type, _offset = _read(f, "<IQ")
+            tensors.append(Tensor(name, int(ggml_type), elements))
+    return GgufFile(meta, arrays, tuple(tensors))

