@@ -182,7 +182,8 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     for key in body:
         _need(key in KNOWN, f"{key}: not a field of the Messages API this gateway serves", key)
     for key, why in REFUSED.items():
-        if key in body and not (key == "thinking" and (body[key] or {}).get("type") == "disabled"):
+        disabled = isinstance(body.get(key), dict) and body[key].get("type") == "disabled"
+        if key in body and not (key == "thinking" and disabled):
             raise InvalidRequest(f"{key}: {why}", param=key)
     config = body.get("output_config") or {}
     _need(isinstance(config, dict), "output_config: expected an object", "output_config")
