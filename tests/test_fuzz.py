@@ -97,24 +97,50 @@ def gateway(
 
 # --- the documents the fuzzer reads --------------------------------------------------------------------
 
-BODIES = ("ChatRequest", "CompletionRequest", "EmbeddingRequest")
+# Anthropic's Messages API and OpenAI's Responses API, translated to chat completions by their handlers
+AGENT_BODIES = ("MessagesRequest", "CountTokensRequest", "ResponsesRequest", "ResponsesInputTokensRequest")
+BODIES = ("ChatRequest", "CompletionRequest", "EmbeddingRequest", *AGENT_BODIES)
 SAMPLING = ("ChatRequest", "CompletionRequest")
+STREAMING = (*SAMPLING, "MessagesRequest", "ResponsesRequest")
+RESPONSES_BODIES = ("ResponsesRequest", "ResponsesInputTokensRequest")
 
 
-def served_names(doc: dict[str, Any]) -> dict[str, Any]:
+class Stored:
+    """A response stored on the gateway for one test, and the ids of its input items (given, to be known)."""
+
+    ITEMS = ("msg_fuzz_a", "msg_fuzz_b")
+
+    def __init__(self, gw: RunningGateway) -> None:
+        items = [{"role": "user", "content": text, "id": i} for text, i in zip("ab", self.ITEMS, strict=True)]
+        body = {"model": CHAT, "input": items, "max_output_tokens": 2}
+        r = httpx.post(f"{gw.base_url}/v1/responses", json=body, timeout=CLIENT_TIMEOUT)
+        assert r.status_code == 200, r.text
+        self.id: str = r.json()["id"]
+
+
+def served_names(doc: dict[str, Any], stored: Stored | None) -> dict[str, Any]:
+    """Served names; with a stored response (a test of /v1/responses...), its id for {response_id} and
+    previous_response_id (or null), its items' ids for input_items' after."""
     doc = copy.deepcopy(doc)
     schemas = doc["components"]["schemas"]
-    for name, names in zip(BODIES, (CHAT_NAMES, CHAT_NAMES, [EMBED]), strict=True):
-        schemas[name]["properties"]["model"] = {"type": "string", "enum": names}
+    names = (CHAT_NAMES, CHAT_NAMES, [EMBED], *[CHAT_NAMES] * len(AGENT_BODIES))
+    for name, served in zip(BODIES, names, strict=True):
+        schemas[name]["properties"]["model"] = {"type": "string", "enum": served}
+    parameters = doc["components"]["parameters"]
     for param in ("ModelName", "Name"):
-        doc["components"]["parameters"][param]["schema"] = {"type": "string", "enum": [*CHAT_NAMES, EMBED]}
+        parameters[param]["schema"] = {"type": "string", "enum": [*CHAT_NAMES, EMBED]}
+    if stored is not None:
+        parameters["ResponseId"]["schema"] = {"type": "string", "enum": [stored.id]}
+        parameters["After"]["schema"] = {"type": "string", "enum": list(Stored.ITEMS)}
+        for name in RESPONSES_BODIES:
+            schemas[name]["properties"]["previous_response_id"] = {"enum": [stored.id, None]}
     return doc
 
 
-def in_vocabulary(doc: dict[str, Any]) -> dict[str, Any]:
+def in_vocabulary(doc: dict[str, Any], stored: Stored | None) -> dict[str, Any]:
     """Served names, with token ids (a completion's prompt, ``logit_bias`` keys) in the model's vocabulary:
     the document allows any, the gateway refuses ids beyond the model's with a 400 before the engine."""
-    doc = served_names(doc)
+    doc = served_names(doc, stored)
     schemas = doc["components"]["schemas"]
     _walk_integers(schemas["CompletionRequest"]["properties"]["prompt"])
     for name in SAMPLING:
@@ -135,25 +161,25 @@ def _walk_integers(schema: Any) -> None:
             _walk_integers(value)
 
 
-def streamed(doc: dict[str, Any]) -> dict[str, Any]:
-    doc = in_vocabulary(doc)
-    for name in SAMPLING:
+def streamed(doc: dict[str, Any], stored: Stored | None) -> dict[str, Any]:
+    doc = in_vocabulary(doc, stored)
+    for name in STREAMING:
         schema = doc["components"]["schemas"][name]
         schema["properties"]["stream"] = {"const": True}
         schema["required"] = [*schema["required"], "stream"]
     return doc
 
 
-def every_field(doc: dict[str, Any]) -> dict[str, Any]:
-    doc = in_vocabulary(doc)
+def every_field(doc: dict[str, Any], stored: Stored | None) -> dict[str, Any]:
+    doc = in_vocabulary(doc, stored)
     for name in BODIES:
         schema = doc["components"]["schemas"][name]
         schema["required"] = list(schema["properties"])
     return doc
 
 
-DOCUMENTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "as served": lambda doc: doc,
+DOCUMENTS: dict[str, Callable[[dict[str, Any], Stored | None], dict[str, Any]]] = {
+    "as served": lambda doc, stored: doc,
     "served names": served_names,
     "streamed": streamed,
     "every field": every_field,
@@ -162,14 +188,14 @@ DOCUMENTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 def _variants(op: Op) -> list[str]:
     if op.body is not None:
-        return list(DOCUMENTS) if op.body in SAMPLING else ["as served", "served names", "every field"]
+        return list(DOCUMENTS) if op.body in STREAMING else ["as served", "served names", "every field"]
     return ["as served", "served names"] if op.params else ["as served"]
 
 
-def schema_for(gw: RunningGateway, variant: str) -> Any:
+def schema_for(gw: RunningGateway, variant: str, stored: Stored | None = None) -> Any:
     served = httpx.get(f"{gw.base_url}/openapi.json", timeout=30).json()
     assert served == build_document()
-    schema = schemathesis.openapi.from_dict(DOCUMENTS[variant](served))
+    schema = schemathesis.openapi.from_dict(DOCUMENTS[variant](served, stored))
     # its default cuts a stream at 20 events: read each to its end
     schema.config.max_stream_events = 1_000_000
     return schema
@@ -190,9 +216,32 @@ EVENT_DATA = {op.path: _validator(op.event_data) for op in OPERATIONS if op.even
 ERROR = _validator("ErrorResponse")
 
 
+# The events that may end a typed stream (Anthropic's, the Responses API's), which has no [DONE]
+LAST_EVENTS = {
+    "/v1/messages": {"message_stop", "error"},
+    "/v1/responses": {"response.completed", "response.incomplete", "response.failed"},
+}
+
+
+def check_typed_events(path: str, text: str) -> None:
+    """Anthropic's or the Responses API's stream: ``event: <type>`` and ``data: <that type's event>``, each
+    of the schema the document names, in one order (sequence_number from 0), ended by a final event."""
+    events = [event.split("\n") for event in text.split("\n\n") if event]
+    assert events, text
+    for i, (kind, data) in enumerate(events):
+        value = json.loads(data.removeprefix("data: "))
+        assert kind == f"event: {value['type']}", text[-500:]
+        EVENT_DATA[path].validate(value)
+        assert value.get("sequence_number", i) == i
+        assert (value["type"] in LAST_EVENTS[path]) == (i == len(events) - 1), text[-500:]
+
+
 def check_events(path: str, text: str) -> None:
     """A /v1 stream: events of the schema the document names (``x-event-data``), then ``[DONE]``; an error
     event may come last before it."""
+    if path in LAST_EVENTS:
+        check_typed_events(path, text)
+        return
     data = [line[6:] for line in text.split("\n") if line.startswith("data: ")]
     assert data and data[-1] == "[DONE]", text[-500:]
     for i, event in enumerate(data[:-1]):
@@ -244,7 +293,8 @@ CASES = [
 def test_no_5xx_no_hang_and_answers_as_documented(
     gateway: RunningGateway, op: Op, mode: GenerationMode, variant: str
 ) -> None:
-    operation = schema_for(gateway, variant)[op.path][op.method.upper()]
+    stored = Stored(gateway) if op.path.startswith("/v1/responses") and variant != "as served" else None
+    operation = schema_for(gateway, variant, stored)[op.path][op.method.upper()]
     statuses: list[int] = []
     with requests.Session() as session:
 
@@ -328,3 +378,27 @@ def test_a_repeat_penalty_that_breaks_sampling_is_a_400(gateway: RunningGateway)
     r = _post(gateway, "completions", body)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] in ("repeat_penalty", "top_k")
+
+
+@pytest.mark.parametrize("thinking", ["on", [1], 5, None], ids=lambda t: json.dumps(t))
+def test_a_thinking_that_is_not_an_object_is_a_400(gateway: RunningGateway, thinking: Any) -> None:
+    """Found by this fuzzer: a string or a list was a 500 (AttributeError in the translation)."""
+    body = {
+        "model": CHAT,
+        "max_tokens": 2,
+        "messages": [{"role": "user", "content": "hi"}],
+        "thinking": thinking,
+    }
+    r = _post(gateway, "messages", body)
+    assert r.status_code == 400, r.text
+    assert r.json()["type"] == "error" and r.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(("path", "key"), [("messages", "max_tokens"), ("responses", "max_output_tokens")])
+def test_a_whole_number_written_as_a_float_is_a_token_limit(
+    gateway: RunningGateway, path: str, key: str
+) -> None:
+    """Found by this fuzzer: JSON Schema's integer (which the document says) allows 2.0; it was a 400."""
+    prompt = {"messages": [{"role": "user", "content": "hi"}]} if path == "messages" else {"input": "hi"}
+    r = _post(gateway, path, {"model": CHAT, **prompt, key: 2.0})
+    assert r.status_code == 200, r.text

@@ -23,9 +23,18 @@ from starlette.testclient import TestClient
 from backends import errors
 from backends.base import OpenAIRequest
 from backends.llama_cpp.jobs import RUNNERS, Job
-from gateway.api.validation import decode
+from gateway.api import anthropic, anthropic_stream, responses, responses_stream
+from gateway.api.validation import ChatRequest, decode
 from gateway.api.validation import validate as gateway_validate
-from gateway.http.openapi import REQUEST_MODELS, build_document, openapi_json, openapi_route
+from gateway.http import openapi_agents
+from gateway.http.errors import anthropic_error_response
+from gateway.http.openapi import (
+    AGENT_REQUEST_MODELS,
+    REQUEST_MODELS,
+    build_document,
+    openapi_json,
+    openapi_route,
+)
 from gateway.http.openapi_schemas import ModelState
 from gateway.scheduling.lifecycle import State
 
@@ -44,6 +53,13 @@ EXPECTED = {  # method, path
     POST /v1/chat/completions
     POST /v1/completions
     POST /v1/embeddings
+    POST /v1/messages
+    POST /v1/messages/count_tokens
+    POST /v1/responses
+    POST /v1/responses/input_tokens
+    GET /v1/responses/{response_id}
+    DELETE /v1/responses/{response_id}
+    GET /v1/responses/{response_id}/input_items
     GET /v1/models
     GET /v1/models/{model}
     GET /admin/models
@@ -90,26 +106,55 @@ def test_it_documents_exactly_the_gateways_routes() -> None:
 
 def test_v1_needs_an_api_key_admin_the_admin_key_and_operations_none() -> None:
     schemes = DOC["components"]["securitySchemes"]
-    assert {(s["type"], s["scheme"]) for s in schemes.values()} == {("http", "bearer")}
-    assert set(schemes) == {"apiKey", "adminKey"}
+    assert {(s["type"], s.get("scheme", s.get("in"))) for s in schemes.values()} == {
+        ("http", "bearer"),
+        ("apiKey", "header"),
+    }
+    assert set(schemes) == {"apiKey", "anthropicKey", "adminKey"}
+    assert schemes["anthropicKey"]["name"] == "x-api-key"  # what Anthropic's SDKs send; auth.py reads it
     for _, path, op in operations():
         area = path.split("/")[1]
-        assert op["security"] == {"v1": [{"apiKey": []}], "admin": [{"adminKey": []}]}.get(area, []), path
+        expected = {"v1": [{"apiKey": []}], "admin": [{"adminKey": []}]}.get(area, [])
+        if path.startswith("/v1/messages"):
+            expected = [{"apiKey": []}, {"anthropicKey": []}]
+        assert op["security"] == expected, path
+
+
+def test_the_anthropic_operations_have_their_tag_and_the_responses_api_openais() -> None:
+    for _, path, op in operations():
+        if path.startswith("/v1/"):
+            assert op["tags"] == ["Anthropic" if path.startswith("/v1/messages") else "OpenAI"], path
+    assert {t["name"] for t in DOC["tags"]} == {"OpenAI", "Anthropic", "Admin", "Operations"}
+
+
+STREAMING = {"/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"}
 
 
 def test_v1_posts_document_errors_streams_and_retry_after() -> None:
-    responses = DOC["components"]["responses"]
-    for path in REQUEST_MODELS:
+    components = DOC["components"]["responses"]
+    for path in [*REQUEST_MODELS, *AGENT_REQUEST_MODELS]:
         op = DOC["paths"][path]["post"]
         documented = {str(code) for code in (200, 400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504)}
         assert set(op["responses"]) == documented
         streams = "text/event-stream" in op["responses"]["200"]["content"]
-        assert streams == (path != "/v1/embeddings")
-    for name, response in responses.items():
-        assert response["content"]["application/json"]["schema"] == {
-            "$ref": "#/components/schemas/ErrorResponse"
-        }
-        assert ("Retry-After" in response["headers"]) == (name in {"TooManyRequests", "ServiceUnavailable"})
+        assert streams == (path in STREAMING)
+        anthropic_api = path.startswith("/v1/messages")
+        for code, ref in op["responses"].items():
+            if code != "200":  # 408 is written by the HTTP layer, before the handler: OpenAI's shape
+                assert ref["$ref"].rsplit("/", 1)[1].startswith("Anthropic") == (
+                    anthropic_api and code != "408"
+                )
+        if anthropic_api:
+            assert op["responses"]["200"]["headers"] == {
+                "request-id": {"$ref": "#/components/headers/RequestId"}
+            }
+    for name, response in components.items():
+        shape = "AnthropicErrorResponse" if name.startswith("Anthropic") else "ErrorResponse"
+        assert response["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{shape}"}
+        assert ("Retry-After" in response["headers"]) == (
+            name.removeprefix("Anthropic") in {"TooManyRequests", "ServiceUnavailable"}
+        )
+        assert ("request-id" in response["headers"]) == name.startswith("Anthropic")
 
 
 def test_model_states_are_the_lifecycles() -> None:
@@ -161,6 +206,90 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
     ("CompletionRequest", {"model": "m", "prompt": [[1, 2], [3]], "n": 16, "echo": False}),
     ("EmbeddingRequest", {"model": "text-embedding-3-small", "input": "The food was delicious"}),
     ("EmbeddingRequest", {"model": "m", "input": ["one", "two"], "encoding_format": "base64", "user": "u"}),
+    # Anthropic's Messages API, as its SDK sends it
+    (
+        "MessagesRequest",
+        {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 1024,
+            "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Weather?"}]},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "text", "text": "Let me look."},
+                        {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Oslo"}},
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "4 C", "is_error": False}
+                    ],
+                },
+            ],
+            "tools": [{"name": "weather", "description": "d", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "auto", "disable_parallel_tool_use": True},
+            "stop_sequences": ["\n\n"],
+            "temperature": 1,
+            "top_p": 0.9,
+            "top_k": 40,
+            "stream": True,
+            "metadata": {"user_id": "alice"},
+            "thinking": {"type": "disabled"},
+            "service_tier": "auto",
+            "output_config": {"effort": "low"},
+        },
+    ),
+    (
+        "MessagesRequest",
+        {"model": "m", "max_tokens": 8.0, "messages": [{"role": "assistant", "content": []}]},
+    ),
+    ("CountTokensRequest", {"model": "m", "messages": [{"role": "user", "content": "x"}], "system": "s"}),
+    # OpenAI's Responses API, as its SDK sends it
+    (
+        "ResponsesRequest",
+        {
+            "model": "gpt-4.1",
+            "instructions": "Be brief.",
+            "input": [
+                {"role": "developer", "content": "Answer in French."},
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather?"}]},
+                {
+                    "type": "function_call",
+                    "call_id": "c1",
+                    "name": "weather",
+                    "arguments": "{}",
+                    "id": "fc_1",
+                },
+                {"type": "function_call_output", "call_id": "c1", "output": "4 C"},
+                {"role": "assistant", "content": [{"type": "output_text", "text": "4 C", "annotations": []}]},
+            ],
+            "tools": [
+                {"type": "function", "name": "weather", "parameters": {"type": "object"}, "strict": True}
+            ],
+            "tool_choice": {"type": "function", "name": "weather"},
+            "parallel_tool_calls": False,
+            "temperature": 0.2,
+            "top_p": 1,
+            "max_output_tokens": 64,
+            "text": {
+                "format": {"type": "json_schema", "name": "a", "schema": {"type": "object"}, "strict": True}
+            },
+            "metadata": {"k": "v"},
+            "stream": True,
+            "store": False,
+            "user": "alice",
+            "truncation": "disabled",
+            "include": ["reasoning.encrypted_content"],
+            "reasoning": {"effort": "none"},
+            "background": False,
+            "service_tier": "auto",
+        },
+    ),
+    ("ResponsesRequest", {"model": "m", "input": "x", "text": {"format": {"type": "json_object"}}}),
+    ("ResponsesInputTokensRequest", {"model": "m", "input": "x", "max_output_tokens": 0, "stream": "x"}),
 ]
 GOOD += [
     (op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1], example)
@@ -195,18 +324,100 @@ BAD: list[tuple[str, dict[str, Any]]] = [
     ("EmbeddingRequest", {"model": "m", "input": []}),
     ("EmbeddingRequest", {"model": "m", "input": "x", "encoding_format": "int8"}),
     ("EmbeddingRequest", {"model": 7, "input": "x"}),
+    ("MessagesRequest", {"model": "m", "messages": [{"role": "user", "content": "x"}]}),  # max_tokens
+    ("MessagesRequest", {"model": "m", "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}),
+    ("MessagesRequest", {"model": "m", "max_tokens": 8, "messages": []}),
+    ("MessagesRequest", {"model": "m", "max_tokens": 8, "messages": [{"role": "system", "content": "x"}]}),
+    ("MessagesRequest", {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": []}]}),
+    (
+        "MessagesRequest",
+        {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": [{"type": "image"}]}]},
+    ),
+    (
+        "MessagesRequest",
+        {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}], "thinking": "x"},
+    ),
+    (
+        "MessagesRequest",
+        {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}], "mcp_servers": []},
+    ),
+    (
+        "MessagesRequest",
+        {
+            "model": "m",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+        },
+    ),
+    (
+        "MessagesRequest",
+        {
+            "model": "m",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"name": "has space", "input_schema": {}}],
+        },
+    ),
+    ("MessagesRequest", {"model": "m", "max_tokens": 8, "messages": [{"role": "user"}], "temperature": 3}),
+    ("ResponsesRequest", {"model": "m"}),
+    ("ResponsesRequest", {"model": "m", "input": []}),
+    ("ResponsesRequest", {"model": "m", "input": "x", "reasoning": {"effort": "high"}}),
+    ("ResponsesRequest", {"model": "m", "input": "x", "background": True}),
+    ("ResponsesRequest", {"model": "m", "input": "x", "tools": [{"type": "web_search"}]}),
+    ("ResponsesRequest", {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image"}]}]}),
+    ("ResponsesRequest", {"model": "m", "input": "x", "max_output_tokens": 0}),
+    ("ResponsesRequest", {"model": "m", "input": "x", "truncation": "auto"}),
+    ("ResponsesRequest", {"model": "m", "input": "x", "include": ["message.output_text.logprobs"]}),
+    ("ResponsesRequest", {"model": "m", "input": "x", "metadata": {str(i): "v" for i in range(17)}}),
+    ("ResponsesRequest", {"model": "m", "input": "x", "text": {"format": {"type": "json_schema"}}}),
+    ("ResponsesRequest", {"model": "m", "input": "x", "frequency_penalty": 1}),
 ]
 
 MODELS = {m.__name__: m for m in REQUEST_MODELS.values()}
+AGENTS = {m.__name__: path for path, m in AGENT_REQUEST_MODELS.items()}
+
+
+def translated(path: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The chat completion a Messages or Responses body becomes, as its handler (``prepare``) makes it (a
+    ``previous_response_id`` is looked up in the store there: here it is left out)."""
+    if path.startswith("/v1/messages"):
+        if path.endswith("count_tokens"):
+            data = {**data, "max_tokens": 1, "stream": False}
+        return anthropic.to_chat(data)
+    data = {k: v for k, v in data.items() if k != "previous_response_id"}
+    if path.endswith("input_tokens"):
+        data = {**data, "max_output_tokens": 1, "stream": False, "store": False}
+    return responses.to_chat(data, []).chat
 
 
 def accepts_bytes(schema: str, raw: bytes) -> bool:
-    """What the in-process engine makes of a body: True, or False for a 400; never another exception."""
+    """What the in-process engine makes of a body: True, or False for a 400; never another exception. A
+    Messages or Responses body is translated, then validated as the chat completion it becomes."""
     try:
-        gateway_validate(decode(raw), MODELS[schema])
+        if schema in AGENTS:
+            gateway_validate(translated(AGENTS[schema], decode(raw)), ChatRequest)
+        else:
+            gateway_validate(decode(raw), MODELS[schema])
     except errors.InvalidRequest:
         return False
     return True
+
+
+@pytest.mark.parametrize(
+    ("model", "known"),
+    [
+        (openapi_agents.MessagesRequest, anthropic.KNOWN - set(anthropic.REFUSED) | {"thinking"}),
+        (openapi_agents.ResponsesRequest, responses.KNOWN),
+    ],
+    ids=lambda x: getattr(x, "__name__", ""),
+)
+def test_the_agent_request_schemas_name_the_fields_the_translations_know(model: Any, known: set[str]) -> None:
+    """Every field the translation accepts (KNOWN, IGNORED, REFUSED but for an empty value) is documented;
+    a field it refuses whatever its value (mcp_servers) is not, as no unknown field is."""
+    schema = DOC["components"]["schemas"][model.__name__]
+    assert set(schema["properties"]) == known
+    assert schema["additionalProperties"] is False
 
 
 def gateway_accepts(schema: str, body: object) -> bool:
@@ -427,3 +638,130 @@ def test_a_fuzzers_invalid_bodies_get_a_400_never_a_crash(path: str) -> None:
 
     check()
     assert len(refused) >= 10  # the fuzzer did make invalid bodies
+
+
+@pytest.mark.parametrize("path", list(AGENT_REQUEST_MODELS))
+def test_the_translations_accept_every_body_a_fuzzer_makes_from_the_document(path: str) -> None:
+    """Anthropic's and OpenAI's Responses bodies: translated, and the chat completion they become valid."""
+    seen = []
+    name = AGENT_REQUEST_MODELS[path].__name__
+
+    @fuzz(path, GenerationMode.POSITIVE)
+    def check(case: Any) -> None:
+        seen.append(case.body)
+        assert accepts_bytes(name, sent_bytes(case)), case.body
+
+    check()
+    assert len(seen) >= 25
+
+
+@pytest.mark.parametrize("path", list(AGENT_REQUEST_MODELS))
+def test_a_fuzzers_invalid_agent_bodies_never_crash_the_translation(path: str) -> None:
+    """An invalid body is a 400 or served, never another exception. Served: the translations read some fields
+    more loosely than the document (a falsy value for an unused one, extra fields of a part)."""
+    name = AGENT_REQUEST_MODELS[path].__name__
+    refused = []
+
+    @fuzz(path, GenerationMode.NEGATIVE)
+    def check(case: Any) -> None:
+        raw = sent_bytes(case)
+        if not accepts_bytes(name, raw):  # raises on anything but a 400
+            refused.append(raw)
+
+    check()
+    assert len(refused) >= 10
+
+
+# --- the answers of the Messages and Responses APIs -----------------------------------------------------
+
+TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+HI_CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "Hi!"}]}
+
+
+def chat_answers() -> list[dict[str, Any]]:
+    """Non-streamed chat completions as the engine writes them: a tool call, and text cut by the limit."""
+    (called,) = engine_output("chat/completions", {**HI_CHAT, "tools": TOOLS})
+    text = json.loads(called)
+    text["choices"][0] = {
+        "index": 0,
+        "message": {"role": "assistant", "content": "Hi"},
+        "finish_reason": "length",
+    }
+    return [json.loads(called), text]
+
+
+def chat_chunks() -> list[dict[str, Any]]:
+    streamed = {**HI_CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    out = engine_output("chat/completions", streamed)
+    assert out[-1] == b"data: [DONE]\n\n"
+    chunks = [json.loads(event.removeprefix(b"data: ")) for event in out[:-1]]
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a"'}}
+    more = {"index": 0, "function": {"arguments": ": 1}"}}
+    tool = [
+        {**chunks[0], "choices": [{"index": 0, "delta": {"tool_calls": [c]}, "finish_reason": None}]}
+        for c in (call, more)
+    ]
+    return [*chunks[:-1], *tool, chunks[-1]]
+
+
+def sse_data(events: list[bytes]) -> list[dict[str, Any]]:
+    """Each event's data, its ``event:`` line checked against its type."""
+    out = []
+    for raw in events:
+        kind, data = raw.decode().removesuffix("\n\n").split("\n")
+        value = json.loads(data.removeprefix("data: "))
+        assert kind == f"event: {value['type']}"
+        out.append(value)
+    return out
+
+
+def test_the_message_schemas_describe_what_the_messages_api_sends() -> None:
+    for answer in chat_answers():
+        schema_validator("Message").validate(anthropic.from_chat(answer, "m"))
+    stream = anthropic_stream.MessageStream("m")
+    events = sse_data([e for chunk in chat_chunks() for e in stream.feed(chunk)] + stream.end())
+    assert [e["type"] for e in events][-2:] == ["message_delta", "message_stop"]
+    assert {"content_block_start", "content_block_delta", "content_block_stop"} <= {e["type"] for e in events}
+    for value in events + sse_data(anthropic_stream.MessageStream("m").error("boom")):
+        schema_validator("MessageStreamEvent").validate(value)
+    schema_validator("MessageTokensCount").validate({"input_tokens": 7})
+
+
+def test_the_response_schemas_describe_what_the_responses_api_sends() -> None:
+    turn = responses.to_chat({"model": "m", "input": "Hi!", "tools": [{"type": "function", "name": "f"}]}, [])
+    for answer in chat_answers():
+        response = responses.response_object("resp_1", "m", turn.echo, responses.output_of(answer))
+        schema_validator("Response").validate(response)
+    stream = responses_stream.ResponseStream("resp_1", "m", turn.echo)
+    events = sse_data([e for chunk in chat_chunks() for e in stream.feed(chunk)] + stream.end())
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    failed = sse_data(responses_stream.ResponseStream("resp_2", "m", turn.echo).error("boom"))
+    for value in events + failed:
+        schema_validator("ResponseStreamEvent").validate(value)
+    assert failed[-1]["type"] == "response.failed"
+    items = responses.input_items(
+        [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "y"}]},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c", "output": "z"},
+        ]
+    )
+    page = {"object": "list", "data": items, "first_id": items[0]["id"], "last_id": "x", "has_more": False}
+    schema_validator("InputItemList").validate(page)
+    schema_validator("ResponseDeleted").validate(
+        {"id": "resp_1", "object": "response.deleted", "deleted": True}
+    )
+    schema_validator("ResponseInputTokens").validate({"object": "response.input_tokens", "input_tokens": 7})
+
+
+@pytest.mark.parametrize(
+    "err",
+    [errors.InvalidRequest("bad"), errors.ModelNotFound("nope"), errors.QueueFull("full", retry_after=1)],
+    ids=lambda e: type(e).__name__,
+)
+def test_anthropic_error_bodies_match_their_schema(err: errors.GatewayError) -> None:
+    response = anthropic_error_response(err)
+    schema_validator("AnthropicErrorResponse").validate(json.loads(response.body))
+    assert response.headers["request-id"].startswith("req_")
+    assert str(err.status) in DOC["paths"]["/v1/messages"]["post"]["responses"]

@@ -182,13 +182,16 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     for key in body:
         _need(key in KNOWN, f"{key}: not a field of the Messages API this gateway serves", key)
     for key, why in REFUSED.items():
-        if key in body and not (key == "thinking" and (body[key] or {}).get("type") == "disabled"):
+        disabled = isinstance(body.get(key), dict) and body[key].get("type") == "disabled"
+        if key in body and not (key == "thinking" and disabled):
             raise InvalidRequest(f"{key}: {why}", param=key)
     config = body.get("output_config") or {}
     _need(isinstance(config, dict), "output_config: expected an object", "output_config")
     for key in config:  # effort only tunes reasoning, which these models do not do
         _need(key == "effort", f"output_config.{key}: not supported by this gateway", f"output_config.{key}")
     max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, float) and max_tokens.is_integer():
+        max_tokens = int(max_tokens)  # JSON has one number type: 64.0 is a whole number (as for chat)
     _need(
         isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 1,
         "max_tokens: required, a whole number >= 1",

@@ -253,7 +253,11 @@ def _check_fields(body: dict[str, Any]) -> None:
         _need(ok and len(metadata) <= MAX_METADATA_KEYS, "metadata: up to 16 string values", "metadata")
     maximum = body.get("max_output_tokens")
     if maximum is not None:
-        whole = isinstance(maximum, int) and not isinstance(maximum, bool) and maximum >= 1
+        # JSON has one number type: 64.0 is a whole number (as for chat)
+        whole = (isinstance(maximum, int) and not isinstance(maximum, bool)) or (
+            isinstance(maximum, float) and maximum.is_integer()
+        )
+        whole = whole and maximum >= 1
         _need(whole, "max_output_tokens: a whole number >= 1", "max_output_tokens")
 
 
@@ -281,7 +285,7 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]]) -> Turn:
     messages += _chat_messages([*history, *items])
     chat: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     if body.get("max_output_tokens") is not None:
-        chat["max_tokens"] = body["max_output_tokens"]
+        chat["max_tokens"] = int(body["max_output_tokens"])
     for key in ("temperature", "top_p", "parallel_tool_calls"):
         if body.get(key) is not None:
             chat[key] = body[key]

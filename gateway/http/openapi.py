@@ -28,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.api.validation import ChatRequest, CompletionRequest, EmbeddingRequest
+from gateway.http import openapi_agents
 from gateway.http.openapi_schemas import RESPONSE_MODELS
 
 REQUEST_MODELS: dict[str, type[ChatRequest | CompletionRequest | EmbeddingRequest]] = {
@@ -35,11 +36,14 @@ REQUEST_MODELS: dict[str, type[ChatRequest | CompletionRequest | EmbeddingReques
     "/v1/completions": CompletionRequest,
     "/v1/embeddings": EmbeddingRequest,
 }
+# Anthropic's Messages API and OpenAI's Responses API: translated to chat completions by their handlers
+AGENT_REQUEST_MODELS = openapi_agents.REQUEST_MODELS
 
 _SCHEMA = "#/components/schemas/{model}"
 Security = list[dict[str, list[str]]]
 # by path prefix: the tag and the key that guards it (/metrics and /health are open, as Prometheus expects)
 AREAS: dict[str, tuple[str, Security]] = {
+    "/v1/messages": ("Anthropic", [{"apiKey": []}, {"anthropicKey": []}]),  # Anthropic's SDKs: x-api-key
     "/v1/": ("OpenAI", [{"apiKey": []}]),
     "/admin/": ("Admin", [{"adminKey": []}]),
     "/": ("Operations", []),
@@ -68,12 +72,26 @@ ERRORS: dict[int, tuple[str, str, bool]] = {
     504: ("GatewayTimeout", "The engine did not answer within a deadline (`code: upstream_timeout`).", False),
 }
 V1_ERRORS = (400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504)
+ANTHROPIC_ERRORS = tuple(c for c in V1_ERRORS if c != 408)
 AUTH = (401, 403, 500)
 NAMED = (401, 403, 404, 500)
 
 STREAMED = (
     "with `stream: true`, `data: <{}>` events, then `data: [DONE]`; an error after the first event "
     "comes as `data: <ErrorResponse>`"
+)
+
+ANTHROPIC_STREAMED = (
+    "with `stream: true`, Anthropic's events, each `event: <type>` and `data: <MessageStreamEvent>`: "
+    "`message_start`, per content block `content_block_start`, `content_block_delta`..., "
+    "`content_block_stop`, then `message_delta` (the stop reason and usage) and `message_stop`; an error "
+    "after the first event comes as an `error` event, which ends the stream"
+)
+RESPONSES_STREAMED = (
+    "with `stream: true`, OpenAI's typed events, each `event: <type>` and `data: <ResponseStreamEvent>` "
+    "numbered by `sequence_number`: `response.created`, `response.in_progress`, the output items' events, "
+    "then `response.completed` (or `response.incomplete`); an error after the first event comes as "
+    "`response.failed`, which ends the stream"
 )
 
 
@@ -127,6 +145,73 @@ OPERATIONS: tuple[Op, ...] = (
         "CreateEmbeddingResponse",
         V1_ERRORS,
         body="EmbeddingRequest",
+    ),
+    Op(
+        "post",
+        "/v1/messages",
+        "createMessage",
+        "Anthropic's Messages API: a message, on any model",
+        "Message",
+        V1_ERRORS,
+        body="MessagesRequest",
+        events=ANTHROPIC_STREAMED,
+        event_data="MessageStreamEvent",
+    ),
+    Op(
+        "post",
+        "/v1/messages/count_tokens",
+        "countMessageTokens",
+        "The prompt's tokens, as the model counts them (it loads the model and generates one token)",
+        "MessageTokensCount",
+        V1_ERRORS,
+        body="CountTokensRequest",
+    ),
+    Op(
+        "post",
+        "/v1/responses",
+        "createResponse",
+        "OpenAI's Responses API: a response, on any model; stored unless `store: false`",
+        "Response",
+        V1_ERRORS,
+        body="ResponsesRequest",
+        events=RESPONSES_STREAMED,
+        event_data="ResponseStreamEvent",
+    ),
+    Op(
+        "post",
+        "/v1/responses/input_tokens",
+        "countResponseInputTokens",
+        "The input's tokens, as the model counts them (it loads the model and generates one token)",
+        "ResponseInputTokens",
+        V1_ERRORS,
+        body="ResponsesInputTokensRequest",
+    ),
+    Op(
+        "get",
+        "/v1/responses/{response_id}",
+        "getResponse",
+        "A stored response (made with the same API key)",
+        "Response",
+        NAMED,
+        ("ResponseId",),
+    ),
+    Op(
+        "delete",
+        "/v1/responses/{response_id}",
+        "deleteResponse",
+        "Delete a stored response",
+        "ResponseDeleted",
+        NAMED,
+        ("ResponseId",),
+    ),
+    Op(
+        "get",
+        "/v1/responses/{response_id}/input_items",
+        "listInputItems",
+        "A stored response's input items, a page at a time",
+        "InputItemList",
+        (400, *NAMED),
+        ("ResponseId", "Order", "Limit", "After"),
     ),
     Op("get", "/v1/models", "listModels", "Every model name and alias", "ListModelsResponse", AUTH),
     Op("get", "/v1/models/{model}", "retrieveModel", "One model", "Model", NAMED, ("ModelName",)),
@@ -222,6 +307,20 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "ChatRequest": {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "Hi!"}]},
     "CompletionRequest": {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 16},
     "EmbeddingRequest": {"model": "text-embedding-3-small", "input": ["one vector", "per input"]},
+    "MessagesRequest": {
+        "model": "smollm2",
+        "max_tokens": 64,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Hi!"}],
+    },
+    "CountTokensRequest": {"model": "smollm2", "messages": [{"role": "user", "content": "Hi!"}]},
+    "ResponsesRequest": {
+        "model": "gpt-3.5-turbo",
+        "instructions": "Be brief.",
+        "input": "Hi!",
+        "max_output_tokens": 64,
+    },
+    "ResponsesInputTokensRequest": {"model": "gpt-3.5-turbo", "input": [{"role": "user", "content": "Hi!"}]},
 }
 
 
@@ -259,10 +358,23 @@ def _operation(op: Op) -> dict[str, Any]:
         out["requestBody"] = {"required": True, "content": {"application/json": media}}
     if op.deprecated:
         out["deprecated"] = True
-    ok = {"description": "OK" if op.events is None else f"JSON, or {op.events}", "content": _content(op)}
-    errors = {str(c): {"$ref": f"#/components/responses/{ERRORS[c][0]}"} for c in op.errors}
+    ok: dict[str, Any] = {
+        "description": "OK" if op.events is None else f"JSON, or {op.events}",
+        "content": _content(op),
+    }
+    anthropic = op.path.startswith("/v1/messages")
+    if anthropic:
+        ok["headers"] = {"request-id": {"$ref": "#/components/headers/RequestId"}}
+    errors = {str(c): {"$ref": f"#/components/responses/{_error_name(c, anthropic)}"} for c in op.errors}
     out["responses"] = {"200": ok, **errors}
     return out
+
+
+def _error_name(status: int, anthropic: bool) -> str:
+    """The component of an error response: Anthropic's shape on /v1/messages, but for a 408, which the HTTP
+    layer writes before any handler has the request (``server_limits``)."""
+    name = ERRORS[status][0]
+    return f"Anthropic{name}" if anthropic and status in ANTHROPIC_ERRORS else name
 
 
 def _paths() -> dict[str, Any]:
@@ -293,6 +405,22 @@ def _parameters() -> dict[str, Any]:
             "force", "query", flag, "Do not wait for in-flight requests: they end with an error."
         ),
         "Follow": _parameter("follow", "query", flag, "Stay open as `text/event-stream`, sending new lines."),
+        "ResponseId": _parameter("response_id", "path", {"type": "string"}, "A stored response's `id`."),
+        "Order": _parameter(
+            "order",
+            "query",
+            {"type": "string", "enum": ["asc", "desc"], "default": "desc"},
+            "`desc`: the last item first.",
+        ),
+        "Limit": _parameter(
+            "limit",
+            "query",
+            {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+            "Items a page.",
+        ),
+        "After": _parameter(
+            "after", "query", {"type": "string"}, "The page after this item's `id` (one of this response's)."
+        ),
     }
 
 
@@ -307,14 +435,24 @@ def _responses() -> dict[str, Any]:
             "headers": headers,
             "content": {"application/json": {"schema": _ref("ErrorResponse")}},
         }
+    for status in ANTHROPIC_ERRORS:
+        name = ERRORS[status][0]
+        out[f"Anthropic{name}"] = {
+            **out[name],
+            "description": f"{out[name]['description']} In Anthropic's shape.",
+            "headers": {**out[name]["headers"], "request-id": {"$ref": "#/components/headers/RequestId"}},
+            "content": {"application/json": {"schema": _ref("AnthropicErrorResponse")}},
+        }
     return out
 
 
 def _component_schemas() -> dict[str, Any]:
     inputs: list[tuple[type[BaseModel], JsonSchemaMode]] = [
-        (m, "validation") for m in REQUEST_MODELS.values()
+        (m, "validation") for m in [*REQUEST_MODELS.values(), *AGENT_REQUEST_MODELS.values()]
     ]
-    outputs: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "serialization") for m in RESPONSE_MODELS]
+    outputs: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        (m, "serialization") for m in [*RESPONSE_MODELS, *openapi_agents.RESPONSE_MODELS]
+    ]
     _, top = models_json_schema([*inputs, *outputs], ref_template=_SCHEMA)
     schemas: dict[str, Any] = top["$defs"]
     # Where the models' types say less than the gateway or OpenAI require: EmbeddingRequest's type allows ""
@@ -338,9 +476,12 @@ def _version() -> str:
 
 
 DESCRIPTION = """One OpenAI-compatible endpoint in front of many self-hosted models. `/v1` is OpenAI's API for
-chat completions, completions, embeddings and models; `/admin` is the operator's API. Every error is
+chat completions, completions, embeddings, models and responses (the Responses API), and Anthropic's Messages
+API (`/v1/messages`); `/admin` is the operator's API. Every error is
 `{"error": {"message", "type", "param", "code", "source"}}`, where `source` says who failed: `gateway` or
-`upstream` (the engine); the `x-error-source` header says the same."""
+`upstream` (the engine); the `x-error-source` header says the same. On `/v1/messages` errors are in
+Anthropic's shape, `{"type": "error", "error": {"type", "message"}}`, with the same status codes and
+headers."""
 
 
 def build_document() -> dict[str, Any]:
@@ -349,7 +490,11 @@ def build_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "llm-gateway", "version": _version(), "description": DESCRIPTION},
         "tags": [
-            {"name": "OpenAI", "description": "The OpenAI-compatible API."},
+            {"name": "OpenAI", "description": "The OpenAI-compatible API, the Responses API included."},
+            {
+                "name": "Anthropic",
+                "description": "Anthropic's Messages API, translated to chat completions: every model.",
+            },
             {"name": "Admin", "description": "Models, memory and manifests, with the admin key."},
             {"name": "Operations", "description": "Unauthenticated: health, metrics, this document."},
         ],
@@ -363,6 +508,10 @@ def build_document() -> dict[str, Any]:
                     "description": "Seconds to wait before retrying.",
                     "schema": {"type": "integer", "minimum": 1},
                 },
+                "RequestId": {
+                    "description": "The request's id (`req_...`), as Anthropic's API sends it.",
+                    "schema": {"type": "string"},
+                },
                 "ErrorSource": {
                     "description": "Who failed.",
                     "schema": {"type": "string", "enum": ["gateway", "upstream"]},
@@ -370,6 +519,12 @@ def build_document() -> dict[str, Any]:
             },
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key for `/v1`."},
+                "anthropicKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-api-key",
+                    "description": "An API key for `/v1`, as Anthropic's SDKs send it (Bearer works too).",
+                },
                 "adminKey": {
                     "type": "http",
                     "scheme": "bearer",
