@@ -14,6 +14,7 @@ older commit), one after the other, on the same machine: the first row block is 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -49,11 +50,13 @@ def write_manifests(directory: Path) -> None:
         (directory / f"{name}.yaml").write_text(yaml.safe_dump(manifest))
 
 
-def serve(root: Path, manifests: Path, port: int) -> subprocess.Popen[bytes]:
+def serve(
+    root: Path, manifests: Path, port: int, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--manifests", str(manifests), "--port", str(port),
          "--memory-budget", "400MiB", "--log-level", LOG_LEVEL],
-        cwd=root,
+        cwd=root, env={**os.environ, **(env or {})},
     )  # fmt: skip
     end = time.monotonic() + 120
     while time.monotonic() < end:
@@ -86,10 +89,10 @@ def client(base: str, model: str, until: float, tally: Tally, lock: threading.Lo
                     time.sleep(0.2)  # an error is answered at once: do not spin on it
 
 
-def run(root: Path, seconds: float, port: int) -> list[list[str]]:
+def run(root: Path, seconds: float, port: int, env: dict[str, str] | None = None) -> list[list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
         write_manifests(Path(tmp))
-        proc = serve(root, Path(tmp), port)
+        proc = serve(root, Path(tmp), port, env)
         base = f"http://127.0.0.1:{port}"
         try:
             tallies = {m: Tally() for m in MODELS}

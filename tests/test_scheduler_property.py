@@ -32,6 +32,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invar
 from backends.base import BackendError, OpenAIRequest, ReplicaInfo, UpstreamResponse
 from backends.errors import GatewayError, InsufficientMemory, LoadFailed, ModelNotFound, ModelUnavailable
 from gateway.config.manifest import ModelManifest
+from gateway.scheduling.admission import Policy
 from gateway.scheduling.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
 from gateway.scheduling.placement import HOST, Option
 from gateway.scheduling.scheduler import Scheduler
@@ -193,6 +194,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             load_failure_backoff=0,
             clock=self.time.clock,
             sleep=self.time.sleep,
+            # First come, first served: the promises checked here. Swap-aware admission makes a request
+            # wait (on the virtual clock) while busy models serve: tests/test_admission.py checks that.
+            policy=Policy("fifo"),
         )
         return multiple(*self.all_slots)
 

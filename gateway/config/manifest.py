@@ -49,6 +49,11 @@ class ModelManifest(BaseModel):
     )
     pinned: bool = Field(False, description="Load at startup and never evict.")
     idle_ttl: Duration | None = Field(None, description="Unload after this long unused.")
+    max_swap_wait: Duration | None = Field(
+        None,
+        description="Longest a request for this model waits while other models that are busy keep the memory "
+        "it needs (swap-aware admission); then it gets its turn. Default: the gateway's max_swap_wait.",
+    )
     max_queue: int | None = Field(None, ge=0, description="Default: the gateway's max_queue.")
     health_check_interval: Duration = Field(
         10.0,

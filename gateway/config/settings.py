@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     queue_timeout: Duration = Field(300.0, description="How long a request waits for a free replica.")
     load_timeout: Duration = Field(600.0, description="How long a request waits for its model to load.")
     drain_grace: Duration = Field(30.0, description="Grace for in-flight requests when a model is evicted.")
+    swap_policy: Literal["swap-aware", "fifo"] = Field(
+        "swap-aware",
+        description="When models do not fit together: swap-aware lets a busy model serve while another's "
+        "requests wait up to max_swap_wait (far fewer swaps); fifo swaps for the oldest request at once.",
+    )
+    max_swap_wait: Duration = Field(
+        10.0, description="Default of a model's max_swap_wait (swap-aware admission), in seconds."
+    )
     load_failure_backoff: Duration = Field(5.0, description="First wait before retrying a failed load.")
     api_key: SecretStr | None = Field(None, description="One key for /v1 and /admin (earlier versions).")
     api_keys: dict[str, SecretStr] = Field(

@@ -15,6 +15,7 @@ from gateway.control.response_store import ResponseStore
 from gateway.control.state import Gateway
 from gateway.observability.metrics import Metrics
 from gateway.resources.hosts import devices, docker_engine, engine_settings, instance_id
+from gateway.scheduling.admission import Policy
 from gateway.scheduling.pins import Pins
 from gateway.scheduling.placement import DoesNotFit, plan
 from gateway.scheduling.registry import Registry
@@ -69,6 +70,8 @@ def build_gateway(settings: Settings, kinds: Kinds | None = None) -> Gateway:
         drain_grace=settings.drain_grace,
         load_failure_backoff=settings.load_failure_backoff,
         events=metrics,
+        policy=Policy(settings.swap_policy),
+        max_swap_wait=settings.max_swap_wait,
     )
     pins = Pins(settings.state_file or settings.manifests / ".llm-gateway-pins.json")
     never_fits = {}

@@ -90,6 +90,7 @@ class ModelSlot:
         self.removed = False  # a reload removed it: once unloaded, requests for it get 404
         self.retired = False  # a reload replaced or removed it: it never loads again
         self._waiting = 0  # requests waiting for the model itself (its load, its drain)
+        self._wait_starts: list[float] = []  # when each of them began to wait (at most max_queue + 1)
         self._none_waiting = asyncio.Event()
         self._none_waiting.set()
         self.pool: Pool | None = None
@@ -127,14 +128,24 @@ class ModelSlot:
         leases as soon as they run: until then, it was loaded for them and must not be evicted."""
         return self._waiting
 
-    def wait_begins(self) -> None:
+    def wait_begins(self) -> float:
+        """A request begins to wait for the model; returns its start, to give back to ``wait_ends``."""
         self._waiting += 1
         self._none_waiting.clear()
+        began = self._clock()
+        self._wait_starts.append(began)
+        return began
 
-    def wait_ends(self) -> None:
+    def wait_ends(self, began: float) -> None:
         self._waiting -= 1
+        self._wait_starts.remove(began)
         if self._waiting == 0:
             self._none_waiting.set()
+
+    @property
+    def oldest_wait(self) -> float | None:
+        """When the request that has waited longest for the model began to wait (None: none waits)."""
+        return min(self._wait_starts, default=None)
 
     async def waiters_served(self) -> None:
         """Returns once no request waits for the model itself (they have their leases, or gave up)."""

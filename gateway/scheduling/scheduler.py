@@ -40,6 +40,7 @@ from backends.errors import (
     ModelUnavailable,
     QueueFull,
 )
+from gateway.scheduling.admission import Activity, Admission, Policy, Waiting, admit
 from gateway.scheduling.explain import Plan, explain
 from gateway.scheduling.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
 from gateway.scheduling.placement import DoesNotFit, Fits, Option, Resident, plan
@@ -76,13 +77,18 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         events: Events | None = None,
+        policy: Policy | None = None,
+        max_swap_wait: float = 10.0,
     ) -> None:
-        """``clock`` and ``sleep`` drive the idle timers (a test gives them a virtual time)."""
+        """``clock`` and ``sleep`` drive the idle timers and the swap waits (a test gives them a virtual
+        time). ``policy`` and ``max_swap_wait`` (the default of a model's own): swap-aware admission."""
         self.events: Events = events or _Quiet()
         self.slots = {s.name: s for s in slots}
         self.budgets = dict(budgets)  # per device (gateway.scheduling.placement)
         self.drain_grace = drain_grace
         self.load_failure_backoff = load_failure_backoff
+        self.policy = policy or Policy()
+        self.max_swap_wait = max_swap_wait
         self._clock = clock
         self._sleep = sleep
         self._decision = asyncio.Lock()
@@ -108,11 +114,11 @@ class Scheduler:
                 f"model '{slot.name}' has {waiting} requests waiting (max_queue={slot.max_queue})",
                 retry_after=1,
             )
-        slot.wait_begins()
+        began = slot.wait_begins()
         try:
             return await self._until_ready(slot, timeout)
         finally:
-            slot.wait_ends()
+            slot.wait_ends(began)
 
     async def _until_ready(self, slot: ModelSlot, timeout: float) -> Lease:
         deadline = self._clock() + timeout
@@ -204,7 +210,11 @@ class Scheduler:
                 if slot.state is not State.UNLOADED or slot.retired or self.slots.get(slot.name) is not slot:
                     return  # loaded already, or a version a reload retired: its waiters move on
                 residents = self.residents(excluding=slot)
-                decision = plan(slot.name, slot.demand, residents, self.budgets)
+                admission = self._admission(slot, residents)
+                guarded = [
+                    replace(r, evictable=False) if r.name in admission.protected else r for r in residents
+                ]
+                decision = plan(slot.name, slot.demand, guarded, self.budgets)
                 if isinstance(decision, Fits) and not decision.evict:
                     self._reserved.pop(slot, None)
                     slot.begin_load(decision.choice)  # the memory is the slot's own from here
@@ -220,10 +230,24 @@ class Scheduler:
                     self._reserved[slot] = _sum_claims(chosen)  # freed for this load, and kept for it
                     victims = {s.name: s for s in self.slots.values()}
                     waits = [
-                        self._begin_unload(victims[n], f"evicted to load '{slot.name}'", "lru")
+                        self._begin_unload(
+                            victims[n],
+                            f"evicted to load '{slot.name}'",
+                            "swap" if victims[n].in_flight or victims[n].queued else "lru",
+                        )
                         for n in decision.evict
                     ]
                     until = asyncio.ALL_COMPLETED  # deciding again before all are gone would evict more
+                elif admission.recheck_at is not None and isinstance(
+                    plan(slot.name, slot.demand, residents, self.budgets), Fits
+                ):
+                    # Busy models keep the memory for now (swap-aware admission): decide again when one
+                    # stops being busy or this model's turn comes, or when another transition ends.
+                    timer = asyncio.create_task(self._after(admission.recheck_at - self._clock()))
+                    own = [timer]
+                    others = [t for other, t in self._loads.items() if other is not slot]
+                    waits = [timer, *others, *self._unloads.values()]
+                    until = asyncio.FIRST_COMPLETED
                 else:
                     waits, own = self._transitions_that_could_make_room(slot, residents)
                     if not waits:
@@ -282,6 +306,21 @@ class Scheduler:
             if s.state is State.READY
         ]
         return tasks + own, own
+
+    async def _after(self, delay: float) -> None:
+        await self._sleep(max(delay, 0.0))  # a timer, not synchronisation
+
+    def _admission(self, slot: ModelSlot, residents: list[Resident]) -> Admission:
+        """Which busy residents ``slot``'s load must leave alone for now (``admission``)."""
+        wait = slot.manifest.max_swap_wait
+        target = Waiting(slot.oldest_wait, self.max_swap_wait if wait is None else wait)
+        slots = self.slots
+        activity = [
+            Activity(r.name, r.in_flight, slots[r.name].queued, r.last_used)
+            for r in residents
+            if r.evictable and r.name in slots
+        ]
+        return admit(target, activity, self._clock(), self.policy)
 
     def _older_loads(self, slot: ModelSlot) -> list[asyncio.Task[None]]:
         """The load tasks asked for before ``slot``'s that still wait for their memory."""
