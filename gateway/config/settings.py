@@ -195,6 +195,13 @@ class Settings(BaseSettings):
         description="Largest non-streamed answer from an upstream (read whole before it is passed on); a "
         "larger one is a 502. Streams are passed on as they arrive and are not bounded by it.",
     )
+    stream_keepalive: Duration = Field(
+        5.0,
+        ge=0,
+        description="A streaming request that has waited this long for its model (a load, a swap) gets its "
+        "stream started and a keep-alive (an SSE comment; Anthropic's ping) this often until admitted, so "
+        "proxies in between do not time it out; an error after that comes as the API's error event. 0: off.",
+    )
     send_timeout: Duration = Field(
         60.0,
         gt=0,

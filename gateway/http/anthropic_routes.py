@@ -88,6 +88,9 @@ class _MessagesFront:
     def error_event(self, err: GatewayError) -> bytes:
         return event("error", gateway_error_body(err))
 
+    def keepalive(self) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        return _headers("text/event-stream"), event("ping", {"type": "ping"})  # Anthropic's own keep-alive
+
 
 def _headers(content_type: str) -> list[tuple[bytes, bytes]]:
     return [

@@ -55,17 +55,36 @@ class HotPath:
 
 
 class _Send:
-    """``send``, remembering whether the response has started (after that, an error cannot be a response)."""
+    """``send``, remembering whether the response has started (after that, an error cannot be a response).
 
-    __slots__ = ("send", "started")
+    ``early``: the gateway started a stream itself, to send keep-alives while the request waited for its
+    model; the answer's own start is then dropped (its status and headers were decided already), and an
+    error before any of the answer's bytes goes out as the API's error event."""
+
+    __slots__ = ("answered", "early", "send", "started")
 
     def __init__(self, send: Send) -> None:
         self.send = send
         self.started = False
+        self.early = False
+        self.answered = False  # some of the answer itself went out (not only keep-alives)
 
     async def __call__(self, message: Message) -> None:
-        self.started = True
+        if self.early and message["type"] == "http.response.start":
+            return
+        self.started = self.answered = True
         await self.send(message)
+
+    async def keepalive(self, headers: list[tuple[bytes, bytes]], line: bytes) -> None:
+        """Start the stream (once) and send one keep-alive ``line``."""
+        if not self.started:
+            await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+            self.started = self.early = True
+        await self.send({"type": "http.response.body", "body": line, "more_body": True})
+
+    async def end_with(self, event: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": event, "more_body": True})
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -129,4 +148,8 @@ class Front(Protocol):
 
     def error_event(self, err: GatewayError) -> bytes:
         """``err`` inside a stream that has started."""
+        ...
+
+    def keepalive(self) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The headers of a stream started before its model was ready, and one keep-alive line for it."""
         ...

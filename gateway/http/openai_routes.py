@@ -28,6 +28,7 @@ from backends.errors import (
     GatewayTimeout,
     InvalidRequest,
     QueueFull,
+    UpstreamError,
     sse_error_event,
 )
 from gateway.api.validation import (
@@ -53,7 +54,7 @@ from gateway.http.relay import CancelOnDisconnect, ClientGone, SlowClient, Watch
 from gateway.http.server_limits import ABORT
 from gateway.observability.metrics import Trace
 from gateway.routing.dispatch import affinity_key, dispatch, upstream_timeouts
-from gateway.scheduling.lifecycle import ModelSlot
+from gateway.scheduling.lifecycle import Lease, ModelSlot, State
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ SCHEMAS: dict[Endpoint, type[_Body]] = {
 }
 
 
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+KEEPALIVE = b": waiting for the model\n\n"  # an SSE comment: clients skip it
 TOTAL_SLACK = 1.0  # after an HTTP upstream's own total deadline, which ends its stream itself
 CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the response ended
 SLOW_CLIENT = 408  # a client that stopped reading its answer (counted so in the metrics; it is not sent)
@@ -99,6 +102,9 @@ class _OpenAIFront:
 
     def error_event(self, err: GatewayError) -> bytes:
         return sse_error_event(err)
+
+    def keepalive(self) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        return SSE_HEADERS, KEEPALIVE
 
 
 class OpenAIRoutes:
@@ -203,6 +209,10 @@ class OpenAIRoutes:
             status = err.status
             if isinstance(err, QueueFull):
                 self.gw.metrics.rejected(model)
+            if response.early and not response.answered:  # only keep-alives went out: end with the error
+                with contextlib.suppress(OSError):
+                    await response.end_with(front.error_event(err))
+                return
             if response.started:
                 raise
             await front.error(err)(scope, receive, send)
@@ -229,7 +239,7 @@ class OpenAIRoutes:
         front: Front,
     ) -> None:
         gw = self.gw
-        lease = await gw.scheduler.acquire(slot, gw.settings.load_timeout)
+        lease = await self._acquire(slot, request.stream, send, front)
         slot = lease.slot  # a reload may have put a new version in its place while the request waited
         key = affinity_key(slot.manifest.affinity, request.body, headers)
 
@@ -253,6 +263,9 @@ class OpenAIRoutes:
             lease.release()
             raise
         upstream.finished.add_done_callback(lambda _: lease.release())  # after dispatch's own (the replica)
+        if send.early and upstream.status != 200:  # the stream has started: the failure goes in it
+            upstream.close()
+            raise UpstreamError(f"model '{slot.name}' answered {upstream.status}")
         trace.status = upstream.status
         trace.engine = str(replica.index)
         watch = Watchdog(gw.settings.send_timeout, total_by)
@@ -282,6 +295,26 @@ class OpenAIRoutes:
             upstream.close()
         if trace.status >= 500 and trace.first:
             self._upstream_error(slot.name, "mid_stream")
+
+    async def _acquire(self, slot: ModelSlot, stream: bool, send: _Send, front: Front) -> Lease:
+        """A lease on ``slot`` (``Scheduler.acquire``). A streaming request that waits longer than the
+        keep-alive interval for its model (a load, a swap) gets its stream started and a keep-alive line at
+        each interval, so that proxies in between do not time it out; its first answer bytes follow once it
+        is admitted. A quicker wait keeps the plain status codes (a 503 is a 503)."""
+        acquiring = self.gw.scheduler.acquire(slot, self.gw.settings.load_timeout)
+        interval = self.gw.settings.stream_keepalive
+        if not stream or not interval or slot.state is State.READY:
+            return await acquiring
+        task = asyncio.ensure_future(acquiring)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=interval)
+                if done:
+                    return task.result()
+                headers, line = front.keepalive()
+                await send.keepalive(headers, line)
+        finally:
+            task.cancel()  # when this request was cancelled (its client left): its wait ends too
 
     def _upstream_error(self, model: str, kind: str) -> None:
         if self.observe:

@@ -30,7 +30,7 @@ from gateway.api.validation import decode
 from gateway.control.response_store import ResponseStore, Stored
 from gateway.http.edge import Handler, Prepared
 from gateway.http.errors import error_response
-from gateway.http.openai_routes import OpenAIRoutes, _check_endpoint
+from gateway.http.openai_routes import KEEPALIVE, OpenAIRoutes, _check_endpoint
 from gateway.http.translated import relay_translated
 from gateway.observability.metrics import Trace
 
@@ -140,6 +140,9 @@ class _ResponsesFront:
     def error_event(self, err: GatewayError) -> bytes:
         events = self.events or ResponseStream(self.response_id, self.asked, {}, created=self.created)
         return b"".join(events.error(err.message, err.code or "server_error"))
+
+    def keepalive(self) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        return _JSON_HEADERS["sse"], KEEPALIVE
 
 
 _JSON_HEADERS = {
