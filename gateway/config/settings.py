@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     )
     api_keys_file: Path | None = Field(None, description="A YAML file mapping key names to API keys.")
     admin_key: SecretStr | None = Field(None, description="The key for /admin (and /v1).")
+    key_priorities: dict[str, Literal["interactive", "batch"]] = Field(
+        default_factory=dict,
+        description='The priority class of API keys by name (JSON), e.g. {"nightly-evals": "batch"}; others '
+        "are interactive. Interactive requests go ahead of batch ones in every queue; a request may lower "
+        "its own with the header X-Priority: batch.",
+    )
     metrics_key: SecretStr | None = Field(None, description="If set, /metrics needs it (or the admin key).")
     state_file: Path | None = Field(
         None,

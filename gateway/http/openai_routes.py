@@ -54,6 +54,7 @@ from gateway.http.relay import CancelOnDisconnect, ClientGone, SlowClient, Watch
 from gateway.http.server_limits import ABORT
 from gateway.observability.metrics import Trace
 from gateway.routing.dispatch import affinity_key, dispatch, upstream_timeouts
+from gateway.routing.fair_queue import Priority
 from gateway.scheduling.lifecycle import Lease, ModelSlot, State
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ class OpenAIRoutes:
             async with CancelOnDisconnect(receive):
                 await self._serve(
                     prepared.slot, prepared.request, Headers(scope=scope), response, trace,
-                    prepared.strip_usage, front,
+                    prepared.strip_usage, front, self._who(scope),
                 )  # fmt: skip
             status = trace.status
         except ClientGone:  # gone before the end, or just after it (then the answer was whole)
@@ -237,6 +238,7 @@ class OpenAIRoutes:
         trace: Trace,
         strip_usage: bool,
         front: Front,
+        who: tuple[str, Priority] = ("", "interactive"),
     ) -> None:
         gw = self.gw
         lease = await self._acquire(slot, request.stream, send, front)
@@ -258,6 +260,8 @@ class OpenAIRoutes:
                 timeouts=timeouts,
                 scheduled=scheduled,
                 upstream_error=self._upstream_error,
+                client=who[0],
+                priority=who[1],
             )
         except BaseException:
             lease.release()
@@ -295,6 +299,16 @@ class OpenAIRoutes:
             upstream.close()
         if trace.status >= 500 and trace.first:
             self._upstream_error(slot.name, "mid_stream")
+
+    def _who(self, scope: Scope) -> tuple[str, Priority]:
+        """The API key's name and the request's priority class: the key's (``key_priorities``), lowered to
+        batch by ``X-Priority: batch``; a header can never raise it."""
+        name = str(scope.get("state", {}).get("key_name", ""))
+        priority: Priority = self.gw.settings.key_priorities.get(name, "interactive")
+        for header, value in scope["headers"]:
+            if header == b"x-priority" and value.strip().lower() == b"batch":
+                priority = "batch"
+        return name, priority
 
     async def _acquire(self, slot: ModelSlot, stream: bool, send: _Send, front: Front) -> Lease:
         """A lease on ``slot`` (``Scheduler.acquire``). A streaming request that waits longer than the

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from backends.base import DEFAULT_TIMEOUTS, OpenAIRequest, Timeouts, UpstreamResponse
 from backends.errors import UpstreamUnavailable
 from gateway.routing.balancing import preferred_replica
+from gateway.routing.fair_queue import Priority
 from gateway.routing.pool import Pool, Replica
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ async def dispatch(
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
     scheduled: Callable[[], None] = _nothing,
     upstream_error: UpstreamErrorHook = _ignore,
+    client: str = "",
+    priority: Priority = "interactive",
 ) -> tuple[Replica, UpstreamResponse]:
     """The replica that answered and its response, up to its first byte. The replica's slot goes back to the
     pool when the response's ``finished`` resolves; the caller must ``close()`` the response.
@@ -72,13 +75,14 @@ async def dispatch(
     ``scheduled`` is called each time a replica takes the request; ``upstream_error(model, kind)`` each time
     one fails before its first byte (``kind`` is the error's code). Raises the last replica's error when
     every try failed or the total deadline passed, and whatever the pool raises (``QueueFull``,
-    ``ModelUnavailable``)."""
+    ``ModelUnavailable``). ``client`` (the API key's name) and ``priority`` place a wait for a replica in the
+    pool's queue (``gateway.routing.fair_queue``)."""
     loop = asyncio.get_running_loop()
     sent, deadline = request, 0.0
     tried = 0
     while True:
         preferred = preferred_replica(key, len(pool.replicas)) if key else None
-        replica = await pool.acquire(queue_timeout, preferred)
+        replica = await pool.acquire(queue_timeout, preferred, client, priority)
         scheduled()
         if not tried:  # the total deadline runs from the first try
             deadline = loop.time() + timeouts.total

@@ -31,13 +31,20 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from backends.base import Backend
 from backends.engine_stats import EngineStats
 from backends.errors import GatewayError, ModelUnavailable, QueueFull
 from gateway.routing.balancing import ReplicaView, choose
+from gateway.routing.fair_queue import FairQueue, Priority
+
+BATCH_AGING = 30.0  # seconds a batch request waits before it goes ahead of interactive ones (fair_queue)
+
+
+def _done(waiter: asyncio.Future[Replica]) -> bool:
+    return waiter.done()
+
 
 COOLDOWN = 1.0
 MAX_COOLDOWN = 30.0
@@ -99,16 +106,24 @@ class Replica:
 
 
 class Pool:
-    def __init__(self, model: str, backends: list[Backend], max_queue: int, rng: random.Random) -> None:
+    def __init__(
+        self,
+        model: str,
+        backends: list[Backend],
+        max_queue: int,
+        rng: random.Random,
+        aging: float = BATCH_AGING,
+    ) -> None:
         self.model = model
         self.replicas = [Replica(i, b) for i, b in enumerate(backends)]
         self.max_queue = max_queue
         self._rng = rng
-        self._waiters: deque[asyncio.Future[Replica]] = deque()
+        # by priority class, then by API key in turns, then FIFO (gateway.routing.fair_queue)
+        self._waiters: FairQueue[asyncio.Future[Replica]] = FairQueue(aging, _done)
 
     @property
     def queued(self) -> int:
-        return sum(1 for w in self._waiters if not w.done())
+        return sum(1 for w in self._waiters.items() if not w.done())
 
     @property
     def outstanding(self) -> int:
@@ -130,9 +145,16 @@ class Pool:
         replica.outstanding += 1
         return replica
 
-    async def acquire(self, timeout: float, preferred: int | None = None) -> Replica:
-        """A replica with a free slot, waiting in FIFO order up to ``timeout``. The caller must release it."""
-        if not self._waiters:
+    async def acquire(
+        self,
+        timeout: float,
+        preferred: int | None = None,
+        key: str = "",
+        priority: Priority = "interactive",
+    ) -> Replica:
+        """A replica with a free slot, waiting up to ``timeout`` in the queue's order (``fair_queue``: the
+        priority class, then the API key's turn, then arrival). The caller must release it."""
+        if not len(self._waiters):
             replica = self._pick(preferred)
             if replica is not None:
                 return replica
@@ -148,17 +170,19 @@ class Pool:
                 retry_after=1,
             )
         waiter: asyncio.Future[Replica] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self._waiters.push(waiter, key, priority, now)
         try:
             done, _ = await asyncio.wait({waiter}, timeout=timeout)
         except BaseException:
             if not waiter.done():
                 waiter.cancel()
+                self._forget_gone()
             elif not waiter.cancelled() and waiter.exception() is None:
                 self.release(waiter.result())  # handed a replica just as we were cancelled
             raise
         if not done:
             waiter.cancel()
+            self._forget_gone()
             raise ModelUnavailable(
                 f"no replica of '{self.model}' became free within {timeout:.0f}s", retry_after=5
             )
@@ -199,21 +223,26 @@ class Pool:
         return changed
 
     def _dispatch(self) -> None:
-        while self._waiters:
-            if self._waiters[0].done():
-                self._waiters.popleft()
-                continue
+        now = time.monotonic()
+        while len(self._waiters):
             replica = self._pick()
             if replica is None:
                 return
-            self._waiters.popleft().set_result(replica)
+            waiter = self._waiters.pop(now)
+            if waiter is None:  # only requests that gave up were left
+                replica.outstanding -= 1
+                return
+            waiter.set_result(replica)
+
+    def _forget_gone(self) -> None:
+        """Requests that gave up leave the queue's memory once they outnumber the places."""
+        if len(self._waiters) > 2 * self.max_queue + 8:
+            self._waiters.compact()
 
     def fail_waiters(self, error: GatewayError) -> int:
         """Wake every queued request with ``error`` (the model is going away); returns how many."""
         failed = 0
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(error)
-                failed += 1
+        while (waiter := self._waiters.pop(time.monotonic())) is not None:
+            waiter.set_exception(error)
+            failed += 1
         return failed
