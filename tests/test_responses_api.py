@@ -9,9 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
+from gateway.api.responses import output_text
 from tests.conftest import SMOLLM2, RunningGateway, llama_manifest
 from tests.test_llama_server import server_manifest
 
@@ -170,3 +172,32 @@ def test_what_cannot_be_honoured_is_a_400_naming_it(
         assert err.value.body["param"].startswith(param), (extra, err.value.body)  # type: ignore[index]
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="nope", input="Hi")
+
+
+def test_translation_and_llama_servers_own_endpoints_give_the_same_text(
+    serve: Callable[..., RunningGateway],
+) -> None:
+    """llama-server (the build the project makes) answers /v1/responses and /v1/messages itself: the
+    gateway's translation to chat completions gives the same greedy text as its own endpoints."""
+    gw = serve([server_manifest("srv", SMOLLM2, n_ctx=1024)])
+    client = gw.client()
+    ours = client.responses.create(
+        model="srv",
+        input="Name three colours.",
+        instructions="Be brief.",
+        max_output_tokens=16,
+        temperature=0,
+    )
+    url = gw.model_state("srv")["replicas"][0]["url"]
+    body = {"model": "srv", "input": "Name three colours.", "instructions": "Be brief.",
+            "max_output_tokens": 16, "temperature": 0}  # fmt: skip
+    theirs = httpx.post(f"{url}/v1/responses", json=body, timeout=120)
+    assert theirs.status_code == 200, theirs.text
+    assert ours.output_text == output_text(theirs.json())
+
+    message = {"model": "srv", "max_tokens": 16, "temperature": 0, "system": "Be brief.",
+               "messages": [{"role": "user", "content": "Name three colours."}]}  # fmt: skip
+    via_gateway = httpx.post(f"{gw.base_url}/v1/messages", json=message, timeout=120).json()
+    direct = httpx.post(f"{url}/v1/messages", json=message, timeout=120)
+    assert direct.status_code == 200, direct.text
+    assert via_gateway["content"][0]["text"] == direct.json()["content"][0]["text"]
