@@ -255,6 +255,13 @@ class Metrics:
             MODEL,
             LOAD_BUCKETS,
         )
+        self.model_wait = h(
+            "gateway_model_wait_seconds",
+            "Time a request waited for its model itself (its load, a swap, a drain) before it was admitted; "
+            "requests that found it ready are not counted.",
+            MODEL,
+            LOAD_BUCKETS,
+        )
         self.loads = c("gateway_model_loads_total", "Model loads by result.", (*MODEL, "result"))
         self.evictions = c("gateway_model_evictions_total", "Model unloads by reason.", (*MODEL, "reason"))
         self.memory_budget = g(
@@ -369,6 +376,9 @@ class Metrics:
         self.loads.labels(model, result).inc()
         if result == "success":
             self.load_duration.labels(model).observe(seconds)
+
+    def waited_for_model(self, model: str, seconds: float) -> None:
+        self.model_wait.labels(model).observe(seconds)
 
     def evicted(self, model: str, reason: str) -> None:
         self.evictions.labels(model, reason).inc()

@@ -55,11 +55,17 @@ class Events(Protocol):
         """``result``: success, failure or cancelled."""
 
     def evicted(self, model: str, reason: str) -> None:
-        """``reason``: lru, ttl, admin, failure or reload."""
+        """``reason``: lru, swap, ttl, admin, failure or reload."""
+
+    def waited_for_model(self, model: str, seconds: float) -> None:
+        """A request was admitted after waiting ``seconds`` for its model (a load, a swap, a drain)."""
 
 
 class _Quiet:
     def load_finished(self, model: str, seconds: float, result: str) -> None:
+        pass
+
+    def waited_for_model(self, model: str, seconds: float) -> None:
         pass
 
     def evicted(self, model: str, reason: str) -> None:
@@ -112,13 +118,15 @@ class Scheduler:
         if waiting >= max(slot.max_queue, 1):
             raise QueueFull(
                 f"model '{slot.name}' has {waiting} requests waiting (max_queue={slot.max_queue})",
-                retry_after=1,
+                retry_after=max(1.0, slot.load_seconds or 1.0),  # they wait for its load: about that long
             )
         began = slot.wait_begins()
         try:
-            return await self._until_ready(slot, timeout)
+            lease = await self._until_ready(slot, timeout)
         finally:
             slot.wait_ends(began)
+        self.events.waited_for_model(lease.slot.name, self._clock() - began)
+        return lease
 
     async def _until_ready(self, slot: ModelSlot, timeout: float) -> Lease:
         deadline = self._clock() + timeout
