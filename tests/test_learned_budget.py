@@ -12,11 +12,11 @@ def test_before_any_load_the_estimate_is_used() -> None:
     assert (b.figure, b.source, b.learned) == (470 * MiB, "estimate", None)
 
 
-def test_a_learned_peak_below_the_estimate_frees_room() -> None:
-    # Gemma 3 270M at 2k before issue 19: estimated 470 MiB, really 380
-    b = budget_figure(470 * MiB, 380 * MiB, 0.04)
-    assert b.source == "learned"
-    assert 380 * MiB <= b.figure <= 380 * MiB * 1.05  # within +5% of the peak, never under
+def test_a_learned_peak_below_the_estimate_does_not_lower_the_budget() -> None:
+    # Gemma 3 270M at 2k before issue 19: estimated 470 MiB, 333 right after the load, 380 filled: a peak
+    # not known to be of a filled context would budget too low
+    b = budget_figure(470 * MiB, 333 * MiB, 0.04)
+    assert (b.figure, b.source, b.learned) == (470 * MiB, "estimate", 333 * MiB)
 
 
 def test_a_learned_peak_above_the_estimate_raises_the_budget() -> None:
