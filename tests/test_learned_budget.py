@@ -1,8 +1,12 @@
-"""The pure choice of the memory figure a model is budgeted with (``gateway.scheduling.learned``)."""
+"""The pure choice of the memory figure a model is budgeted with (``gateway.scheduling.learned``), and the
+file that keeps the learned peaks (``gateway.scheduling.learned_store``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from gateway.scheduling.learned import DEFAULT_MARGIN, budget_figure, exceeds_estimate
+from gateway.scheduling.learned_store import LearnedStore
 
 MiB = 1 << 20
 
@@ -29,3 +33,17 @@ def test_a_learned_peak_above_the_estimate_raises_the_budget() -> None:
 def test_the_manifests_own_figure_always_wins() -> None:
     b = budget_figure(6 << 30, 300 * MiB, 0.04, overridden=True)
     assert (b.figure, b.source, b.learned) == (6 << 30, "manifest", 300 * MiB)
+
+
+def test_the_store_keeps_peaks_across_restarts_and_survives_a_bad_file(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "learned.json"
+    store = LearnedStore(path)
+    assert store.peak("v1") is None
+    assert store.record("v1", "m", {"host": 100 * MiB})
+    assert not store.record("v1", "m", {"host": 90 * MiB})  # only peaks are kept
+    assert store.record("v1", "m", {"host": 100 * MiB + 1000})  # under the write step: kept in memory
+    assert LearnedStore(path).peak("v1") == 100 * MiB
+    store.flush()
+    assert LearnedStore(path).peak("v1") == 100 * MiB + 1000
+    path.write_text('{"learned": {"v1": {"model": "m", "peak_bytes": "lots"}}}')
+    assert LearnedStore(path).entries == {}  # reported, and the models learn again

@@ -107,6 +107,7 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         finally:
             await background.stop()
             await gateway.scheduler.shutdown()
+            gateway.footprints.store.flush()  # the peaks' last rises, under the write step
             for engine in engines:
                 await engine.close()
             gateway.responses.close()

@@ -133,8 +133,9 @@ class Footprints:
         slot.rebudget(new, demand)
         if exceeds_estimate(budget.estimate, peak, self.margin) and slot.version not in self._warned:
             self._warned.add(slot.version)
+            what = "its manifest's memory" if new.source == "manifest" else "its estimate"
             log.warning(
-                "%s: took %.1f MiB, over its estimate of %.1f MiB by more than %.0f%%; its next loads are "
-                "budgeted with %.1f MiB (%s)",
-                slot.name, peak / MiB, budget.estimate / MiB, self.margin * 100, new.figure / MiB, new.source,
+                "%s: took %.1f MiB, over %s of %.1f MiB by more than %.0f%%; its next loads are budgeted "
+                "with %.1f MiB (%s)",
+                slot.name, peak / MiB, what, estimate / MiB, self.margin * 100, new.figure / MiB, new.source,
             )  # fmt: skip

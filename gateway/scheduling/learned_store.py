@@ -5,8 +5,9 @@ The file maps a manifest version (``learned.manifest_version``) to its model's n
 bytes per device: ``{"learned": {"<version>": {"model": "...", "peak_bytes": {"host": n}}}}``. Only peaks are
 kept: a record below the stored figure changes nothing. Writes go to a temporary file that replaces the old
 one (as ``pins``), and only when a peak rose by at least ``WRITE_STEP``, so that sampling a model that grows
-page by page does not rewrite the file every few seconds. A file that cannot be read is reported and treated
-as empty (the models learn again), never a reason not to start.
+page by page does not rewrite the file every few seconds; ``flush`` (at shutdown) writes the smaller rises.
+A file that cannot be read is reported and treated as empty (the models learn again), never a reason not to
+start.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 1 << 20
-MAX_ENTRIES = 1000  # versions kept; the oldest written go first (old versions of edited manifests)
+MAX_ENTRIES = 1000  # versions kept; the first recorded go first (old versions of edited manifests)
 WRITE_STEP = 1 << 20  # a peak that rose by less is kept in memory, and written with the next larger rise
 
 
@@ -75,6 +76,11 @@ class LearnedStore:
         if rose and entry.total >= self._written.get(version, 0) + WRITE_STEP:
             self._write()
         return rose
+
+    def flush(self) -> None:
+        """Write the peaks that rose since the last write, if any."""
+        if any(e.total != self._written.get(v) for v, e in self.entries.items() if e.peak):
+            self._write()
 
     def _write(self) -> None:
         while len(self.entries) > MAX_ENTRIES:
