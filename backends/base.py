@@ -95,6 +95,7 @@ class ReplicaInfo:
     log: tuple[str, ...] = ()  # the last lines it wrote (launched kinds), oldest first
     kv_cache_usage: float | None = None  # 0..1, where the replica knows it without a request (in process)
     memory_bytes: int | None = None  # what the engine reports it allocated (in process); else see ``pid``
+    in_process: bool = False  # runs in the gateway's own process: its memory is the gateway's RSS growth
 
 
 class BackendError(Exception):

@@ -99,6 +99,7 @@ def test_ps_lists_loaded_models_and_all_lists_every_model(two: RunningGateway) -
     every = ps_rows(ok(cli(two.base_url, "ps", "--all")))
     assert {n: r["STATE"] for n, r in every.items()} == {"a": "unloaded", "b": "unloaded"}
     assert every["a"]["MEMORY"] == "100 MiB"
+    assert every["a"]["BUDGET FROM"] == "manifest"  # its manifest's memory: never second-guessed
 
     loaded = ok(cli(two.base_url, "load", "a"))
     assert "a: ready, 100 MiB on host" in loaded
@@ -109,6 +110,7 @@ def test_ps_lists_loaded_models_and_all_lists_every_model(two: RunningGateway) -
     assert list(rows) == ["a"]
     assert rows["a"]["STATE"] == "ready" and rows["a"]["DEVICES"] == "host"
     assert rows["a"]["MEMORY"].startswith("100 MiB") and rows["a"]["PINNED"] == "no"
+    assert rows["a"]["BUDGET FROM"].startswith("manifest (learned ")  # measured at its load, shown beside
     devices = out.split("\n\n")[1].splitlines()
     assert devices[0].split() == ["DEVICE", "USED", "BUDGET"]
     assert devices[1].split() == ["host", "100", "MiB", "150", "MiB"]

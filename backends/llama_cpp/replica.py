@@ -131,9 +131,9 @@ class LlamaCppReplica:
         # request's tokens over the context (an int read across threads; a stale value is harmless).
         llama = self._llama
         if llama is None:
-            return ReplicaInfo()
+            return ReplicaInfo(in_process=True)
         used = llama.n_tokens / max(1, llama.n_ctx()) if self._jobs else 0.0
-        return ReplicaInfo(kv_cache_usage=min(1.0, used), memory_bytes=self._allocated)
+        return ReplicaInfo(kv_cache_usage=min(1.0, used), memory_bytes=self._allocated, in_process=True)
 
     async def forward(self, request: OpenAIRequest) -> UpstreamResponse:
         llama = self._llama

@@ -76,7 +76,21 @@ def _summary(model: dict[str, Any]) -> str:
 
 
 # -- ps --------------------------------------------------------------------------------------------------
-PS_HEADERS = ("NAME", "STATE", "MEMORY", "DEVICES", "REPLICAS", "REQUESTS", "LAST USED", "PINNED")
+PS_HEADERS = (
+    "NAME", "STATE", "MEMORY", "BUDGET FROM", "DEVICES", "REPLICAS", "REQUESTS", "LAST USED", "PINNED"
+)  # fmt: skip
+
+
+def _budget_from(m: dict[str, Any]) -> str:
+    """Which figure the budget uses, with the other one: ``learned (estimate 147 MiB)``."""
+    b = m.get("budget")
+    if not b:
+        return "-"
+    if b["uses"] == "learned":
+        return f"learned (estimate {human_bytes(b['estimate_bytes'])})"
+    if b.get("learned_bytes") is not None:
+        return f"{b['uses']} (learned {human_bytes(b['learned_bytes'])})"
+    return str(b["uses"])
 
 
 def _ps_row(m: dict[str, Any]) -> list[str]:
@@ -91,6 +105,7 @@ def _ps_row(m: dict[str, Any]) -> list[str]:
         m["name"],
         m["state"],
         memory,
+        _budget_from(m),
         _where(m),
         f"{healthy}/{len(replicas)}" if replicas else "-",
         requests,

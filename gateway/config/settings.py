@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from backends.spec import Duration
 
 ENGINE_URL = r"^(unix|tcp|ssh|http|https)://\S+$"
+# Added to a model's learned peak (gateway.scheduling.learned): the peak is one measurement, and a later fill
+# may touch a few more pages. 4% keeps the budget within issue 19's +-5% of the peak and never under it.
+DEFAULT_LEARNED_MARGIN = 0.04
 
 
 class EngineTlsSettings(BaseModel):
@@ -98,6 +101,14 @@ class Settings(BaseSettings):
     state_file: Path | None = Field(
         None,
         description="The file keeping pins set through the admin API (<manifests>/.llm-gateway-pins.json)",
+    )
+    learned_margin: float = Field(
+        DEFAULT_LEARNED_MARGIN,
+        ge=0.0,
+        le=1.0,
+        description="The fraction added to a model's learned memory peak when the budget uses it; a peak "
+        "over the estimate by more than this is logged (learned.json beside the state file, else "
+        "<manifests>/.llm-gateway-learned.json).",
     )
     responses_store: Path | None = Field(
         None,
@@ -217,6 +228,12 @@ class Settings(BaseSettings):
     upstream_total_timeout: Duration = Field(
         3600.0, gt=0, description="Default of a model's timeouts.total: one request, retries included."
     )
+
+    def learned_path(self) -> Path:
+        """Where the learned memory peaks are kept (``gateway.scheduling.learned_store``)."""
+        if self.state_file is not None:
+            return self.state_file.parent / "learned.json"
+        return self.manifests / ".llm-gateway-learned.json"
 
     def responses_path(self) -> Path:
         if self.responses_store is not None:

@@ -1,5 +1,5 @@
-"""Building the running gateway from its settings: the hosts and their budgets, the manifests, the registry
-of models, the scheduler, the metrics and the pins."""
+"""Building the running gateway from its settings: the hosts and their budgets, the manifests, the learned
+memory peaks, the registry of models, the scheduler, the metrics and the pins."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from gateway.config.manifest import ModelManifest, default_kinds
 from gateway.config.settings import Settings
 from gateway.control.response_store import ResponseStore
 from gateway.control.state import Gateway
+from gateway.observability.footprint import Footprints
 from gateway.observability.metrics import Metrics
 from gateway.resources.hosts import devices, docker_engine, engine_settings, instance_id
 from gateway.scheduling.admission import Policy
+from gateway.scheduling.learned_store import LearnedStore
 from gateway.scheduling.pins import Pins
 from gateway.scheduling.placement import DoesNotFit, plan
 from gateway.scheduling.registry import Registry
@@ -62,7 +64,9 @@ def build_gateway(settings: Settings, kinds: Kinds | None = None) -> Gateway:
     for problem in manifests.problems:
         log.error("manifest skipped: %s", problem)
     hosts = build_hosts(settings)
-    registry = Registry.build(manifests, settings, hosts, kinds)
+    learned = LearnedStore(settings.learned_path())
+    registry = Registry.build(manifests, settings, hosts, kinds, learned)
+    footprints = Footprints(learned, settings.learned_margin, kinds, hosts)
     metrics = Metrics(list(registry.slots), max_model_len(m.manifest for m in manifests.models))
     scheduler = Scheduler(
         registry.slots.values(),
@@ -72,6 +76,7 @@ def build_gateway(settings: Settings, kinds: Kinds | None = None) -> Gateway:
         events=metrics,
         policy=Policy(settings.swap_policy),
         max_swap_wait=settings.max_swap_wait,
+        watch=footprints,
     )
     pins = Pins(settings.state_file or settings.manifests / ".llm-gateway-pins.json")
     never_fits = {}
@@ -88,5 +93,6 @@ def build_gateway(settings: Settings, kinds: Kinds | None = None) -> Gateway:
         settings.responses_max_age,
     )
     return Gateway(
-        settings, kinds, manifests, registry, scheduler, metrics, hosts, pins, never_fits, responses
-    )
+        settings, kinds, manifests, registry, scheduler, metrics, hosts, pins, never_fits, responses,
+        footprints,
+    )  # fmt: skip

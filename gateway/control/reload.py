@@ -124,7 +124,7 @@ class _Reloader:
 
     def _new_slot(self, m: LoadedManifest) -> tuple[ModelSlot, str]:
         gw = self.gw
-        slot, source = make_slot(m.manifest, gw.settings, gw.hosts, gw.kinds)
+        slot, source = make_slot(m.manifest, gw.settings, gw.hosts, gw.kinds, gw.footprints.store)
         slot.pinned = gw.pins.pinned(slot.name, m.manifest.pinned)
         never = plan(slot.name, slot.demand, [], gw.scheduler.budgets)
         if isinstance(never, DoesNotFit):

@@ -12,6 +12,7 @@ from gateway.config.loading import ManifestSet
 from gateway.config.settings import Settings
 from gateway.control.response_store import ResponseStore
 from gateway.observability.background import Background
+from gateway.observability.footprint import Footprints
 from gateway.observability.metrics import Metrics
 from gateway.scheduling.pins import Pins
 from gateway.scheduling.registry import Registry
@@ -30,6 +31,7 @@ class Gateway:
     pins: Pins
     never_fits: dict[str, str]  # models that cannot fit in any budget here, and why
     responses: ResponseStore  # stored responses of the Responses API
+    footprints: Footprints  # what each model really took, learned for its budget (with its store)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reload at a time
     background: Background = field(default_factory=Background)  # loops that must not die silently
 

@@ -39,6 +39,19 @@ FOLLOW_POLL = 0.5  # seconds between looks at the replicas' log tails while foll
 KEEPALIVE = 15.0  # an SSE comment this often on a quiet log, so that a dead client is noticed
 
 
+def budget_json(slot: ModelSlot) -> dict[str, Any] | None:
+    """The estimate, the learned peak, and which of them the budget uses (``gateway.scheduling.learned``)."""
+    b = slot.budget
+    if b is None:
+        return None
+    return {
+        "estimate_bytes": b.estimate,
+        "learned_bytes": b.learned,
+        "budget_bytes": b.figure,
+        "uses": b.source,
+    }
+
+
 def describe(slot: ModelSlot, now: float, never_fits: str | None = None) -> dict[str, Any]:
     failure = slot.failure
     replicas = [_replica(r, now) for r in slot.pool.replicas] if slot.pool else []
@@ -51,6 +64,7 @@ def describe(slot: ModelSlot, now: float, never_fits: str | None = None) -> dict
         "pinned": slot.pinned,
         "memory_bytes": slot.memory,
         "memory_by_device": dict(slot.claims),
+        "budget": budget_json(slot),
         "measured_bytes": sum(measured) if measured else None,
         "in_flight": slot.in_flight,
         "queued": slot.queued,
@@ -84,7 +98,7 @@ def _replica(replica: Replica, now: float) -> dict[str, Any]:
     }
 
 
-def plan_json(plan: Plan, budgets: dict[str, int]) -> dict[str, Any]:
+def plan_json(plan: Plan, budgets: dict[str, int], slot: ModelSlot) -> dict[str, Any]:
     after = plan.used_after or {}
     return {
         "model": plan.model,
@@ -98,6 +112,7 @@ def plan_json(plan: Plan, budgets: dict[str, int]) -> dict[str, Any]:
             {"device": d, "used_bytes": after.get(d, 0), "budget_bytes": b} for d, b in budgets.items()
         ],
         "reason": plan.reason,
+        "budget": budget_json(slot),
     }
 
 
@@ -195,7 +210,7 @@ class AdminRoutes:
 
     async def plan(self, request: Request) -> Response:
         slot = self._slot(request)
-        return JSONResponse(plan_json(self.gw.scheduler.plan(slot), self.gw.scheduler.budgets))
+        return JSONResponse(plan_json(self.gw.scheduler.plan(slot), self.gw.scheduler.budgets, slot))
 
     async def reload(self, request: Request) -> Response:
         result = await reload(self.gw)

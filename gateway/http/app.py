@@ -32,6 +32,7 @@ from gateway.http.openapi import openapi_route
 from gateway.http.responses_routes import ResponsesRoutes
 from gateway.observability import timers
 from gateway.observability.exposition import CONTENT_TYPE
+from gateway.observability.footprint import INTERVAL as FOOTPRINT_INTERVAL
 from gateway.observability.gauges import refresh
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
             settings.stats_interval if settings.metrics else 0,
             settings.engine_scrape_interval if settings.metrics else 0,
         )
+        sched, footprints = gateway.scheduler, gateway.footprints
+        background.every("footprint", FOOTPRINT_INTERVAL, lambda: footprints.sample([*sched.slots.values()]))
         if settings.watch:
             seen = await asyncio.to_thread(snapshot, settings.manifests)  # file I/O, off the loop
             background.every("manifest-watch", WATCH_INTERVAL, watch(gateway, seen))
@@ -104,6 +107,7 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         finally:
             await background.stop()
             await gateway.scheduler.shutdown()
+            gateway.footprints.store.flush()  # the peaks' last rises, under the write step
             for engine in engines:
                 await engine.close()
             gateway.responses.close()

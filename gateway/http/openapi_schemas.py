@@ -236,6 +236,18 @@ class AdminReplica(BaseModel):
     exit_status: str | None
     kv_cache_usage: float | None
     memory_bytes: int | None
+    in_process: bool = Field(description="runs in the gateway's own process")
+
+
+class Budget(BaseModel):
+    estimate_bytes: int = Field(description="the estimate before any load (or the manifest's memory)")
+    learned_bytes: int | None = Field(
+        description="the peak this manifest version was measured to hold here, all replicas together"
+    )
+    budget_bytes: int = Field(description="what its next load is budgeted with")
+    uses: Literal["estimate", "learned", "manifest"] = Field(
+        description="learned: the peak plus the learned margin, where that is above the estimate"
+    )
 
 
 class AdminModel(BaseModel):
@@ -244,8 +256,11 @@ class AdminModel(BaseModel):
     kind: str = Field(description="the backend kind: llama_cpp, llama_server, remote, container")
     state: ModelState
     pinned: bool
-    memory_bytes: int = Field(description="the estimate the scheduler budgets with")
+    memory_bytes: int = Field(
+        description="what it holds in the budget; unloaded, what its next load would (budget.budget_bytes)"
+    )
     memory_by_device: dict[str, int]
+    budget: Budget | None = Field(description="the figure its loads are budgeted with, and its source")
     measured_bytes: int | None
     in_flight: int
     queued: int
@@ -293,6 +308,7 @@ class Plan(BaseModel):
     placement: list[PlanPlacement] = Field(description="per replica, the devices it would be placed on")
     memory_after: list[DeviceMemory]
     reason: str | None
+    budget: Budget | None = Field(description="the figure this load is budgeted with, and its source")
 
 
 class ReloadResult(BaseModel):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ from backends.kinds import MakeBackends
 from gateway.config.manifest import ModelManifest
 from gateway.routing.health import start_checks, stop_checks
 from gateway.routing.pool import Pool
+from gateway.scheduling.learned import Budgeted, manifest_version
 from gateway.scheduling.placement import Option, Unit
 
 
@@ -71,10 +73,14 @@ class ModelSlot:
         make_backends: MakeBackends,
         max_queue: int,
         clock: Callable[[], float] = time.monotonic,
+        budget: Budgeted | None = None,
     ) -> None:
+        """``budget``: the figure ``demand`` was asked for (``gateway.scheduling.learned``); None where a test
+        gives a demand of its own."""
         self.manifest = manifest
         self.name = manifest.name
         self.demand = demand
+        self.budget = budget
         self.placement: tuple[Option, ...] = ()  # chosen while the model holds memory
         self.pinned = manifest.pinned
         self.max_queue = max_queue
@@ -99,6 +105,18 @@ class ModelSlot:
         self._idle = asyncio.Event()
         self._idle.set()
         self._cut = asyncio.Event()
+
+    @functools.cached_property
+    def version(self) -> str:
+        """The manifest version its learned memory peak is kept under."""
+        return manifest_version(self.manifest)
+
+    def rebudget(self, budget: Budgeted, demand: Sequence[Unit]) -> None:
+        """Budget the model's next loads with ``budget``'s figure (a higher learned peak). A placement already
+        held keeps its claims: the residents' claims only change through a decision (``placement.plan``), so
+        they never add up past a budget."""
+        self.budget = budget
+        self.demand = demand
 
     # -- state: the one writer -------------------------------------------------------------------------
     def _move(self, expected: State, new: State) -> None:

@@ -61,6 +61,15 @@ class Events(Protocol):
         """A request was admitted after waiting ``seconds`` for its model (a load, a swap, a drain)."""
 
 
+class LoadWatch(Protocol):
+    """What sees each load from just before its engines start to just after they are ready (the memory
+    footprint's measurement, ``gateway.observability.footprint``). Both are cheap and never raise."""
+
+    def starting(self, slot: ModelSlot) -> None: ...
+
+    def loaded(self, slot: ModelSlot) -> None: ...
+
+
 class _Quiet:
     def load_finished(self, model: str, seconds: float, result: str) -> None:
         pass
@@ -69,6 +78,12 @@ class _Quiet:
         pass
 
     def evicted(self, model: str, reason: str) -> None:
+        pass
+
+    def starting(self, slot: ModelSlot) -> None:
+        pass
+
+    def loaded(self, slot: ModelSlot) -> None:
         pass
 
 
@@ -85,10 +100,13 @@ class Scheduler:
         events: Events | None = None,
         policy: Policy | None = None,
         max_swap_wait: float = 10.0,
+        watch: LoadWatch | None = None,
     ) -> None:
         """``clock`` and ``sleep`` drive the idle timers and the swap waits (a test gives them a virtual
-        time). ``policy`` and ``max_swap_wait`` (the default of a model's own): swap-aware admission."""
+        time). ``policy`` and ``max_swap_wait`` (the default of a model's own): swap-aware admission.
+        ``watch``: sees each load start and end (to measure what it took)."""
         self.events: Events = events or _Quiet()
+        self.watch: LoadWatch = watch or _Quiet()
         self.slots = {s.name: s for s in slots}
         self.budgets = dict(budgets)  # per device (gateway.scheduling.placement)
         self.drain_grace = drain_grace
@@ -269,6 +287,7 @@ class Scheduler:
                     w.cancel()
                 own = []
         started = self._clock()
+        self.watch.starting(slot)
         try:
             await slot.start()
         except BaseException as exc:  # cancelled (shutdown) too: the slot must not stay LOADING
@@ -289,6 +308,7 @@ class Scheduler:
         slot.load_seconds = self._clock() - started
         self.events.load_finished(slot.name, slot.load_seconds, "success")
         log.info("loaded %s in %.2fs", slot.name, self._clock() - started)
+        self.watch.loaded(slot)
         if slot.manifest.idle_ttl:
             self._idle_timers[slot] = asyncio.create_task(self._idle_timer(slot), name=f"ttl:{slot.name}")
 
