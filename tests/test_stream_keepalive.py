@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from backends.gguf.memory import MiB
-from tests.conftest import SMOLLM2, RunningGateway, llama_manifest
+from tests.conftest import SMOLLM2, RunningGateway, llama_manifest, wait_for
 
 SWAP_WAIT = 2.0
 KEEPALIVE = 0.25
@@ -68,7 +68,15 @@ def test_a_stream_waiting_for_a_swap_gets_keepalives_then_its_answer(
     ask = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, "stream": True}
 
     with busy(gw, "a"):
-        status, lines = stream_lines(gw, "/v1/chat/completions", {"model": "b", **ask})
+        got: list[tuple[int, list[str]]] = []
+        waiter = threading.Thread(
+            target=lambda: got.append(stream_lines(gw, "/v1/chat/completions", {"model": "b", **ask}))
+        )
+        waiter.start()
+        # operators see how long it has waited for its model
+        wait_for(lambda: (gw.model_state("b")["waiting_seconds"] or 0) > 0, "b's wait in /admin/models")
+        waiter.join(120)
+    ((status, lines),) = got
     assert status == 200
     waited = [line for line in lines[: lines.index(next(ln for ln in lines if ln.startswith("data:")))]]
     assert waited and all(line.startswith(":") for line in waited), lines[:5]  # keep-alives first

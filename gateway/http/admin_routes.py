@@ -73,9 +73,25 @@ def describe(slot: ModelSlot, now: float, never_fits: str | None = None) -> dict
         "idle_ttl": slot.manifest.idle_ttl,
         "loads": slot.loads,
         "load_seconds": round(slot.load_seconds, 3) if slot.load_seconds is not None else None,
+        **_progress(slot, now),
         "last_error": failure.message if failure else None,
         "fits": never_fits is None,
         "never_fits_reason": never_fits,
+    }
+
+
+def _progress(slot: ModelSlot, now: float) -> dict[str, Any]:
+    """How long its requests have waited for it, and where its load is: the time since the load began and
+    what is left by its last load's time (None when it has not loaded before)."""
+    oldest = slot.oldest_wait
+    loading = now - slot.load_began if slot.state is State.LOADING else None
+    eta = None
+    if loading is not None and slot.load_seconds is not None:
+        eta = round(max(0.0, slot.load_seconds - loading), 3)
+    return {
+        "waiting_seconds": round(now - oldest, 3) if oldest is not None else None,
+        "loading_seconds": round(loading, 3) if loading is not None else None,
+        "load_eta_seconds": eta,
     }
 
 

@@ -270,6 +270,13 @@ class AdminModel(BaseModel):
     loads: int
     last_error: str | None
     load_seconds: float | None
+    waiting_seconds: float | None = Field(
+        description="how long the request waiting longest for the model itself (its load, a swap) has waited"
+    )
+    loading_seconds: float | None = Field(description="while it loads: since the load began")
+    load_eta_seconds: float | None = Field(
+        description="while it loads: what is left by its last load's time (null before a first load)"
+    )
     fits: bool = Field(description="false: it cannot fit in any budget, even with everything else unloaded")
     never_fits_reason: str | None
 

@@ -92,6 +92,7 @@ class ModelSlot:
         self.in_flight = 0
         self.loads = 0  # load attempts, for operators (and the test that concurrent requests share one)
         self.load_seconds: float | None = None  # how long the last successful load took
+        self.load_began = 0.0  # when the load under way (or the last one) began
         self.replaced_by: ModelSlot | None = None  # a reload's new version, serving once this one unloads
         self.removed = False  # a reload removed it: once unloaded, requests for it get 404
         self.retired = False  # a reload replaced or removed it: it never loads again
@@ -199,6 +200,7 @@ class ModelSlot:
         self._move(State.UNLOADED, State.LOADING)
         self.placement = tuple(unit[i] for unit, i in zip(self.demand, choice, strict=True))
         self.loads += 1
+        self.load_began = self._clock()
 
     async def start(self) -> None:
         """Start every replica; on any failure, or when cancelled (an operator cancelled the load, or the
