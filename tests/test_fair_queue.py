@@ -82,6 +82,7 @@ def _arrival(pushes: list[tuple[str, Priority, float]], item: int) -> float:
 # --- over real sockets ---------------------------------------------------------------------------------
 
 FLOOD = 5
+SMOLLM2_ENDS = ("0", "1", "2")  # <|endoftext|>, <|im_start|>, <|im_end|>: SmolLM2's ends of a turn
 FLOOD_QUEUED = FLOOD - 1  # one in service
 
 
@@ -117,11 +118,15 @@ def _served_order(
     return finished, errors
 
 
-def _queued(gw: RunningGateway) -> int:
+def _admin_model(gw: RunningGateway) -> dict[str, Any]:
     admin = httpx.get(
         f"{gw.base_url}/admin/models/m", headers={"authorization": "Bearer sk-admin"}, timeout=30
     )
-    return int(admin.json()["queued"])
+    return dict(admin.json())
+
+
+def _queued(gw: RunningGateway) -> int:
+    return int(_admin_model(gw)["queued"])
 
 
 def test_a_flooding_key_and_a_batch_flood_do_not_push_others_back(
@@ -148,3 +153,39 @@ def test_a_flooding_key_and_a_batch_flood_do_not_push_others_back(
     finished, errors = _served_order(gw, [{**alice, "x-priority": "batch"}] * FLOOD, alice)
     assert errors == [] and finished.index("late") <= 2, finished
     assert sorted(finished) == sorted([*(f"flood{i}" for i in range(FLOOD)), "late"])  # all served
+
+
+def test_a_key_over_its_concurrency_cap_gets_a_429(serve: Callable[..., RunningGateway]) -> None:
+    keys = {"bulk": "sk-bulk", "alice": "sk-alice"}
+    gw = serve(
+        [llama_manifest("m", SMOLLM2, backend={"n_threads": 1, "n_ctx": 1024})],
+        api_keys=keys,
+        admin_key="sk-admin",
+        key_max_concurrency={"bulk": 1},
+    )
+    bulk, alice = {"authorization": "Bearer sk-bulk"}, {"authorization": "Bearer sk-alice"}
+    short = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    # A long prompt and a long answer (the ends of a turn are never sampled): under way for seconds.
+    long = {
+        **short,
+        "messages": [{"role": "user", "content": "Count the words: " + "one two three four " * 120}],
+        "max_tokens": 300,
+        "logit_bias": dict.fromkeys(SMOLLM2_ENDS, -100),
+    }
+    assert httpx.post(f"{gw.base_url}/v1/chat/completions", json=short, headers=alice, timeout=120).is_success
+    first: list[httpx.Response] = []
+    thread = threading.Thread(
+        target=lambda: first.append(
+            httpx.post(f"{gw.base_url}/v1/chat/completions", json=long, headers=bulk, timeout=300)
+        )
+    )
+    thread.start()
+    wait_for(lambda: _admin_model(gw)["in_flight"] == 1, "bulk's first request to be under way")
+    with httpx.Client(base_url=gw.base_url, timeout=300) as http:
+        refused = http.post("/v1/chat/completions", json=short, headers=bulk)
+        other = http.post("/v1/chat/completions", json=short, headers=alice)  # not held to bulk's cap
+        thread.join(300)
+        again = http.post("/v1/chat/completions", json=short, headers=bulk)  # its place came back
+    assert refused.status_code == 429 and refused.headers["retry-after"], refused.text
+    assert refused.json()["error"]["code"] == "key_concurrency_exceeded"
+    assert first[0].status_code == 200 and other.status_code == 200 and again.status_code == 200

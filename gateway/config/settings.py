@@ -4,7 +4,7 @@ engines container models may run on. One ``Settings`` is built at startup and pa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     )
     api_keys_file: Path | None = Field(None, description="A YAML file mapping key names to API keys.")
     admin_key: SecretStr | None = Field(None, description="The key for /admin (and /v1).")
+    key_max_concurrency: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="Requests an API key may have under way at once, waiting ones included, by key name "
+        '(JSON), e.g. {"nightly-evals": 8}; beyond it a 429 with Retry-After. Keys not named: no cap.',
+    )
     key_priorities: dict[str, Literal["interactive", "batch"]] = Field(
         default_factory=dict,
         description='The priority class of API keys by name (JSON), e.g. {"nightly-evals": "batch"}; others '

@@ -114,6 +114,7 @@ class OpenAIRoutes:
         self.observe = gw.settings.metrics
         self.created = int(time.time())
         self.max_body = int(gw.settings.max_upstream_body_bytes)
+        self._by_key: dict[str, int] = {}  # requests under way per API key with a cap (key_max_concurrency)
 
     def endpoints(self) -> dict[str, Handler]:
         """The POST endpoints, by path: plain ASGI handlers."""
@@ -187,7 +188,12 @@ class OpenAIRoutes:
         model = ""
         status = 500
         trace: Trace | None = None
+        key = self._key_slot(scope)
+        counted = False
         try:
+            if key is not None:
+                self._take_key_slot(key)
+                counted = True
             raw = await _read_body(scope, receive, self.gw.settings.max_body_bytes)
             prepared = await front.prepare(raw, started)
             model, trace = prepared.slot.name, prepared.trace
@@ -222,6 +228,8 @@ class OpenAIRoutes:
                 raise
             await front.error(internal_error(scope["path"]))(scope, receive, send)
         finally:
+            if counted and key is not None:
+                self._by_key[key] -= 1
             if self.observe:
                 if trace is None:
                     self.gw.metrics.count_request(model or front.model, front.endpoint, status)
@@ -299,6 +307,23 @@ class OpenAIRoutes:
             upstream.close()
         if trace.status >= 500 and trace.first:
             self._upstream_error(slot.name, "mid_stream")
+
+    def _key_slot(self, scope: Scope) -> str | None:
+        """The name of the request's API key when that key has a concurrency cap; else None."""
+        name = scope.get("state", {}).get("key_name")
+        return name if name in self.gw.settings.key_max_concurrency else None
+
+    def _take_key_slot(self, key: str) -> None:
+        """Count the request against its key's cap (``key_max_concurrency``), or refuse it with a 429."""
+        cap = self.gw.settings.key_max_concurrency[key]
+        under_way = self._by_key.get(key, 0)
+        if under_way >= cap:
+            raise QueueFull(
+                f"API key '{key}' has {under_way} requests under way (its cap: {cap}, key_max_concurrency)",
+                retry_after=1,
+                code="key_concurrency_exceeded",
+            )
+        self._by_key[key] = under_way + 1
 
     def _who(self, scope: Scope) -> tuple[str, Priority]:
         """The API key's name and the request's priority class: the key's (``key_priorities``), lowered to
