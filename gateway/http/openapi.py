@@ -61,7 +61,12 @@ ERRORS: dict[int, tuple[str, str, bool]] = {
         False,
     ),
     413: ("PayloadTooLarge", "The request body is larger than the gateway accepts.", False),
-    429: ("TooManyRequests", "The model's queue is full (`code: queue_full`).", True),
+    429: (
+        "TooManyRequests",
+        "The model's queue is full (`code: queue_full`), or the API key has its cap of requests under way "
+        "(`code: key_concurrency_exceeded`).",
+        True,
+    ),
     500: ("InternalError", "The gateway failed.", False),
     502: ("BadGateway", "The engine failed (`source: upstream`).", False),
     503: (
