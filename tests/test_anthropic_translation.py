@@ -72,8 +72,11 @@ def test_tools_tool_use_and_tool_result_both_ways() -> None:
     assert result == {"role": "tool", "tool_call_id": "toolu_1", "content": "42"}
     assert failed == {"role": "tool", "tool_call_id": "toolu_2", "content": "Error: boom"}
     assert follow == {"role": "user", "content": "and?"}
+    tools = [{"name": "f", "input_schema": {"type": "object"}}]
     for theirs, ours in (("auto", "auto"), ("any", "required"), ("none", "none")):
-        assert to_chat({**BASE, "tool_choice": {"type": theirs}})["tool_choice"] == ours
+        assert to_chat({**BASE, "tools": tools, "tool_choice": {"type": theirs}})["tool_choice"] == ours
+    for says_nothing in ("auto", "none"):  # without tools
+        assert "tool_choice" not in to_chat({**BASE, "tool_choice": {"type": says_nothing}})
 
 
 @pytest.mark.parametrize(

@@ -175,6 +175,12 @@ def every_field(doc: dict[str, Any], stored: Stored | None) -> dict[str, Any]:
     for name in BODIES:
         schema = doc["components"]["schemas"][name]
         schema["required"] = list(schema["properties"])
+        if name in AGENT_BODIES and "tools" in schema["properties"]:
+            # The synthetic model's template serves no tools (a 400 naming them, checked by the negative
+            # cases), and a tool_choice other than auto or none needs tools: with every field present, most
+            # bodies would be refused for that alone. Tools are proven by the SDK tests on a tool format.
+            schema["properties"]["tools"] = {"type": "null"}
+            schema["properties"]["tool_choice"] = {"type": "null"}
     return doc
 
 

@@ -229,3 +229,13 @@ def test_the_store_is_bounded_owned_and_persistent(tmp_path: Path) -> None:
     now[0] += 61
     assert reopened.get("alice", "big") is None  # past its age
     reopened.close()
+
+
+def test_auto_or_none_without_tools_says_nothing() -> None:
+    for choice in ("auto", "none"):
+        assert (
+            "tool_choice"
+            not in to_chat({"model": "m", "input": "Hi", "tools": [], "tool_choice": choice}, []).chat
+        )
+    named = {"type": "function", "name": "f"}
+    assert to_chat({"model": "m", "input": "Hi", "tool_choice": named}, []).chat["tool_choice"]  # a 400 later

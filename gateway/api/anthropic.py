@@ -229,6 +229,8 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
         chat["tools"] = _tools(body["tools"])
     if body.get("tool_choice") is not None:
         _tool_choice(body["tool_choice"], chat)
+        if not chat.get("tools") and chat["tool_choice"] in ("auto", "none"):
+            del chat["tool_choice"]  # auto or none without tools: nothing to say
     metadata = body.get("metadata")
     if metadata is not None:
         _need(isinstance(metadata, dict), "metadata: expected an object", "metadata")

@@ -292,7 +292,9 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]]) -> Turn:
     if body.get("tools"):
         chat["tools"] = _tools(body["tools"])
     if body.get("tool_choice") is not None:
-        chat["tool_choice"] = _tool_choice(body["tool_choice"])
+        choice = _tool_choice(body["tool_choice"])
+        if chat.get("tools") or choice not in ("auto", "none"):  # auto or none without tools: nothing to say
+            chat["tool_choice"] = choice
     if body.get("text") is not None:
         response_format = _response_format(body["text"])
         if response_format is not None:
