@@ -5,6 +5,7 @@ gateway, retrieve, delete, input items, input tokens, one key's responses hidden
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,10 @@ def _plain_and_streamed(client: openai.OpenAI, model: str) -> None:
         max_output_tokens=16,
         temperature=0,
     ) as stream:
-        kinds = [event.type for event in stream]
-        final = stream.get_final_response()
+        events = list(stream)
+    kinds = [event.type for event in events]
+    # completed, or incomplete at the token limit (the SDK's get_final_response wants completed)
+    final = events[-1].response  # type: ignore[union-attr]
     # the same greedy answer, streamed: the SDK rebuilt it from the deltas and checked every event's identity
     assert final.output_text == first.output_text
     assert final.usage is not None and final.usage.input_tokens == first.usage.input_tokens
@@ -201,3 +204,50 @@ def test_translation_and_llama_servers_own_endpoints_give_the_same_text(
     direct = httpx.post(f"{url}/v1/messages", json=message, timeout=120)
     assert direct.status_code == 200, direct.text
     assert via_gateway["content"][0]["text"] == direct.json()["content"][0]["text"]
+
+
+def test_a_client_of_each_api_streams_while_another_models_load_fails(
+    serve: Callable[..., RunningGateway], models: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)  # not a model: its loads fail
+    gw = serve([*models, llama_manifest("broken", broken, memory="100MiB")])
+    results: dict[str, str] = {}
+
+    def chat() -> None:
+        stream = gw.client().chat.completions.create(
+            model="smol",
+            messages=[{"role": "user", "content": "Name three colours."}],
+            max_tokens=24,
+            stream=True,
+        )
+        results["chat"] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    def messages() -> None:
+        with gw.anthropic_client().messages.stream(
+            model="smol", max_tokens=24, messages=[{"role": "user", "content": "Name three colours."}]
+        ) as s:
+            results["messages"] = "".join(s.text_stream)
+
+    def responses() -> None:
+        with gw.client().responses.stream(
+            model="smol", input="Name three colours.", max_output_tokens=24
+        ) as s:
+            # completed, or incomplete at the token limit (the SDK's get_final_response wants completed)
+            ends = [e for e in s if e.type in ("response.completed", "response.incomplete")]
+            results["responses"] = ends[-1].response.output_text  # type: ignore[union-attr]
+
+    def failing() -> None:
+        try:
+            gw.client().chat.completions.create(model="broken", messages=[{"role": "user", "content": "x"}])
+        except openai.APIStatusError as err:
+            results["broken"] = str(err.status_code)
+
+    threads = [threading.Thread(target=f) for f in (chat, messages, responses, failing, failing)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert results["broken"] == "503"  # the failed load, told to its own clients
+    for api in ("chat", "messages", "responses"):
+        assert results.get(api, "").strip(), (api, results)  # every stream of the other model whole
