@@ -19,6 +19,7 @@ from typing import Any
 from gateway.api.chat_chunks import plain_text
 from gateway.api.responses import Outcome, call_item, new_id, response_object, text_item
 
+_DELTA_TAIL = b',"logprobs":[]}\n\n'
 _DELTA_HEAD = (
     b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":'
 )
@@ -53,6 +54,7 @@ class ResponseStream:
     text_id: str | None = None  # the open message's id, if one is open
     text_index: int = -1
     text_raw: list[bytes] = field(default_factory=list)  # its deltas, as JSON string literals
+    _delta_ids: bytes = b""  # the open message's part of each delta event
     calls: dict[int, _Call] = field(default_factory=dict)  # a chat tool call's index -> its item
     open_call: _Call | None = None
     finish: str | None = None
@@ -94,6 +96,10 @@ class ResponseStream:
         self.text_index = self.next_index
         self.next_index += 1
         self.text_raw = []
+        self._delta_ids = b',"item_id":"%s","output_index":%d,"content_index":0,"delta":' % (
+            self.text_id.encode(),
+            self.text_index,
+        )
         item = {
             "type": "message",
             "id": self.text_id,
@@ -112,7 +118,8 @@ class ResponseStream:
     def _close_text(self, status: str = "completed") -> list[bytes]:
         if self.text_id is None:
             return []
-        text = json.loads(b'"' + b"".join(self.text_raw) + b'"') if self.text_raw else ""
+        joined = b"".join(piece[1:-1] for piece in self.text_raw)
+        text = json.loads(b'"' + joined + b'"') if self.text_raw else ""
         item = text_item(self.text_id, text, status)
         ids = {"item_id": self.text_id, "output_index": self.text_index, "content_index": 0}
         self.output.append(item)
@@ -138,15 +145,12 @@ class ResponseStream:
         ]
 
     def _text_delta(self, raw: bytes) -> bytes:
-        """A delta event around ``raw``, the text as a JSON string literal (quotes included), copied as is."""
-        self.text_raw.append(raw[1:-1])
-        head = _DELTA_HEAD
-        ids = b',"item_id":"%s","output_index":%d,"content_index":0,"delta":' % (
-            str(self.text_id).encode(),
-            self.text_index,
-        )
-        self.sequence += 1
-        return head + b"%d" % (self.sequence - 1) + ids + raw + b',"logprobs":[]}\n\n'
+        """A delta event around ``raw``, the text as a JSON string literal (quotes included), copied as is.
+        Every piece but the sequence number is made once per message (``_open_text``)."""
+        self.text_raw.append(raw)
+        sequence = self.sequence
+        self.sequence = sequence + 1
+        return b"".join((_DELTA_HEAD, b"%d" % sequence, self._delta_ids, raw, _DELTA_TAIL))
 
     def feed_raw(self, data: bytes) -> list[bytes]:
         """One chunk as the upstream sent it (the JSON after ``data: ``). A plain text delta, nearly every
