@@ -171,6 +171,9 @@ class Pool:
             )
         waiter: asyncio.Future[Replica] = asyncio.get_running_loop().create_future()
         self._waiters.push(waiter, key, priority, now)
+        # A place may be free behind requests that gave up (they count until a dispatch drops them): this
+        # request must not wait for the next release to find it.
+        self._dispatch()
         try:
             done, _ = await asyncio.wait({waiter}, timeout=timeout)
         except BaseException:
