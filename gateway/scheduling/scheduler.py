@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from backends.errors import (
@@ -230,62 +230,72 @@ class Scheduler:
         return done
 
     async def _load(self, slot: ModelSlot) -> None:
-        own: list[asyncio.Task[None]] = []
         while True:
             async with self._decision:
-                if slot.state is not State.UNLOADED or slot.retired or self.slots.get(slot.name) is not slot:
-                    return  # loaded already, or a version a reload retired: its waiters move on
-                residents = self.residents(excluding=slot)
-                admission = self._admission(slot, residents)
-                guarded = [
-                    replace(r, evictable=False) if r.name in admission.protected else r for r in residents
-                ]
-                decision = plan(slot.name, slot.demand, guarded, self.budgets)
-                if isinstance(decision, Fits) and not decision.evict:
-                    self._reserved.pop(slot, None)
-                    slot.begin_load(decision.choice)  # the memory is the slot's own from here
-                    break
-                older = self._older_loads(slot) if isinstance(decision, Fits) else []
-                if older:
-                    # First come, first served among loads that must evict: the older ones decide first
-                    # (without this, two models' clients took turns and a third one's load never came).
-                    waits, until = older, asyncio.FIRST_COMPLETED
-                elif isinstance(decision, Fits):
-                    log.info("evicting %s to load %s", ", ".join(decision.evict), slot.name)
-                    chosen = [unit[i] for unit, i in zip(slot.demand, decision.choice, strict=True)]
-                    self._reserved[slot] = _sum_claims(chosen)  # freed for this load, and kept for it
-                    victims = {s.name: s for s in self.slots.values()}
-                    waits = [
-                        self._begin_unload(
-                            victims[n],
-                            f"evicted to load '{slot.name}'",
-                            "swap" if victims[n].in_flight or victims[n].queued else "lru",
-                        )
-                        for n in decision.evict
-                    ]
-                    until = asyncio.ALL_COMPLETED  # deciding again before all are gone would evict more
-                elif admission.recheck_at is not None and isinstance(
-                    plan(slot.name, slot.demand, residents, self.budgets), Fits
-                ):
-                    # Busy models keep the memory for now (swap-aware admission): decide again when one
-                    # stops being busy or this model's turn comes, or when another transition ends.
-                    timer = asyncio.create_task(self._after(admission.recheck_at - self._clock()))
-                    own = [timer]
-                    others = [t for other, t in self._loads.items() if other is not slot]
-                    waits = [timer, *others, *self._unloads.values()]
-                    until = asyncio.FIRST_COMPLETED
-                else:
-                    waits, own = self._transitions_that_could_make_room(slot, residents)
-                    if not waits:
-                        raise InsufficientMemory(decision.reason, retry_after=10)
-                    until = asyncio.FIRST_COMPLETED
+                step = self._decide(slot)
+            if step is None:
+                return  # loaded already, or a version a reload retired: its waiters move on
+            if step is _BEGUN:
+                break
             # Outside the lock: drains and other loads go on; then decide again with what is resident.
             try:
-                await asyncio.wait(waits, return_when=until)
+                await asyncio.wait(step.tasks, return_when=step.until)
             finally:
-                for w in own:  # this load's own waits (on a model's waiters): not left behind
+                for w in step.own:  # this load's own waits (a timer, a model's waiters): not left behind
                     w.cancel()
-                own = []
+        await self._start(slot)
+
+    def _decide(self, slot: ModelSlot) -> _Wait | None:
+        """One placement decision for ``slot``'s load (the decision lock held): it begins (``_BEGUN``), or
+        there is what to wait for before deciding again, or nothing to do (None)."""
+        if slot.state is not State.UNLOADED or slot.retired or self.slots.get(slot.name) is not slot:
+            return None
+        residents = self.residents(excluding=slot)
+        admission = self._admission(slot, residents)
+        guarded = [replace(r, evictable=False) if r.name in admission.protected else r for r in residents]
+        decision = plan(slot.name, slot.demand, guarded, self.budgets)
+        if isinstance(decision, Fits) and not decision.evict:
+            self._reserved.pop(slot, None)
+            slot.begin_load(decision.choice)  # the memory is the slot's own from here
+            return _BEGUN
+        if isinstance(decision, Fits):
+            older = self._older_loads(slot)
+            if older:
+                # First come, first served among loads that must evict: the older ones decide first
+                # (without this, two models' clients took turns and a third one's load never came).
+                return _Wait(older, asyncio.FIRST_COMPLETED)
+            return self._evict_for(slot, decision)
+        if admission.recheck_at is not None and isinstance(
+            plan(slot.name, slot.demand, residents, self.budgets), Fits
+        ):
+            # Busy models keep the memory for now (swap-aware admission): decide again when one stops being
+            # busy or this model's turn comes, or when another transition ends.
+            timer = asyncio.create_task(self._after(admission.recheck_at - self._clock()))
+            others = [t for other, t in self._loads.items() if other is not slot]
+            return _Wait([timer, *others, *self._unloads.values()], asyncio.FIRST_COMPLETED, [timer])
+        waits, own = self._transitions_that_could_make_room(slot, residents)
+        if not waits:
+            raise InsufficientMemory(decision.reason, retry_after=10)
+        return _Wait(waits, asyncio.FIRST_COMPLETED, own)
+
+    def _evict_for(self, slot: ModelSlot, decision: Fits) -> _Wait:
+        """Begin the unloads ``decision`` names, keeping what they free for ``slot``."""
+        log.info("evicting %s to load %s", ", ".join(decision.evict), slot.name)
+        chosen = [unit[i] for unit, i in zip(slot.demand, decision.choice, strict=True)]
+        self._reserved[slot] = _sum_claims(chosen)  # freed for this load, and kept for it
+        victims = {s.name: s for s in self.slots.values()}
+        unloads = [
+            self._begin_unload(
+                victims[n],
+                f"evicted to load '{slot.name}'",
+                "swap" if victims[n].in_flight or victims[n].queued else "lru",
+            )
+            for n in decision.evict
+        ]
+        return _Wait(unloads, asyncio.ALL_COMPLETED)  # deciding again before all are gone would evict more
+
+    async def _start(self, slot: ModelSlot) -> None:
+        """Start the engines of ``slot``, which holds its memory (LOADING)."""
         started = self._clock()
         self.watch.starting(slot)
         try:
@@ -502,6 +512,19 @@ class Scheduler:
             len(loads), len(unloads), running,
         )  # fmt: skip
         await asyncio.gather(*unloads, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class _Wait:
+    """What a load waits for before it decides again: ``tasks`` (until the first or all of them end), and
+    which of them are its own, to cancel once it has decided."""
+
+    tasks: list[asyncio.Task[None]]
+    until: str
+    own: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+_BEGUN = _Wait([], asyncio.ALL_COMPLETED)  # the decision: the load begins
 
 
 def _raise_if_cancelled(slot: ModelSlot, load: asyncio.Task[None]) -> None:
