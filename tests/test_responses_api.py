@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.api.responses import output_text
+from gateway.api.responses_output import output_text
 from tests.conftest import SMOLLM2, RunningGateway, llama_manifest
 from tests.test_llama_server import server_manifest
 

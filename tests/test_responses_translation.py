@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from backends.errors import InvalidRequest
-from gateway.api.responses import output_of, output_text, to_chat
+from gateway.api.responses import to_chat
+from gateway.api.responses_output import output_of, output_text
 from gateway.api.responses_stream import ResponseStream
 from gateway.control.response_store import ResponseStore, Stored
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.api.chat_chunks import plain_text
-from gateway.api.responses import Outcome, call_item, new_id, response_object, text_item
+from gateway.api.responses import new_id
+from gateway.api.responses_output import Outcome, call_item, response_object, text_item
 
 _DELTA_TAIL = b',"logprobs":[]}\n\n'
 _DELTA_HEAD = (

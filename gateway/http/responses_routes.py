@@ -24,7 +24,8 @@ from starlette.types import Receive, Scope, Send
 
 from backends.base import UpstreamResponse
 from backends.errors import GatewayError, InvalidRequest, NotFound
-from gateway.api.responses import Outcome, Turn, new_id, output_of, response_object, to_chat
+from gateway.api.responses import Turn, new_id, to_chat
+from gateway.api.responses_output import Outcome, output_of, response_object
 from gateway.api.responses_stream import ResponseStream
 from gateway.api.validation import decode
 from gateway.control.response_store import ResponseStore, Stored
