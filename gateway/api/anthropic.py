@@ -18,6 +18,7 @@ import secrets
 from typing import Any
 
 from backends.errors import GatewayError, InvalidRequest
+from gateway.api.validation import need
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -54,27 +55,22 @@ def message_id() -> str:
     return f"msg_{secrets.token_hex(12)}"
 
 
-def _need(condition: bool, message: str, param: str) -> None:
-    if not condition:
-        raise InvalidRequest(message, param=param)
-
-
 def _text_of(blocks: Any, param: str) -> str:
     """The text of a string or a list of text blocks."""
     if isinstance(blocks, str):
         return blocks
-    _need(isinstance(blocks, list), f"{param}: expected a string or a list of blocks", param)
+    need(isinstance(blocks, list), f"{param}: expected a string or a list of blocks", param)
     parts = []
     for i, block in enumerate(blocks):
         where = f"{param}[{i}]"
         is_text = isinstance(block, dict) and block.get("type") == "text"
-        _need(is_text, f"{where}: expected a text block", where)
+        need(is_text, f"{where}: expected a text block", where)
         parts.append(_text(block, where))
     return "\n".join(parts)
 
 
 def _text(block: dict[str, Any], where: str) -> str:
-    _need(isinstance(block.get("text"), str), f"{where}.text: expected a string", f"{where}.text")
+    need(isinstance(block.get("text"), str), f"{where}.text: expected a string", f"{where}.text")
     return str(block["text"])
 
 
@@ -83,7 +79,7 @@ def _user_message(content: Any, param: str) -> list[dict[str, Any]]:
     the assistant's calls), its text one user message."""
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
-    _need(isinstance(content, list), f"{param}: expected a string or a list of blocks", param)
+    need(isinstance(content, list), f"{param}: expected a string or a list of blocks", param)
     tools: list[dict[str, Any]] = []
     text: list[str] = []
     for i, block in enumerate(content):
@@ -94,7 +90,7 @@ def _user_message(content: Any, param: str) -> list[dict[str, Any]]:
         elif kind == "tool_result":
             call = block.get("tool_use_id")
             has_id = isinstance(call, str) and bool(call)
-            _need(has_id, f"{where}.tool_use_id: required", f"{where}.tool_use_id")
+            need(has_id, f"{where}.tool_use_id: required", f"{where}.tool_use_id")
             result = _text_of(block.get("content", ""), f"{where}.content")
             if block.get("is_error"):
                 result = f"Error: {result}"
@@ -109,7 +105,7 @@ def _user_message(content: Any, param: str) -> list[dict[str, Any]]:
 def _assistant_message(content: Any, param: str) -> dict[str, Any]:
     if isinstance(content, str):
         return {"role": "assistant", "content": content}
-    _need(isinstance(content, list), f"{param}: expected a string or a list of blocks", param)
+    need(isinstance(content, list), f"{param}: expected a string or a list of blocks", param)
     text: list[str] = []
     calls: list[dict[str, Any]] = []
     for i, block in enumerate(content):
@@ -118,9 +114,9 @@ def _assistant_message(content: Any, param: str) -> dict[str, Any]:
         if kind == "text":
             text.append(_text(block, where))
         elif kind == "tool_use":
-            _need(isinstance(block.get("id"), str), f"{where}.id: required", f"{where}.id")
-            _need(isinstance(block.get("name"), str), f"{where}.name: required", f"{where}.name")
-            _need(isinstance(block.get("input", {}), dict), f"{where}.input: an object", f"{where}.input")
+            need(isinstance(block.get("id"), str), f"{where}.id: required", f"{where}.id")
+            need(isinstance(block.get("name"), str), f"{where}.name: required", f"{where}.name")
+            need(isinstance(block.get("input", {}), dict), f"{where}.input: an object", f"{where}.input")
             arguments = json.dumps(block.get("input", {}))
             calls.append(
                 {
@@ -140,16 +136,16 @@ def _assistant_message(content: Any, param: str) -> dict[str, Any]:
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
-    _need(isinstance(tools, list), "tools: expected a list", "tools")
+    need(isinstance(tools, list), "tools: expected a list", "tools")
     out = []
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
-        _need(isinstance(tool, dict), f"{where}: expected an object", where)
+        need(isinstance(tool, dict), f"{where}: expected an object", where)
         kind = tool.get("type", "custom")
-        _need(kind == "custom", f"{where}: server tools ({kind}) are not supported; give client tools", where)
-        _need(isinstance(tool.get("name"), str), f"{where}.name: required", f"{where}.name")
+        need(kind == "custom", f"{where}: server tools ({kind}) are not supported; give client tools", where)
+        need(isinstance(tool.get("name"), str), f"{where}.name: required", f"{where}.name")
         schema = tool.get("input_schema")
-        _need(isinstance(schema, dict), f"{where}.input_schema: required, an object", f"{where}.input_schema")
+        need(isinstance(schema, dict), f"{where}.input_schema: required, an object", f"{where}.input_schema")
         function = {"name": tool["name"], "parameters": schema}
         if tool.get("description"):
             function["description"] = tool["description"]
@@ -159,7 +155,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
 
 def _tool_choice(choice: Any, chat: dict[str, Any]) -> None:
     typed = isinstance(choice, dict) and "type" in choice
-    _need(typed, "tool_choice: expected an object with a type", "tool_choice")
+    need(typed, "tool_choice: expected an object with a type", "tool_choice")
     kind = choice["type"]
     if kind == "auto":
         chat["tool_choice"] = "auto"
@@ -169,7 +165,7 @@ def _tool_choice(choice: Any, chat: dict[str, Any]) -> None:
         chat["tool_choice"] = "none"
     elif kind == "tool":
         name = choice.get("name")
-        _need(isinstance(name, str), "tool_choice.name: required for type tool", "tool_choice.name")
+        need(isinstance(name, str), "tool_choice.name: required for type tool", "tool_choice.name")
         chat["tool_choice"] = {"type": "function", "function": {"name": name}}
     else:
         raise InvalidRequest(f"tool_choice.type: unknown {kind!r}", param="tool_choice.type")
@@ -180,19 +176,19 @@ def _tool_choice(choice: Any, chat: dict[str, Any]) -> None:
 def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     """A Messages body to a chat-completions body (``stream`` included; the caller adds usage options)."""
     for key in body:
-        _need(key in KNOWN, f"{key}: not a field of the Messages API this gateway serves", key)
+        need(key in KNOWN, f"{key}: not a field of the Messages API this gateway serves", key)
     for key, why in REFUSED.items():
         disabled = isinstance(body.get(key), dict) and body[key].get("type") == "disabled"
         if key in body and not (key == "thinking" and disabled):
             raise InvalidRequest(f"{key}: {why}", param=key)
     config = body.get("output_config") or {}
-    _need(isinstance(config, dict), "output_config: expected an object", "output_config")
+    need(isinstance(config, dict), "output_config: expected an object", "output_config")
     for key in config:  # effort only tunes reasoning, which these models do not do
-        _need(key == "effort", f"output_config.{key}: not supported by this gateway", f"output_config.{key}")
+        need(key == "effort", f"output_config.{key}: not supported by this gateway", f"output_config.{key}")
     max_tokens = body.get("max_tokens")
     if isinstance(max_tokens, float) and max_tokens.is_integer():
         max_tokens = int(max_tokens)  # JSON has one number type: 64.0 is a whole number (as for chat)
-    _need(
+    need(
         isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 1,
         "max_tokens: required, a whole number >= 1",
         "max_tokens",
@@ -205,7 +201,7 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
         chat_messages.append({"role": "system", "content": _text_of(body["system"], "system")})
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
-        _need(isinstance(m, dict), f"{where}: expected an object", where)
+        need(isinstance(m, dict), f"{where}: expected an object", where)
         role = m.get("role")
         if role == "user":
             chat_messages += _user_message(m.get("content"), f"{where}.content")
@@ -219,7 +215,7 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
             chat[theirs] = body[ours]
     if body.get("stop_sequences"):
         stops = body["stop_sequences"]
-        _need(
+        need(
             isinstance(stops, list) and all(isinstance(s, str) for s in stops),
             "stop_sequences: a list of strings",
             "stop_sequences",
@@ -233,7 +229,7 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
             del chat["tool_choice"]  # auto or none without tools: nothing to say
     metadata = body.get("metadata")
     if metadata is not None:
-        _need(isinstance(metadata, dict), "metadata: expected an object", "metadata")
+        need(isinstance(metadata, dict), "metadata: expected an object", "metadata")
         if isinstance(metadata.get("user_id"), str):
             chat["user"] = metadata["user_id"]  # session affinity, as a chat request's user
     if body.get("stream"):

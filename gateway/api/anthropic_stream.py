@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.api.anthropic import STOP_REASONS, error_body, message_id
-from gateway.api.chat_chunks import plain_text
+from gateway.api.chat_chunks import chunk_usage, plain_text
 
 
 def event(kind: str, data: dict[str, Any]) -> bytes:
@@ -81,9 +81,7 @@ class MessageStream:
     def feed(self, chunk: dict[str, Any]) -> list[bytes]:
         """One chat-completion chunk; the events it makes (none for a chunk that says nothing)."""
         out = self._start()
-        if isinstance(chunk.get("usage"), dict):
-            self.input_tokens = chunk["usage"].get("prompt_tokens", self.input_tokens) or 0
-            self.output_tokens = chunk["usage"].get("completion_tokens", self.output_tokens) or 0
+        self.input_tokens, self.output_tokens = chunk_usage(chunk, (self.input_tokens, self.output_tokens))
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             text = delta.get("content")

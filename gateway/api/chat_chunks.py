@@ -5,6 +5,8 @@ per token of a chat stream passed through (bench/README.md, "Messages API overhe
 
 from __future__ import annotations
 
+from typing import Any
+
 _TEXT_DELTA = b'"delta":{"content":"'
 
 
@@ -34,3 +36,11 @@ def _string_end(data: bytes, i: int) -> int:
         if slashes % 2 == 0:
             return i
         i += 1
+
+
+def chunk_usage(chunk: dict[str, Any], tokens: tuple[int, int]) -> tuple[int, int]:
+    """A parsed chunk's usage (prompt and completion tokens), else ``tokens`` (those known so far)."""
+    usage = chunk.get("usage")
+    if not isinstance(usage, dict):
+        return tokens
+    return usage.get("prompt_tokens", tokens[0]) or 0, usage.get("completion_tokens", tokens[1]) or 0

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backends.errors import InvalidRequest
+from gateway.api.validation import need
 
 IGNORED = {
     "service_tier", "prompt_cache_retention", "prompt_cache_options", "stream_options", "safety_identifier",
@@ -53,11 +54,6 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(16)}"
 
 
-def _need(condition: bool, message: str, param: str) -> None:
-    if not condition:
-        raise InvalidRequest(message, param=param)
-
-
 def _refused(body: dict[str, Any], key: str) -> bool:
     """A refused field given a value that asks for something (``null``, ``false``, ``0`` or ``{}`` do not)."""
     value = body.get(key)
@@ -70,23 +66,23 @@ def _parts_text(content: Any, param: str, kinds: tuple[str, ...]) -> str:
     """The text of a string or a list of text parts of the given types."""
     if isinstance(content, str):
         return content
-    _need(isinstance(content, list), f"{param}: expected a string or a list of content parts", param)
+    need(isinstance(content, list), f"{param}: expected a string or a list of content parts", param)
     texts = []
     for i, part in enumerate(content):
         where = f"{param}[{i}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_image", "input_file", "input_audio"):
             raise InvalidRequest(f"{where}: this model does not take {kind} parts", param=where)
-        _need(kind in kinds, f"{where}: expected a part of type {' or '.join(kinds)}, not {kind!r}", where)
+        need(kind in kinds, f"{where}: expected a part of type {' or '.join(kinds)}, not {kind!r}", where)
         text = part.get("text", part.get("refusal"))
-        _need(isinstance(text, str), f"{where}.text: expected a string", f"{where}.text")
+        need(isinstance(text, str), f"{where}.text: expected a string", f"{where}.text")
         texts.append(text)
     return "".join(texts)
 
 
 def _message_item(item: dict[str, Any], where: str) -> dict[str, Any]:
     role = item.get("role")
-    _need(
+    need(
         role in ("user", "system", "developer", "assistant"),
         f"{where}.role: expected user, system, developer or assistant",
         f"{where}.role",
@@ -108,7 +104,7 @@ def _message_item(item: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _call_item(item: dict[str, Any], where: str) -> dict[str, Any]:
     for key in ("call_id", "name", "arguments"):
-        _need(isinstance(item.get(key), str), f"{where}.{key}: required, a string", f"{where}.{key}")
+        need(isinstance(item.get(key), str), f"{where}.{key}: required, a string", f"{where}.{key}")
     return {
         "type": "function_call",
         "id": item.get("id") or new_id("fc"),
@@ -120,7 +116,7 @@ def _call_item(item: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _output_item(item: dict[str, Any], where: str) -> dict[str, Any]:
-    _need(isinstance(item.get("call_id"), str), f"{where}.call_id: required, a string", f"{where}.call_id")
+    need(isinstance(item.get("call_id"), str), f"{where}.call_id: required, a string", f"{where}.call_id")
     output = _parts_text(item.get("output"), f"{where}.output", ("input_text", "output_text"))
     return {
         "type": "function_call_output",
@@ -135,11 +131,11 @@ def input_items(value: Any) -> list[dict[str, Any]]:
     """``input`` as whole items with ids: a string is one user message."""
     if isinstance(value, str):
         return [_message_item({"role": "user", "content": value}, "input")]
-    _need(isinstance(value, list) and bool(value), "input: required, a string or a non-empty list", "input")
+    need(isinstance(value, list) and bool(value), "input: required, a string or a non-empty list", "input")
     items = []
     for i, item in enumerate(value):
         where = f"input[{i}]"
-        _need(isinstance(item, dict), f"{where}: expected an object", where)
+        need(isinstance(item, dict), f"{where}: expected an object", where)
         kind = item.get("type", "message" if "role" in item else None)
         if kind == "message":
             items.append(_message_item(item, where))
@@ -180,19 +176,19 @@ def _chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
-    _need(isinstance(tools, list), "tools: expected a list", "tools")
+    need(isinstance(tools, list), "tools: expected a list", "tools")
     out = []
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
-        _need(isinstance(tool, dict), f"{where}: expected an object", where)
+        need(isinstance(tool, dict), f"{where}: expected an object", where)
         kind = tool.get("type")
-        _need(
+        need(
             kind == "function", f"{where}.type: {kind!r} tools are not supported; give function tools", where
         )
-        _need(isinstance(tool.get("name"), str), f"{where}.name: required, a string", f"{where}.name")
+        need(isinstance(tool.get("name"), str), f"{where}.name: required, a string", f"{where}.name")
         function: dict[str, Any] = {"name": tool["name"]}
         if tool.get("parameters") is not None:
-            _need(
+            need(
                 isinstance(tool["parameters"], dict), f"{where}.parameters: an object", f"{where}.parameters"
             )
             function["parameters"] = tool["parameters"]
@@ -208,14 +204,14 @@ def _tool_choice(choice: Any) -> Any:
     named = (
         isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str)
     )
-    _need(named, "tool_choice: expected auto, none, required or a function by name", "tool_choice")
+    need(named, "tool_choice: expected auto, none, required or a function by name", "tool_choice")
     return {"type": "function", "function": {"name": choice["name"]}}
 
 
 def _response_format(text: Any) -> dict[str, Any] | None:
-    _need(isinstance(text, dict), "text: expected an object", "text")
+    need(isinstance(text, dict), "text: expected an object", "text")
     for key in text:
-        _need(key in ("format", "verbosity"), f"text.{key}: not supported by this gateway", f"text.{key}")
+        need(key in ("format", "verbosity"), f"text.{key}: not supported by this gateway", f"text.{key}")
     fmt = text.get("format")
     if fmt is None:
         return None
@@ -224,9 +220,9 @@ def _response_format(text: Any) -> dict[str, Any] | None:
         return None
     if kind == "json_object":
         return {"type": "json_object"}
-    _need(kind == "json_schema", "text.format.type: expected text, json_schema or json_object", "text.format")
+    need(kind == "json_schema", "text.format.type: expected text, json_schema or json_object", "text.format")
     schema = fmt.get("schema")
-    _need(isinstance(schema, dict), "text.format.schema: required, an object", "text.format.schema")
+    need(isinstance(schema, dict), "text.format.schema: required, an object", "text.format.schema")
     spec: dict[str, Any] = {"name": fmt.get("name") or "response", "schema": schema}
     if fmt.get("strict") is not None:
         spec["strict"] = bool(fmt["strict"])
@@ -235,19 +231,19 @@ def _response_format(text: Any) -> dict[str, Any] | None:
 
 def _check_fields(body: dict[str, Any]) -> None:
     for key in body:
-        _need(key in KNOWN, f"{key}: not a field of the Responses API this gateway serves", key)
+        need(key in KNOWN, f"{key}: not a field of the Responses API this gateway serves", key)
     for key, why in REFUSED.items():
         if _refused(body, key):
             raise InvalidRequest(f"{key}: {why}", param=key)
     include = body.get("include") or []
-    _need(isinstance(include, list), "include: expected a list", "include")
+    need(isinstance(include, list), "include: expected a list", "include")
     for value in include:
-        _need(value in INCLUDABLE, f"include: {value!r} is not available from this gateway", "include")
-    _need(body.get("truncation") in (None, "disabled"), "truncation: only 'disabled' is served", "truncation")
+        need(value in INCLUDABLE, f"include: {value!r} is not available from this gateway", "include")
+    need(body.get("truncation") in (None, "disabled"), "truncation: only 'disabled' is served", "truncation")
     metadata = body.get("metadata")
     if metadata is not None:
         ok = isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
-        _need(ok and len(metadata) <= MAX_METADATA_KEYS, "metadata: up to 16 string values", "metadata")
+        need(ok and len(metadata) <= MAX_METADATA_KEYS, "metadata: up to 16 string values", "metadata")
     maximum = body.get("max_output_tokens")
     if maximum is not None:
         # JSON has one number type: 64.0 is a whole number (as for chat)
@@ -255,7 +251,7 @@ def _check_fields(body: dict[str, Any]) -> None:
             isinstance(maximum, float) and maximum.is_integer()
         )
         whole = whole and maximum >= 1
-        _need(whole, "max_output_tokens: a whole number >= 1", "max_output_tokens")
+        need(whole, "max_output_tokens: a whole number >= 1", "max_output_tokens")
 
 
 @dataclass
@@ -277,7 +273,7 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]]) -> Turn:
     messages: list[dict[str, Any]] = []
     instructions = body.get("instructions")
     if instructions is not None:
-        _need(isinstance(instructions, str), "instructions: expected a string", "instructions")
+        need(isinstance(instructions, str), "instructions: expected a string", "instructions")
         messages.append({"role": "system", "content": instructions})
     messages += _chat_messages([*history, *items])
     chat: dict[str, Any] = {"model": body.get("model"), "messages": messages}

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.api.chat_chunks import plain_text
+from gateway.api.chat_chunks import chunk_usage, plain_text
 from gateway.api.responses import new_id
 from gateway.api.responses_output import Outcome, call_item, response_object, text_item
 
@@ -166,9 +166,7 @@ class ResponseStream:
     def feed(self, chunk: dict[str, Any]) -> list[bytes]:
         """One chat-completion chunk; the events it makes (none for a chunk that says nothing)."""
         out = self.start()
-        if isinstance(chunk.get("usage"), dict):
-            self.input_tokens = chunk["usage"].get("prompt_tokens", self.input_tokens) or 0
-            self.output_tokens = chunk["usage"].get("completion_tokens", self.output_tokens) or 0
+        self.input_tokens, self.output_tokens = chunk_usage(chunk, (self.input_tokens, self.output_tokens))
         for choice in (chunk.get("choices") or [])[:1]:
             delta = choice.get("delta") or {}
             text = delta.get("content")

@@ -246,6 +246,12 @@ READ_KEYS = tuple(
 )  # fmt: skip
 
 
+def need(condition: bool, message: str, param: str) -> None:
+    """A 400 naming ``param`` unless ``condition`` holds (the translated APIs' field checks)."""
+    if not condition:
+        raise InvalidRequest(message, param=param)
+
+
 def decode(raw: bytes) -> dict[str, Any]:
     """The JSON object of a request body, with a non-empty string ``model``. A key the gateway reads, twice
     in one object, is a 400: the gateway would route on one value ({"model": "a", "model": "b"}: the last)
