@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 from backends import errors
 from backends.base import OpenAIRequest
 from backends.llama_cpp.jobs import RUNNERS, Job
-from gateway.api import anthropic, anthropic_stream, responses, responses_stream
+from gateway.api import anthropic, anthropic_stream, responses, responses_output, responses_stream
 from gateway.api.validation import ChatRequest, decode
 from gateway.api.validation import validate as gateway_validate
 from gateway.http import openapi_agents
@@ -730,7 +730,9 @@ def test_the_message_schemas_describe_what_the_messages_api_sends() -> None:
 def test_the_response_schemas_describe_what_the_responses_api_sends() -> None:
     turn = responses.to_chat({"model": "m", "input": "Hi!", "tools": [{"type": "function", "name": "f"}]}, [])
     for answer in chat_answers():
-        response = responses.response_object("resp_1", "m", turn.echo, responses.output_of(answer))
+        response = responses_output.response_object(
+            "resp_1", "m", turn.echo, responses_output.output_of(answer)
+        )
         schema_validator("Response").validate(response)
     stream = responses_stream.ResponseStream("resp_1", "m", turn.echo)
     events = sse_data([e for chunk in chat_chunks() for e in stream.feed(chunk)] + stream.end())
