@@ -26,7 +26,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-Endpoint = Literal["chat/completions", "completions", "embeddings"]
+# The path under /v1 a replica is asked on: OpenAI's own, and the Messages API of engines that speak it.
+Endpoint = Literal["chat/completions", "completions", "embeddings", "messages", "messages/count_tokens"]
 
 
 @dataclass(frozen=True)

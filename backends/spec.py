@@ -16,11 +16,19 @@ from typing import Annotated, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
+# The APIs beside OpenAI's that an engine may speak itself: requests in them are passed through to the
+# engine's own endpoint instead of translated to chat completions by the gateway.
+NativeApi = Literal["messages"]
+NATIVE_APIS_HELP = (
+    "APIs the engine serves itself, passed through to it instead of translated by the gateway: "
+    "'messages' (Anthropic's /v1/messages and /v1/messages/count_tokens)."
+)
+
 
 class KindSpec(Protocol):
     """What the gateway reads of any kind's spec. Optional fields a spec may have and the gateway reads by
-    name: ``timeouts`` (``UpstreamTimeouts``), ``embeddings``, and the context length (``n_ctx``,
-    ``max_model_len``)."""
+    name: ``timeouts`` (``UpstreamTimeouts``), ``embeddings``, ``native_apis`` (``NativeApi``) and the
+    context length (``n_ctx``, ``max_model_len``)."""
 
     # True where the gateway is the engine's OpenAI server, so it validates every request field itself
     gateway_validates: ClassVar[bool]

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import SMOLLM2, RunningGateway, llama_manifest
 from tests.test_llama_server import server_manifest
+from tests.test_metrics import settled, total
 
 HI = [{"role": "user", "content": "Name three colours."}]
 GREEDY = {"temperature": 0}  # the 2026 SDK has no sampling arguments; the API still takes them
@@ -125,13 +126,46 @@ def test_keys_as_x_api_key(serve: Callable[..., RunningGateway], models: list[di
     assert refused.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
 
 
-def test_messages_on_llama_server_too(serve: Callable[..., RunningGateway]) -> None:
-    """Every kind serves chat completions, so every kind serves the Messages API through the translation."""
-    gw = serve([server_manifest("srv", SMOLLM2, n_ctx=1024)])
+@pytest.mark.parametrize("native", [True, False], ids=["passed-through", "translated"])
+def test_messages_on_llama_server_its_own_endpoint_or_translated(
+    serve: Callable[..., RunningGateway], native: bool
+) -> None:
+    """llama-server speaks the Messages API itself: by default (``native_apis: [messages]``) the request goes
+    to its own endpoint and its answer comes back untouched; with ``native_apis: []`` the gateway translates
+    to and from chat completions. Which one answered shows in the id: llama-server names its messages like
+    its chat completions (``chatcmpl-``), the translation ``msg_``. Either way the answer, the stream, the
+    count and the metrics' token counts are right."""
+    extra = {} if native else {"native_apis": []}
+    gw = serve([server_manifest("srv", SMOLLM2, n_ctx=1024, **extra)])
     c = client(gw)
     message = c.messages.create(model="srv", max_tokens=8, messages=HI, extra_body=GREEDY)
+    assert message.id.startswith("msg_") is not native
     assert message.content[0].type == "text" and message.content[0].text.strip()
-    assert message.model == "srv" and message.usage.input_tokens > 0
+    assert message.model == "srv" and message.stop_reason == "max_tokens"
     with c.messages.stream(model="srv", max_tokens=8, messages=HI, extra_body=GREEDY) as s:
         text = "".join(s.text_stream)
-    assert text == s.get_final_message().content[0].text and text.strip()
+    final = s.get_final_message()
+    assert final.id.startswith("msg_") is not native
+    assert text == final.content[0].text and text.strip() and final.stop_reason == "max_tokens"
+    counted = c.messages.count_tokens(model="srv", messages=HI).input_tokens
+    prompt = message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0)
+    assert counted == prompt > 0
+    # The metrics read each answer's usage, the engine's own events included (a prompt read from
+    # llama-server's cache counts as prompt). llama-server counts without a prefill; the translation asks
+    # the engine for one token, a prefill like any other.
+    samples = settled(gw, lambda s: total(s, "vllm:request_success_total", model_name="srv") >= 2)
+    assert total(samples, "vllm:generation_tokens_total", model_name="srv") == 16 + (0 if native else 1)
+    assert total(samples, "vllm:prompt_tokens_total", model_name="srv") == (2 if native else 3) * prompt
+
+
+def test_what_the_gateway_refuses_it_refuses_before_an_engine_that_speaks_the_api(
+    serve: Callable[..., RunningGateway],
+) -> None:
+    """A field the gateway refuses is refused on a passed-through model too, before any load."""
+    gw = serve([server_manifest("srv", SMOLLM2, n_ctx=1024)])
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client(gw).messages.create(
+            model="srv", max_tokens=8, messages=HI, extra_body={"thinking": {"type": "enabled"}}
+        )
+    assert "thinking" in refused.value.message
+    assert gw.model_state("srv")["state"] == "unloaded"

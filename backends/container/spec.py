@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from backends.llama_server.spec import LlamaServerFlags
-from backends.spec import Duration, UpstreamTimeouts, resolve_path
+from backends.spec import NATIVE_APIS_HELP, Duration, NativeApi, UpstreamTimeouts, resolve_path
 
 ENGINE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 VOLUME = r"^[^:]+:/[^:]*(:(ro|rw))?$"
@@ -66,6 +66,10 @@ class ContainerCommon(BaseModel):
     load_timeout: Duration = Field(600.0, description="Pull, start and health within this.")
     stop_timeout: Duration = Field(10.0, description="SIGTERM grace before the engine kills the container.")
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
+    native_apis: list[NativeApi] = Field(
+        [],
+        description=NATIVE_APIS_HELP + " Recent llama.cpp server images serve it.",
+    )
 
     @field_validator("volumes")
     @classmethod

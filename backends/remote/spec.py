@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from backends.spec import UpstreamTimeouts
+from backends.spec import NATIVE_APIS_HELP, NativeApi, UpstreamTimeouts
 
 
 class RemoteEndpoint(BaseModel):
@@ -30,6 +30,7 @@ class RemoteBackend(BaseModel):
     )
     embeddings: bool | None = Field(None, description="None: pass every endpoint through.")
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
+    native_apis: list[NativeApi] = Field([], description=NATIVE_APIS_HELP)
 
     @property
     def replicas(self) -> int:
