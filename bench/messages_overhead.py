@@ -1,7 +1,9 @@
-"""Gateway CPU per streamed token: Anthropic's Messages API and OpenAI's Responses API (both translated)
-against chat completions (passed through), on the same model, side by side.
+"""Gateway CPU per streamed token: Anthropic's Messages API (translated, and passed through to an engine
+that speaks it) and OpenAI's Responses API (translated) against chat completions (passed through), on the
+same upstream, side by side.
 
-A fake upstream (``tests/fake_upstream.py``, a ``remote`` model) streams 2,000 chat chunks per request; the
+A fake upstream (``tests/fake_upstream.py``, two ``remote`` models: ``m`` speaks chat completions only,
+``native`` declares ``native_apis: [messages]``) streams 2,000 chat chunks (or Messages events) a request; the
 gateway runs as ``llm-gateway serve`` in its own process, and its CPU time (user + system, from /proc) is read
 around 20 sequential streams of each API, alternating, 3 rounds. Target (issue 17): translated streaming
 costs at most 10% more gateway CPU per token than chat completions.
@@ -51,6 +53,13 @@ def stream_messages(http: httpx.Client) -> int:
         return sum(1 for line in r.iter_lines() if line == "event: content_block_delta")
 
 
+def stream_native(http: httpx.Client) -> int:
+    body = {"model": "native", "max_tokens": 4096, "messages": [{"role": "user", "content": "x"}],
+            "stream": True}  # fmt: skip
+    with http.stream("POST", "/v1/messages", json=body) as r:
+        return sum(1 for line in r.iter_lines() if line == "event: content_block_delta")
+
+
 def stream_responses(http: httpx.Client) -> int:
     body = {"model": "m", "input": "x", "stream": True, "store": False}
     with http.stream("POST", "/v1/responses", json=body) as r:
@@ -59,9 +68,10 @@ def stream_responses(http: httpx.Client) -> int:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, RunningUpstream(FakeUpstream(chunks=CHUNKS), 18995) as up:
-        manifest = {"name": "m", "backend": {"kind": "remote", "endpoints": [{"url": up.url}]},
-                    "health_check_interval": 0}  # fmt: skip
-        (Path(tmp) / "m.yaml").write_text(yaml.safe_dump(manifest))
+        for name, apis in (("m", []), ("native", ["messages"])):
+            backend = {"kind": "remote", "endpoints": [{"url": up.url}], "native_apis": apis}
+            manifest = {"name": name, "health_check_interval": 0, "backend": backend}
+            (Path(tmp) / f"{name}.yaml").write_text(yaml.safe_dump(manifest))
         port = 18996
         gw = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--manifests", tmp, "--port", str(port),
@@ -78,13 +88,14 @@ def main() -> None:
                 ways = {
                     "chat completions": stream_chat,
                     "messages (translated)": stream_messages,
+                    "messages (passed through)": stream_native,
                     "responses (translated)": stream_responses,
                 }
                 per_token: dict[str, list[float]] = {name: [] for name in ways}
                 for way in ways.values():
                     way(http)  # warm up
                 for i in range(ROUNDS):
-                    for name in list(ways)[i % 3 :] + list(ways)[: i % 3]:
+                    for name in list(ways)[i % len(ways) :] + list(ways)[: i % len(ways)]:
                         before = cpu_seconds(gw.pid)
                         tokens = sum(ways[name](http) for _ in range(STREAMS))
                         assert tokens == STREAMS * CHUNKS, (name, tokens)

@@ -42,6 +42,27 @@ def _chunk(i: int) -> bytes:
     )
 
 
+def _message_event(i: int) -> bytes:
+    return (
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"t%d"}}\n\n' % i
+    )
+
+
+MESSAGE_START = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_fake","type":"message",'
+    b'"role":"assistant","model":"fake","content":[],"stop_reason":null,"stop_sequence":null,'
+    b'"usage":{"input_tokens":1,"output_tokens":0}}}\n\n'
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+    b'"content_block":{"type":"text","text":""}}\n\n'
+)
+MESSAGE_END = (
+    b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn",'
+    b'"stop_sequence":null},"usage":{"output_tokens":%d}}\n\n'
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+)
+
 USAGE_EVENT = (
     b'data: {"id":"x","object":"chat.completion.chunk","choices":[],'
     b'"usage":{"prompt_tokens":1,"completion_tokens":64,"total_tokens":65}}\n\n'
@@ -98,15 +119,22 @@ class FakeUpstream:
                 "headers": [(b"content-type", b"text/event-stream")],
             }
         )
+        messages = scope["path"] == "/v1/messages"  # Anthropic's events (an engine that speaks it)
+        if messages:
+            await send({"type": "http.response.body", "body": MESSAGE_START, "more_body": True})
         for i in range(self.chunks):
             if self.mode == "reset" and i == 2:
                 raise ConnectionResetError("injected reset mid-stream")  # uvicorn drops the connection
             if self.mode == "stall" and i == 2:
                 await self._hang(receive)
                 return
-            await send({"type": "http.response.body", "body": _chunk(i), "more_body": True})
+            piece = _message_event(i) if messages else _chunk(i)
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
+        if messages:
+            await send({"type": "http.response.body", "body": MESSAGE_END % self.chunks, "more_body": False})
+            return
         if (request.get("stream_options") or {}).get("include_usage"):
             await send({"type": "http.response.body", "body": USAGE_EVENT, "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})

@@ -16,6 +16,7 @@ GOOD = [
     b": keep-alive comment\n\n",
     b'event: message\nid: 7\ndata: {"id":"2",\ndata: "choices":[]}\n\n',
     b'data:{"id":"3"}\n\n',
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0}\n\n',  # a named event
     b"data: [DONE]\n\n",
 ]
 
@@ -46,6 +47,8 @@ BAD = {
     "truncated object": b"data: {garbage\n\n",
     "not data": b"this is not an event\n\n",
     "plain text data": b"data: hello\n\n",
+    "named, truncated": b"event: message_delta\ndata: {garbage\n\n",
+    "named, plain text": b"event: message_delta\ndata: hello}\n\n",
     "html": b"<html><body>502 Bad Gateway</body></html>\n\n",
 }
 

@@ -10,9 +10,10 @@ Two checks, priced for the hot path:
 - ``EventShape``: every later event of a stream, as the chunks pass. An event's data must be ``[DONE]`` or
   look like a JSON object, ``{`` ... ``}``; it is not parsed (a JSON parse per event would cost more than
   the rest of forwarding it), so a truncated or garbled event is caught, braces around garbage are not. A
-  chunk holding exactly one ``data: {...}`` event, which is what llama-server and vLLM send, is judged by
-  four byte comparisons; anything else (events split across chunks, several in one, comments, CRLF)
-  takes the slow path, which keeps at most one incomplete event between chunks.
+  chunk holding exactly one ``data: {...}`` event (with an ``event:`` line before it or not), which is what
+  llama-server and vLLM send, is judged by a few byte comparisons; anything else (events split across
+  chunks, several in one, comments, CRLF) takes the slow path, which keeps at most one incomplete event
+  between chunks.
 """
 
 from __future__ import annotations
@@ -58,13 +59,18 @@ class EventShape:
         self._limit = limit  # one event larger than this is a problem, not a buffer that grows
 
     def check(self, chunk: bytes) -> str | None:
+        # One whole event holding an object: the common case, plain (chat completions) or named (``event:``,
+        # the Messages API of engines that speak it).
         if (
             not self._pending
-            and chunk.startswith(b"data: {")
             and chunk.endswith(b"}\n\n")
             and chunk.find(b"\n\n") == len(chunk) - 2
+            and (
+                chunk.startswith(b"data: {")
+                or (chunk.startswith(b"event: ") and chunk.startswith(b"data: {", chunk.find(b"\n") + 1))
+            )
         ):
-            return None  # one whole event holding an object: the common case
+            return None
         data = self._pending + chunk if self._pending else chunk
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n")
