@@ -37,22 +37,45 @@ def test_a_busy_resident_is_protected_until_the_bound() -> None:
     assert admit(target, [busy], 100.0, Policy("fifo")) == OPEN
 
 
+def test_interactive_requests_do_not_wait_for_a_batch_flood() -> None:
+    """A resident busy with batch work only is drained at once for a model an interactive request waits
+    for; against a load only batch requests wait for, it keeps its turn like any busy resident. One with
+    interactive work is protected from both."""
+    flood = Activity("flood", in_flight=4, queued=8, last_used=99.9, interactive=False)
+    mixed = Activity("mixed", in_flight=1, queued=0, last_used=99.9)
+    interactive = Waiting(oldest=99.0, max_swap_wait=SWAP_WAIT)
+    batch = Waiting(oldest=99.0, max_swap_wait=SWAP_WAIT, interactive=False)
+    assert admit(interactive, [flood], 100.0, POLICY) == OPEN
+    assert admit(batch, [flood], 100.0, POLICY).protected == {"flood"}
+    assert admit(interactive, [flood, mixed], 100.0, POLICY).protected == {"mixed"}
+    assert admit(batch, [flood, mixed], 100.0, POLICY).protected == {"flood", "mixed"}
+
+
 @given(
     start=st.floats(0, 1000),
     wait=st.floats(0.1, 100),
     elapsed=st.floats(0, 200),
-    residents=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.floats(0, 1200)), max_size=4),
+    residents=st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 3), st.floats(0, 1200), st.booleans()), max_size=4
+    ),
+    interactive=st.booleans(),
 )
 def test_the_answer_never_outlives_the_bound(
-    start: float, wait: float, elapsed: float, residents: list[tuple[int, int, float]]
+    start: float,
+    wait: float,
+    elapsed: float,
+    residents: list[tuple[int, int, float, bool]],
+    interactive: bool,
 ) -> None:
     now = start + elapsed
-    activity = [Activity(f"r{i}", f, q, min(u, now)) for i, (f, q, u) in enumerate(residents)]
-    answer = admit(Waiting(start, wait), activity, now, POLICY)
+    activity = [Activity(f"r{i}", f, q, min(u, now), c) for i, (f, q, u, c) in enumerate(residents)]
+    answer = admit(Waiting(start, wait, interactive), activity, now, POLICY)
     if now >= start + wait:
         assert answer == OPEN
     if answer.protected:
         assert answer.recheck_at is not None and now <= answer.recheck_at <= start + wait
+    if interactive:  # a batch-only resident never holds up a model an interactive request waits for
+        assert not answer.protected & {r.name for r in activity if not r.interactive}
 
 
 # --- the real scheduler, on a virtual clock ------------------------------------------------------------

@@ -12,7 +12,11 @@ bench/README.md). The swap-aware policy trades a bounded wait for far fewer swap
 - until the oldest request waiting for the load has waited ``max_swap_wait`` (per model, with a gateway
   default): then the model gets its turn, busy residents are evicted (drained for the drain grace), and the
   load serves all of its waiting requests at once (they share the one load);
-- idle residents are evicted at once, as before; pinned ones never (``placement``).
+- idle residents are evicted at once, as before; pinned ones never (``placement``);
+- **priorities**: a resident busy with batch work only (``X-Priority: batch``, or a batch key) protects
+  itself only from loads that batch requests wait for. An interactive request's model does not wait for a
+  batch flood's turn to end: the batch model is drained at once (its requests in flight finish) and its
+  queued requests wait for their own turn, which their bound still guarantees.
 
 So no request waits for its model longer than its ``max_swap_wait`` plus one drain and one load (the
 property test simulates arbitrary arrivals against it), and a model with clients keeps its turn for up to
@@ -46,6 +50,7 @@ class Waiting:
 
     oldest: float | None
     max_swap_wait: float
+    interactive: bool = True  # an interactive request is among those waiting (else batch requests only)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Activity:
     in_flight: int
     queued: int
     last_used: float
+    interactive: bool = True  # some of its work is interactive (in flight, queued or just served)
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,9 @@ def admit(target: Waiting, residents: Sequence[Activity], now: float, policy: Po
     due = target.oldest + target.max_swap_wait
     if now >= due:
         return OPEN  # its turn: the oldest request has waited its bound
-    protected = [r for r in residents if busy(r, now, policy.linger)]
+    protected = [
+        r for r in residents if busy(r, now, policy.linger) and (r.interactive or not target.interactive)
+    ]
     if not protected:
         return OPEN
     # Ask again at the bound, or when a resident without work could have stopped counting as busy (one
