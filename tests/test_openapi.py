@@ -26,7 +26,7 @@ from backends.llama_cpp.jobs import RUNNERS, Job
 from gateway.api import anthropic, anthropic_stream, responses, responses_output, responses_stream
 from gateway.api.validation import ChatRequest, decode
 from gateway.api.validation import validate as gateway_validate
-from gateway.http import openapi_agents
+from gateway.http import openapi_anthropic, openapi_responses
 from gateway.http.errors import anthropic_error_response
 from gateway.http.openapi import (
     AGENT_REQUEST_MODELS,
@@ -407,8 +407,8 @@ def accepts_bytes(schema: str, raw: bytes) -> bool:
 @pytest.mark.parametrize(
     ("model", "known"),
     [
-        (openapi_agents.MessagesRequest, anthropic.KNOWN - set(anthropic.REFUSED) | {"thinking"}),
-        (openapi_agents.ResponsesRequest, responses.KNOWN),
+        (openapi_anthropic.MessagesRequest, anthropic.KNOWN - set(anthropic.REFUSED) | {"thinking"}),
+        (openapi_responses.ResponsesRequest, responses.KNOWN),
     ],
     ids=lambda x: getattr(x, "__name__", ""),
 )
