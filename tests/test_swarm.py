@@ -1,0 +1,146 @@
+"""The ``swarm`` engine, for real: two ``dockerd`` on 127.0.0.1 and 127.0.0.2 form a swarm
+(``tests.swarm_cluster``), the gateway talks to its manager, and llama.cpp's server runs as one-task services
+pinned to the nodes the placement chose, driven with the official openai SDK. The manager also listens on
+TCP with TLS (client certificates verified), for the TLS tests.
+
+One swarm serves the whole module; the tests run in order, and the last one kills the manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import openai
+import pytest
+
+from backends.docker.engine import LABEL_INSTANCE, LABEL_MODEL, LABEL_ROLE, LABEL_RUN
+from backends.llama_server.build import built_binary
+from tests.conftest import SMOLLM2, RunningGateway, llama_manifest, wait_for
+from tests.swarm_cluster import IMAGE, Swarm, tls_material
+
+NODE_DOWN_DEADLINE = 90.0  # Swarm reports a dead node after ~10 s; this only bounds a hang
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
+    tls = tls_material(tmp_path_factory.mktemp("tls"))
+    cluster = Swarm(Path(f"/tmp/llmgw-swarm-{uuid.uuid4().hex[:8]}"), tls=tls)
+    cluster.tls = tls  # type: ignore[attr-defined]
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+    assert cluster.leftovers() == [], "the swarm's cleanup left these behind"
+
+
+@pytest.fixture(scope="module")
+def bin_dir() -> Path:
+    server = built_binary("llama-server")
+    assert server is not None, "run `llm-gateway build-llama-server` (README's test command does)"
+    return server.parent
+
+
+@dataclass
+class Site:
+    start: Callable[..., RunningGateway]
+    swarm: Swarm
+    bin_dir: Path
+    instance: str = field(default_factory=lambda: f"swarm-{uuid.uuid4().hex[:8]}")
+
+    def engine(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "name": "swarm",
+            "kind": "swarm",
+            "url": self.swarm.manager.url,
+            "watch_interval": 0.2,
+            **extra,
+        }
+
+    def llamacpp(self, name: str, memory: str = "300MiB", **backend: Any) -> dict[str, Any]:
+        spec = {
+            "kind": "container",
+            "preset": "llamacpp",
+            "engines": ["swarm"],
+            "image": IMAGE,
+            "pull": "never",
+            "model": str(SMOLLM2),
+            "volumes": ["/usr:/usr:ro", f"{self.bin_dir}:/app:ro"],
+            "n_ctx": 2048,
+            "threads": 1,
+            "load_timeout": 120,
+            "stop_timeout": 2,
+            **backend,
+        }
+        return {"name": name, "backend": spec, "memory": memory, "health_check_interval": "1s"}
+
+    def serve(
+        self, manifests: list[dict[str, Any]], engines: list[dict[str, Any]] | None = None
+    ) -> RunningGateway:
+        return self.start(manifests, engines=engines or [self.engine()], instance_id=self.instance)
+
+    def services(self, **labels: str) -> list[Any]:
+        filters = [f"{LABEL_INSTANCE}={self.instance}", *(f"llm-gateway.{k}={v}" for k, v in labels.items())]
+        with contextlib.closing(self.swarm.manager.client()) as m:
+            return list(m.services.list(filters={"label": filters}))
+
+    def containers(self, node: str) -> list[Any]:
+        """This instance's containers on node ``node``'s own engine (running or not)."""
+        engine = self.swarm.manager if node == "a" else self.swarm.worker
+        with contextlib.closing(engine.client(timeout=10)) as client:
+            found = client.containers.list(
+                all=True, sparse=True, filters={"label": f"{LABEL_INSTANCE}={self.instance}"}
+            )
+            return list(found)
+
+
+@pytest.fixture
+def site(serve: Callable[..., RunningGateway], swarm: Swarm, bin_dir: Path) -> Site:
+    return Site(serve, swarm, bin_dir)
+
+
+def ask(client: openai.OpenAI, model: str) -> str:
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    return r.choices[0].message.content or ""
+
+
+def replicas(gw: RunningGateway, model: str) -> list[dict[str, Any]]:
+    return list(gw.model_state(model)["replicas"])
+
+
+def test_replicas_spread_over_both_nodes_as_pinned_labelled_services(site: Site) -> None:
+    gw = site.serve([site.llamacpp("spread", replicas=2)])
+    assert ask(gw.client(), "spread") is not None
+    placed = replicas(gw, "spread")
+    assert sorted(r["engine"] for r in placed) == ["swarm.a", "swarm.b"]
+    by_engine = {r["engine"]: r for r in placed}
+    assert by_engine["swarm.a"]["url"].startswith("http://127.0.0.1:")
+    assert by_engine["swarm.b"]["url"].startswith("http://127.0.0.2:")
+    assert all(r["healthy"] and r["restarts"] == 0 for r in placed)
+    services = site.services(model="spread")
+    assert len(services) == 2
+    nodes = {site.swarm.nodes[h]: h for h in ("a", "b")}
+    pinned = set()
+    for service in services:
+        spec = service.attrs["Spec"]
+        labels = spec["Labels"]
+        assert labels[LABEL_MODEL] == "spread" and labels[LABEL_ROLE] == "server" and labels[LABEL_RUN]
+        assert spec["TaskTemplate"]["ContainerSpec"]["Labels"] == labels
+        (constraint,) = spec["TaskTemplate"]["Placement"]["Constraints"]
+        node_id = constraint.removeprefix("node.id==")
+        assert labels["llm-gateway.node"] == f"swarm.{nodes[node_id]}"
+        (task,) = [t for t in service.tasks() if t["Status"]["State"] == "running"]
+        assert task["NodeID"] == node_id
+        pinned.add(nodes[node_id])
+    assert pinned == {"a", "b"}
+    # each node's own engine runs its container
+    assert len(site.containers("a")) == 1 and len(site.containers("b")) == 1
