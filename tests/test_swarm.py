@@ -9,6 +9,7 @@ One swarm serves the whole module; the tests run in order, and the last one kill
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 import uuid
@@ -17,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import docker
-import httpx
 import openai
 import pytest
 
@@ -144,3 +143,102 @@ def test_replicas_spread_over_both_nodes_as_pinned_labelled_services(site: Site)
     assert pinned == {"a", "b"}
     # each node's own engine runs its container
     assert len(site.containers("a")) == 1 and len(site.containers("b")) == 1
+
+
+def _stream(client: openai.OpenAI, model: str, tokens: int, out: dict[str, Any]) -> None:
+    """A streamed chat of ``tokens`` tokens; ``out`` gets the pieces it received, or the error."""
+    pieces: list[str] = []
+    out["pieces"] = pieces
+    try:
+        stream = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Count to a thousand."}],
+            max_tokens=tokens,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        with stream:
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    pieces.append(chunk.choices[0].delta.content)
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    out["finish"] = chunk.choices[0].finish_reason
+    except Exception as exc:
+        out["error"] = exc
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.2", port)) == 0
+
+
+def busy_engines(gw: RunningGateway, model: str) -> list[str]:
+    return sorted(r["engine"] for r in replicas(gw, model) if r["outstanding"])
+
+
+def test_a_node_lost_mid_stream_and_back(site: Site) -> None:
+    gw = site.serve(
+        [
+            site.llamacpp("spread", replicas=2, parallel=1),
+            site.llamacpp("other", engines=["swarm.a"]),
+            site.llamacpp("later", engines=["swarm.b"]),
+        ]
+    )
+    client = gw.client(timeout=300)
+    ask(client, "other")
+    other = {s.id for s in site.services(model="other")}
+    scheduler = gw.gateway.scheduler
+
+    # a stream on each replica: the first goes where the balancer sends it, the second to the other one
+    streams: dict[str, dict[str, Any]] = {}
+    threads = []
+    for _ in range(2):
+        out: dict[str, Any] = {}
+        before = busy_engines(gw, "spread")
+        thread = threading.Thread(target=_stream, args=(client, "spread", 600, out))
+        thread.start()
+        threads.append(thread)
+        wait_for(lambda: len(busy_engines(gw, "spread")) > len(streams), "a stream")
+        (engine,) = set(busy_engines(gw, "spread")) - set(before)
+        streams[engine] = out
+    wait_for(lambda: len(streams["swarm.a"]["pieces"]) > 0, "tokens from node a")
+
+    killed = time.monotonic()
+    site.swarm.worker.kill()
+    lost = wait_for(
+        lambda: [r for r in replicas(gw, "spread") if r["reason"] == "its host is down"],
+        "the lost replica out of rotation",
+        NODE_DOWN_DEADLINE,
+    )
+    out_after = time.monotonic() - killed
+    assert [r["engine"] for r in lost] == ["swarm.b"]
+    assert site.swarm.node_state("b") == "down"
+    assert scheduler.budgets["swarm.b:ram"] == 0 and scheduler.used()["swarm.b:ram"] == 0
+    # the model serves on from the node left, and its lost replica is placed again there
+    assert ask(client, "spread") is not None
+    wait_for(
+        lambda: [(r["engine"], r["healthy"]) for r in replicas(gw, "spread")] == [("swarm.a", True)] * 2,
+        "the lost replica placed again on node a",
+        NODE_DOWN_DEADLINE,
+    )
+    assert {s.attrs["Spec"]["Labels"]["llm-gateway.node"] for s in site.services(model="spread")} == {
+        "swarm.a"
+    }
+    for thread in threads:
+        thread.join(120)
+    kept = streams["swarm.a"]
+    assert "error" not in kept and kept["finish"] == "length", kept.get("error")
+    assert len("".join(kept["pieces"])) > 0
+    # the other model was not touched
+    assert {s.id for s in site.services(model="other")} == other and gw.model_state("other")["loads"] == 1
+    print(f"lost replica out of rotation {out_after:.1f}s after the node's dockerd was killed")
+
+    # the node comes back: what the gateway had there is removed, and the node is used again
+    site.swarm.worker.start()
+    wait_for(lambda: site.swarm.node_state("b") == "ready", "node b ready again", NODE_DOWN_DEADLINE)
+    wait_for(lambda: site.containers("b") == [], "the lost replica's container removed", NODE_DOWN_DEADLINE)
+    port = int(lost[0]["url"].rsplit(":", 1)[1])
+    wait_for(lambda: not listening(port), "the lost replica's server gone", NODE_DOWN_DEADLINE)
+    wait_for(lambda: scheduler.budgets["swarm.b:ram"] > 0, "node b's budget back")
+    assert ask(client, "later") is not None
+    assert [r["engine"] for r in replicas(gw, "later")] == ["swarm.b"]

@@ -472,7 +472,8 @@ class Scheduler:
                 return f"'{slot.name}' is {slot.state}"
             demand = [slot.demand[i] for i in units]
             residents = [replace(r, evictable=False) for r in self.residents()]
-            decision = plan(slot.name, demand, residents, self.budgets)
+            # under a name of its own: the placement takes a resident target for one already placed
+            decision = plan(f"{slot.name} (lost units)", demand, residents, self.budgets)
             if isinstance(decision, DoesNotFit):
                 return decision.reason
             return slot.place(units, [unit[i] for unit, i in zip(demand, decision.choice, strict=True)])
