@@ -242,3 +242,76 @@ def test_a_node_lost_mid_stream_and_back(site: Site) -> None:
     wait_for(lambda: scheduler.budgets["swarm.b:ram"] > 0, "node b's budget back")
     assert ask(client, "later") is not None
     assert [r["engine"] for r in replicas(gw, "later")] == ["swarm.b"]
+
+
+def test_a_task_swarm_restarts_by_itself_is_shown(site: Site) -> None:
+    gw = site.serve([site.llamacpp("crashy", engines=["swarm.a"])])
+    client = gw.client(timeout=120)
+    ask(client, "crashy")
+    (victim,) = site.containers("a")
+    with contextlib.closing(site.swarm.manager.client()) as engine:
+        engine.containers.get(victim.id).kill()  # SIGKILL: exit code 137, and Swarm starts a new task
+
+    def restarted() -> Any:
+        (replica,) = replicas(gw, "crashy")
+        return replica["restarts"] == 1 and replica
+
+    replica = wait_for(restarted, "the restart shown", NODE_DOWN_DEADLINE)
+    assert "exit code 137" in replica["last_exit"]
+
+    def served() -> bool:
+        try:
+            ask(client, "crashy")
+        except openai.APIError:
+            return False
+        return True
+
+    wait_for(served, "the restarted task serving", NODE_DOWN_DEADLINE)
+    assert gw.model_state("crashy")["loads"] == 1  # Swarm restarted it: the gateway did not reload it
+
+
+def tls_engine(site: Site, name: str, client: str, **extra: Any) -> dict[str, Any]:
+    tls: Path = site.swarm.tls  # type: ignore[attr-defined]
+    return {
+        "name": name,
+        "url": site.swarm.tls_url,
+        "tls": {
+            "ca_cert": str(tls / "ca.pem"),
+            "client_cert": str(tls / f"{client}.pem"),
+            "client_key": str(tls / f"{client}-key.pem"),
+        },
+        **extra,
+    }
+
+
+def test_a_tls_engine_serves_and_a_refused_client_certificate_is_a_clear_503(site: Site) -> None:
+    engines = [
+        tls_engine(site, "swarm", "client", kind="swarm", watch_interval=0.2),
+        tls_engine(site, "rogue", "rogue", memory="2GiB"),
+    ]
+    gw = site.serve(
+        [site.llamacpp("secure", engines=["swarm.b"]), site.llamacpp("refused", engines=["rogue"])], engines
+    )
+    client = gw.client(timeout=120)
+    assert ask(client, "secure") is not None
+    assert [r["engine"] for r in replicas(gw, "secure")] == ["swarm.b"]
+    with pytest.raises(openai.APIStatusError) as refused:
+        ask(client, "refused")
+    assert refused.value.status_code == 503
+    assert int(refused.value.response.headers["retry-after"]) >= 1
+    message = str(refused.value.message)
+    assert "'rogue'" in message and "TLS" in message, message
+
+
+def test_the_manager_down_is_a_503_naming_it_and_other_kinds_serve(
+    site: Site, model_files: dict[str, Path]
+) -> None:
+    gw = site.serve([site.llamacpp("unborn", engines=["swarm.a"]), llama_manifest("local", model_files["a"])])
+    client = gw.client(timeout=120)
+    site.swarm.manager.kill()
+    with pytest.raises(openai.APIStatusError) as down:
+        ask(client, "unborn")
+    assert down.value.status_code == 503
+    assert int(down.value.response.headers["retry-after"]) >= 1
+    assert "'swarm'" in str(down.value.message), down.value.message
+    assert ask(client, "local") is not None
