@@ -212,3 +212,48 @@ def test_a_placement_never_names_a_lost_host_twice() -> None:
         await scheduler.shutdown()
 
     asyncio.run(run())
+
+
+class Slow(Fake):
+    """A replica whose start waits until it is told to finish (a load under way)."""
+
+    def __init__(self, host: str | None, gate: asyncio.Event) -> None:
+        super().__init__(host)
+        self.gate = gate
+
+    async def start(self) -> None:
+        await self.gate.wait()
+        self.running = True
+
+
+def test_a_load_under_way_onto_a_lost_host_is_started_again_on_the_hosts_left() -> None:
+    async def run() -> None:
+        gate = asyncio.Event()
+        manifest = ModelManifest.model_validate(
+            {"name": "m", "health_check_interval": "1h", "backend": {"kind": "llama_cpp", "model": __file__}}
+        )
+        made: list[Slow] = []
+
+        def make(placement: Any) -> list[Any]:
+            made.extend(Slow(o.engine, gate) for o in placement)
+            return made[-len(placement) :]
+
+        unit = [Option({f"{h}:ram": GiB}, engine=h) for h in ("s.b", "s.a")]
+        m = ModelSlot(manifest, [unit], make, 4)
+        scheduler = Scheduler(
+            [m], {"s.a:ram": 8 * GiB, "s.b:ram": 9 * GiB}, drain_grace=0, load_failure_backoff=0
+        )
+        first = scheduler.load(m)
+        await m.wait_change(5)  # to LOADING: the placement is chosen
+        assert m.placement[0].engine == "s.b"
+        loss = HostLoss(scheduler, DEVICES)
+        loss.host_down("s.b")
+        assert scheduler.used()["s.b:ram"] == 0
+        await asyncio.wait_for(asyncio.gather(*loss._tasks), 5)
+        assert first.cancelled() and m.state is State.LOADING and m.placement[0].engine == "s.a"
+        gate.set()
+        await asyncio.wait_for(scheduler.load(m), 5)
+        assert m.state is State.READY and placed(m) == ["s.a"] and m.failure is None
+        await scheduler.shutdown()
+
+    asyncio.run(run())

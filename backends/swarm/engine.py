@@ -77,6 +77,7 @@ class SwarmEngine(DockerEngine):
         self._services: dict[str, ServiceContainer] = {}  # this run's, by service id
         self._creating: set[str] = set()  # names of services being created (not tracked yet)
         self._ports: set[int] = set()
+        self._held: dict[str, set[int]] = {}  # ports of services removed while their node was down, by host
         self._next_port = ports[0]
         self._up: dict[str, bool] = {}
         self._listeners: list[HostListener] = []
@@ -215,7 +216,8 @@ class SwarmEngine(DockerEngine):
         if self._up.get(container.node.name, False):
             await self._until_stopped(container, grace + REMOVE_SLACK)
             self._ports.discard(container.port)
-        # else: the port may still be held by the task on the lost node (this machine's check sees it)
+        else:  # the task may still hold it on the lost node: free once the node is back and has removed it
+            self._held.setdefault(container.node.name, set()).add(container.port)
 
     async def _until_stopped(self, container: ServiceContainer, within: float) -> None:
         service_id = container.service_id
@@ -271,6 +273,7 @@ class SwarmEngine(DockerEngine):
             for listener in self._listeners:
                 listener.host_up(host)
             self.spawn(self._remove_untracked(host))
+            self._ports -= self._held.pop(host, set())  # and still skipped while anything listens on one
         by_service: dict[str, list[dict[str, Any]]] = {}
         for task in tasks:
             by_service.setdefault(task.get("ServiceID", ""), []).append(task)
