@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 LABEL_NODE = "llm-gateway.node"
 REMOVE_SLACK = 30.0
+MAX_NAME = 63
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,10 @@ class SwarmEngine(DockerEngine):
 
         await self.ready()
         self._start_watch()
+        if (
+            len(name) > MAX_NAME
+        ):  # a service's name is a DNS label: keep the random suffix that makes it unique
+            name = name[: MAX_NAME - 7] + name[-7:]
         deadline = time.monotonic() + timeout
         port = self._take_port()
         kwargs = service_kwargs(

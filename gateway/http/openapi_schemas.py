@@ -206,6 +206,9 @@ class DeviceMemory(BaseModel):
     device: str = Field(description="a memory budget: this host, an engine's RAM, or one GPU")
     budget_bytes: int
     used_bytes: int
+    host_down: bool = Field(
+        False, description="its host (a swarm node) is down: its budget is 0 until it is back"
+    )
 
 
 class DeviceList(BaseModel):
