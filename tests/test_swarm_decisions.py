@@ -179,7 +179,7 @@ def test_a_lost_host_takes_its_replicas_out_at_once_and_they_are_placed_again() 
     asyncio.run(run())
 
 
-def test_lost_replicas_that_fit_nowhere_leave_the_model_serving_from_fewer() -> None:
+def test_lost_replicas_that_fit_nowhere_serve_from_fewer_until_their_host_is_back() -> None:
     async def run() -> None:
         spread = slot("spread", 2, memory=6 * GiB)
         scheduler = Scheduler(
@@ -191,6 +191,10 @@ def test_lost_replicas_that_fit_nowhere_leave_the_model_serving_from_fewer() -> 
         await asyncio.wait_for(asyncio.gather(*loss._tasks), 5)
         assert placed(spread) == ["s.a"] and spread.state is State.READY
         assert scheduler.used() == {"s.a:ram": 6 * GiB, "s.b:ram": 0}
+        loss.host_up("s.b")  # back: the replica that fitted nowhere is placed again there
+        await asyncio.wait_for(asyncio.gather(*loss._tasks), 5)
+        assert sorted(placed(spread)) == ["s.a", "s.b"] and spread.loads == 1
+        assert scheduler.used() == {"s.a:ram": 6 * GiB, "s.b:ram": 6 * GiB}
         await scheduler.shutdown()
 
     asyncio.run(run())

@@ -98,8 +98,12 @@ class SwarmEngine(DockerEngine):
         try:
             self._check_socket()
             attrs = self._connect().api.nodes()
-        except Exception as exc:
-            log.error("swarm engine %s (%s): cannot list its nodes: %s", self.name, self.url, exc)
+        except UpstreamUnavailable as exc:
+            log.error("%s; the engine has no nodes until the gateway restarts", exc)
+            return []
+        except Exception as exc:  # the SDK's errors: unreachable, a TLS handshake refused
+            unreachable = self._unreachable("listing its nodes", exc)
+            log.error("%s; the engine has no nodes until the gateway restarts", unreachable)
             return []
         nodes = []
         for node in parse_nodes(attrs):

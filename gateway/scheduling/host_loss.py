@@ -14,7 +14,8 @@ A host that goes down, at once (before any request fails on it):
   again. Other models are not touched. The lost replicas are stopped in the background (their engine
   removes what it can reach; what it cannot is removed when the host comes back).
 
-A host that comes back: its budgets are restored, and placements use it again.
+A host that comes back: its budgets are restored, placements use it again, and the models that serve from
+fewer replicas than they should (their lost ones fitted nowhere) have those placed again.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class HostLoss:
         for device in self.devices.get(host, ()):
             if device in self._kept:
                 budgets[device] = self._kept.pop(device)
+        for slot in list(self.scheduler.slots.values()):
+            units = slot.units_lost()
+            if units and slot.state is State.READY:
+                self._spawn(self._replace(slot, units))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -52,6 +52,9 @@ ALLOWED: dict[State, frozenset[State]] = {
 HOLDS_MEMORY = frozenset({State.LOADING, State.READY, State.DRAINING})
 
 
+LOST = Option({})  # in a placement: a unit whose host went down, holding nothing until it is placed again
+
+
 class IllegalTransition(RuntimeError):
     pass
 
@@ -280,6 +283,10 @@ class ModelSlot:
         """The units of the placement held on ``host`` (an engine's host: ``Option.engine``)."""
         return [i for i, o in enumerate(self.placement) if o.engine == host]
 
+    def units_lost(self) -> list[int]:
+        """The units whose host went down and that are not placed again yet."""
+        return [i for i, o in enumerate(self.placement) if o is LOST]
+
     def lose(self, units: Sequence[int]) -> tuple[list[Backend], bool]:
         """``units`` are on a host that is gone: their memory is released (their options claim nothing any
         more) and their replicas leave the rotation at once. Returns the lost replicas' backends (to stop),
@@ -287,7 +294,7 @@ class ModelSlot:
         (an RPC worker: the units past the replicas, by the kinds' convention in ``backends.kinds``)."""
         placement = list(self.placement)
         for i in units:
-            placement[i] = Option({}, engine=None)
+            placement[i] = LOST
         self.placement = tuple(placement)
         pool = self.pool
         if pool is None:
@@ -308,7 +315,7 @@ class ModelSlot:
     def unplace(self, unit: int) -> None:
         """A replacement for ``unit`` did not start: it holds nothing."""
         placement = list(self.placement)
-        placement[unit] = Option({}, engine=None)
+        placement[unit] = LOST
         self.placement = tuple(placement)
 
     @property
