@@ -229,6 +229,16 @@ class Dockerd:
             subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
+def _other_dockerd() -> bool:
+    """Some dockerd runs that is not one of ours (another swarm of the machine): its bridge must stay."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == "dockerd" and _alive(int(entry.name)):
+                    return True
+    return False
+
+
 def _is_daemon(pid: int) -> bool:
     with contextlib.suppress(OSError):
         name = Path(f"/proc/{pid}/comm").read_text().strip()
@@ -244,6 +254,7 @@ class Swarm:
         client certificates."""
         self.base = base
         self.manager = Dockerd(base / "a", "127.0.0.1")
+        self.tls = tls
         self.tls_url: str | None = None
         if tls is not None:
             tcp = f"tcp://127.0.0.1:{free_port()}"
@@ -311,8 +322,9 @@ class Swarm:
             engine.stop()
         for engine in (self.worker, self.manager):
             engine.unmount()
-        subprocess.run(["ip", "link", "delete", "docker_gwbridge"], check=False, capture_output=True)
-        shutil.rmtree("/run/docker", ignore_errors=True)
+        if not _other_dockerd():  # the bridge and /run/docker are shared by every dockerd of the machine
+            subprocess.run(["ip", "link", "delete", "docker_gwbridge"], check=False, capture_output=True)
+            shutil.rmtree("/run/docker", ignore_errors=True)
         shutil.rmtree(self.base, ignore_errors=True)
 
     def leftovers(self) -> list[str]:
@@ -321,6 +333,6 @@ class Swarm:
         mounts = Path("/proc/self/mountinfo").read_text()
         found += [f"mount {line.split()[4]}" for line in mounts.splitlines() if str(self.base) in line]
         links = subprocess.run(["ip", "link", "show", "docker_gwbridge"], capture_output=True, check=False)
-        if links.returncode == 0:
+        if links.returncode == 0 and not _other_dockerd():
             found.append("link docker_gwbridge")
         return found

@@ -33,7 +33,6 @@ NODE_DOWN_DEADLINE = 90.0  # Swarm reports a dead node after ~10 s; this only bo
 def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
     tls = tls_material(tmp_path_factory.mktemp("tls"))
     cluster = Swarm(Path(f"/tmp/llmgw-swarm-{uuid.uuid4().hex[:8]}"), tls=tls)
-    cluster.tls = tls  # type: ignore[attr-defined]
     cluster.start()
     try:
         yield cluster
@@ -273,7 +272,8 @@ def test_a_task_swarm_restarts_by_itself_is_shown(site: Site) -> None:
 
 
 def tls_engine(site: Site, name: str, client: str, **extra: Any) -> dict[str, Any]:
-    tls: Path = site.swarm.tls  # type: ignore[attr-defined]
+    tls = site.swarm.tls
+    assert tls is not None
     return {
         "name": name,
         "url": site.swarm.tls_url,
