@@ -169,6 +169,9 @@ def all_hosts(
     for e in engines:
         if e.kind == "swarm":
             nodes, more, node_budgets = swarm_hosts(swarm_engine(e, instance))
+            clash = sorted(set(nodes) & {x.name for x in engines})
+            if clash:
+                raise ValueError(f"swarm {e.name}'s nodes are named as engines: {clash}")
             by_name.update(nodes)
             inventory += more
             budgets.update(node_budgets)

@@ -13,13 +13,13 @@ A replica leaves the rotation three ways, and ``Replica`` holds the (pure) rules
   reachable is not the same as serving well, so a replica that keeps failing requests keeps backing off.
   The other way round, a request it served outweighs a missed probe: a server busy with long streams can
   miss a probe's deadline (llama-server answers nothing while its HTTP threads are taken) and still serve.
+- lost: its host went down (an orchestrating engine said so): out for good, panic routing included, until
+  a replacement takes its place (``replace``).
 
 Probes steer traffic between replicas; they never make a model unservable on their own. When every replica
 is out and at least one only for a failed probe, requests go to those (Envoy's "panic routing"): a request
 that really fails ejects its replica, and then the model answers 503 with Retry-After. Refusing outright
 would turn a slow health endpoint into an outage.
-- lost: its host went down (an orchestrating engine said so): out for good, panic routing included, until
-  a replacement takes its place (``replace``).
 
 A replica that holds a request past its first-byte deadline (``sent`` and not yet ``answered``) counts as
 ejected too, for as long as it holds it: it is hung, or far behind, and panic routing must not pile more
