@@ -89,6 +89,9 @@ class SwarmEngine(DockerEngine):
         return f"SwarmEngine({self.name!r}, {self.url!r})"
 
     def client(self) -> Any:
+        """The manager's client, for a service's log follower (a thread of its own)."""
+        if self._closed:  # never a new client once closed: it would be left open
+            raise UpstreamUnavailable(f"swarm engine '{self.name}' is closed")
         return self._connect()
 
     # -- inventory ---------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 LOG_LINES = 200
 POLL = 0.2  # between looks at a starting task: it bounds the time to the first token
+FOLLOWER_JOIN = 2.0
 
 
 class Manager(Protocol):
@@ -163,4 +164,7 @@ class ServiceContainer:
         await self.engine.remove_service(self, grace)
         if not self.exited.done():
             self.exited.set_result(None)
-        await asyncio.to_thread(self._follower.join, self.engine.timeout)
+        # Its stream was ended above; a follower still waiting for a new stream's head (from a manager slow
+        # to answer for a node that is gone) ends with that request, on its own: a model's unload does not
+        # wait for it.
+        await asyncio.to_thread(self._follower.join, FOLLOWER_JOIN)
