@@ -93,6 +93,8 @@ class ReplicaInfo:
     engine: str | None = None  # the Docker engine it runs on
     devices: tuple[str, ...] = ()  # the budget devices it was placed on
     exit_status: str | None = None  # why it last died, with its last log lines
+    restarts: int | None = None  # times its engine restarted it by itself (a Swarm task), where it can
+    last_exit: str | None = None  # why the engine's last restart was needed
     log: tuple[str, ...] = ()  # the last lines it wrote (launched kinds), oldest first
     kv_cache_usage: float | None = None  # 0..1, where the replica knows it without a request (in process)
     memory_bytes: int | None = None  # what the engine reports it allocated (in process); else see ``pid``

@@ -34,11 +34,14 @@ Unit = Sequence[Option]
 
 @dataclass(frozen=True)
 class EngineDevices:
-    """A Docker engine as the placement sees it: the device of its RAM and its GPUs (index, device)."""
+    """A host as the placement sees it: the device of its RAM and its GPUs (index, device). A host is a Docker
+    engine, or a node of an orchestrating engine (a swarm), named ``<engine>.<node>``, with ``engine`` the
+    engine's name: a manifest that names the engine may run on any of its nodes."""
 
     name: str
     ram: str
     gpus: tuple[tuple[int, str], ...] = ()
+    engine: str | None = None
 
 
 def on_host(total: int) -> list[Unit]:

@@ -30,7 +30,7 @@ from backends.base import Backend
 from backends.demand import EngineDevices, Option, Unit
 
 if TYPE_CHECKING:
-    from backends.docker.engine import DockerEngine
+    from backends.docker.interface import ContainerEngine
 
 S_contra = TypeVar("S_contra", contravariant=True)
 
@@ -51,7 +51,7 @@ class Hosts:
     they add to the placement, every device's budget (the gateway's own ``host`` included), and the
     ``llama-server`` binary the settings name (``GATEWAY_LLAMA_SERVER``), if any."""
 
-    engines: Mapping[str, DockerEngine] = field(default_factory=dict)
+    engines: Mapping[str, ContainerEngine] = field(default_factory=dict)  # by host (an engine, a node)
     inventory: Sequence[EngineDevices] = ()
     budgets: Mapping[str, int] = field(default_factory=dict)
     llama_server: Path | None = None

@@ -32,8 +32,7 @@ from backends.container.spec import (
     VllmContainer,
 )
 from backends.demand import EngineDevices, Option, Unit
-from backends.docker.container import ContainerRun, Placed
-from backends.docker.engine import DockerEngine
+from backends.docker.interface import ContainerEngine, ContainerRun, Placed
 from backends.errors import UpstreamUnavailable
 from backends.gguf.memory import estimate_gguf
 from backends.kinds import Hosts, MakeBackends, Model
@@ -70,7 +69,7 @@ class ContainerKind:
         return estimate_gguf(Path(spec.model), spec, spec.replicas, server_slots=spec.parallel)
 
     def demand(self, spec: Spec, total: int, hosts: Hosts) -> list[Unit]:
-        allowed = [e for e in hosts.inventory if not spec.engines or e.name in spec.engines]
+        allowed = [e for e in hosts.inventory if not spec.engines or {e.name, e.engine} & set(spec.engines)]
         per_replica = total // spec.replicas
         workers = spec.rpc_workers if isinstance(spec, LlamaCppContainer) else []
         if workers:
@@ -139,10 +138,10 @@ def _factory(model: Model, spec: Spec, hosts: Hosts) -> MakeBackends:
             return vllm_run(spec, names, option.gpus)
         return raw_run(spec, option.gpus)
 
-    def engine(option: Option) -> DockerEngine:
+    def engine(option: Option) -> ContainerEngine:
         found = hosts.engines.get(option.engine or "")
         if found is None:  # the placement only offers configured engines
-            raise UpstreamUnavailable(f"no Docker engine named '{option.engine}'")
+            raise UpstreamUnavailable(f"no container engine or node named '{option.engine}'")
         return found
 
     def make(placement: Sequence[Option]) -> list[Backend]:

@@ -18,7 +18,7 @@ import posixpath
 from collections.abc import Sequence
 
 from backends.container.spec import LlamaCppContainer, RawContainer, RpcWorker, VllmContainer
-from backends.docker.container import ContainerRun
+from backends.docker.interface import ContainerRun
 from backends.llama_server.args import server_args
 
 HF_CACHE = "/root/.cache/huggingface"

@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from backends.base import ReplicaInfo
-from backends.docker.container import ContainerRun, ManagedContainer, Placed, container_name, run_container
-from backends.docker.engine import LABEL_INSTANCE, LABEL_MODEL, LABEL_ROLE, LABEL_RUN, DockerEngine
+from backends.docker.container import container_name
+from backends.docker.engine import LABEL_INSTANCE, LABEL_MODEL, LABEL_ROLE, LABEL_RUN
+from backends.docker.interface import ContainerEngine, ContainerRun, Placed, RunningContainer
 from backends.errors import UpstreamUnavailable
 from backends.supervisor import HEALTH_TIMEOUT, Run, SupervisedReplica
 from backends.upstream.forward import HttpUpstream
@@ -29,7 +30,7 @@ from backends.upstream.forward import HttpUpstream
 class ContainersRun:
     """A server container and its workers (a ``backends.supervisor.Run``)."""
 
-    def __init__(self, containers: list[ManagedContainer], run: ContainerRun, stop_timeout: float) -> None:
+    def __init__(self, containers: list[RunningContainer], run: ContainerRun, stop_timeout: float) -> None:
         self.containers = containers  # workers first, the server last
         self.server = containers[-1]
         self.log = self.server.log
@@ -64,7 +65,7 @@ class ContainersRun:
         await _remove(self.containers, self._stop_timeout)
 
 
-async def _remove(containers: Sequence[ManagedContainer], grace: float) -> None:
+async def _remove(containers: Sequence[RunningContainer], grace: float) -> None:
     await asyncio.gather(*(c.remove(grace) for c in reversed(containers)))
 
 
@@ -72,7 +73,7 @@ class _Started:
     """The containers a launch has started so far, removable as one ``Run`` if the launch fails."""
 
     def __init__(self, stop_timeout: float) -> None:
-        self.containers: list[ManagedContainer] = []
+        self.containers: list[RunningContainer] = []
         self._stop_timeout = stop_timeout
 
     async def end(self) -> None:
@@ -90,7 +91,7 @@ class ContainerReplica(SupervisedReplica):
         model: str,
         label: str,
         capacity: int,
-        engine: DockerEngine,
+        engine: ContainerEngine,
         server: Callable[[Sequence[str]], ContainerRun],
         devices: Sequence[str],
         workers: Sequence[Placed] = (),
@@ -113,9 +114,12 @@ class ContainerReplica(SupervisedReplica):
         if not isinstance(run, ContainersRun):
             return info
         metrics = f"{run.http.base_url}{run.metrics_path}" if run.metrics_path else None
-        return dataclasses.replace(info, metrics_url=metrics, container=run.server.name)
+        restarts, last_exit = run.server.restarts()
+        return dataclasses.replace(
+            info, metrics_url=metrics, container=run.server.name, restarts=restarts, last_exit=last_exit
+        )
 
-    def _labels(self, role: str, engine: DockerEngine) -> dict[str, str]:
+    def _labels(self, role: str, engine: ContainerEngine) -> dict[str, str]:
         return {
             LABEL_INSTANCE: engine.instance,
             LABEL_RUN: engine.run,
@@ -142,12 +146,11 @@ class ContainerReplica(SupervisedReplica):
 
     async def _start_one(
         self, placed: Placed, role: str, deadline: float, started: _Started
-    ) -> ManagedContainer:
+    ) -> RunningContainer:
         name = container_name(self._model, role)
         remaining = max(1.0, deadline - time.monotonic())
-        container = await run_container(
-            placed, name, self._labels(role, placed.engine), self._pull, remaining
-        )
+        labels = self._labels(role, placed.engine)
+        container = await placed.engine.run_container(placed.run, name, labels, self._pull, remaining)
         # Tracked at once: a launch that fails or is cancelled later (another worker's, the server's)
         # removes every container that is up, this one included.
         started.containers.append(container)
@@ -156,8 +159,8 @@ class ContainerReplica(SupervisedReplica):
         return container
 
 
-async def _wait_port(container: ManagedContainer, deadline: float) -> None:
-    host, port = container.engine.address, container.port
+async def _wait_port(container: RunningContainer, deadline: float) -> None:
+    host, _, port = container.address.rpartition(":")
     while time.monotonic() < deadline:
         if container.exited.done():
             code = container.exited.result()
@@ -166,7 +169,7 @@ async def _wait_port(container: ManagedContainer, deadline: float) -> None:
             )
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT):
-                _, writer = await asyncio.open_connection(host, port)
+                _, writer = await asyncio.open_connection(host, int(port))
             writer.close()
             return
         except (OSError, TimeoutError):

@@ -91,12 +91,24 @@ class DockerEngine:
                 tls = docker.tls.TLSConfig(
                     client_cert=cert, ca_cert=self._tls.ca_cert, verify=self._tls.verify
                 )
-            self._client = docker.DockerClient(
+            client = docker.DockerClient(
                 base_url=self.url,
                 timeout=int(self.timeout),
                 tls=tls,
                 use_ssh_client=self.url.startswith("ssh://"),
+                # The API version is asked for below, once the session is set up: the SDK asks in its
+                # constructor, before anything can be changed.
+                version=docker.constants.MINIMUM_DOCKER_API_VERSION,
             )
+            # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the session's CA (the engine's): with
+            # either set (Debian's images set them), an engine's certificate would never verify.
+            client.api.trust_env = False
+            try:
+                client.api._version = client.api._retrieve_server_version()
+            except BaseException:
+                client.close()
+                raise
+            self._client = client
         return self._client
 
     def _check_socket(self) -> None:
@@ -151,6 +163,11 @@ class DockerEngine:
             raise self._unreachable(what, exc) from exc
 
     def _unreachable(self, what: str, exc: Exception) -> UpstreamUnavailable:
+        if self._tls is not None and _tls_failure(exc):
+            return UpstreamUnavailable(
+                f"Docker engine '{self.name}' ({self.url}): the TLS handshake failed ({what}); check its CA "
+                f"certificate and the gateway's client certificate and key: {exc}"
+            )
         return UpstreamUnavailable(f"Docker engine '{self.name}' ({self.url}) is unreachable ({what}): {exc}")
 
     # -- startup cleanup ---------------------------------------------------------------------------------
@@ -199,6 +216,18 @@ class DockerEngine:
         if client is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, client.close)
         self._pool.shutdown(wait=False)
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    """An SSL error anywhere in the chain (the SDK wraps requests' errors in its own), or a connection the
+    server reset during the handshake (how a refused client certificate shows under TLS 1.3)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = f"{type(seen).__name__} {seen}"
+        if "SSL" in text or "certificate" in text.lower() or "tlsv1 alert" in text.lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

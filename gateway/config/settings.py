@@ -26,12 +26,27 @@ class EngineTlsSettings(BaseModel):
     verify: bool = True
 
 
+class NodeSettings(BaseModel):
+    """A swarm node's figures, over what the node reports (its RAM; its GPUs' memory, which Swarm does not
+    know); the node is named by its label ``llm-gateway.name``, else its hostname."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    memory: ByteSize | None = None
+    gpus: list[ByteSize] | None = None
+    address: str | None = Field(None, description="Where its host-network containers answer.")
+
+
 class EngineSettings(BaseModel):
-    """A Docker Engine API (a host) that container models may run on, with the memory it offers them."""
+    """A Docker Engine API (a host), or a Docker Swarm manager (each node a host), that container models may
+    run on, with the memory it offers them."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    kind: Literal["docker", "swarm"] = Field(
+        "docker", description="docker: one host's engine; swarm: a manager, whose nodes are the hosts."
+    )
     url: str = Field(
         pattern=ENGINE_URL, description="unix:///var/run/docker.sock, tcp://host:2376, ssh://..."
     )
@@ -55,10 +70,17 @@ class EngineSettings(BaseModel):
         None, description="Memory of each GPU, by index. Default: NVML for a unix:// engine, else none."
     )
     timeout: Duration = Field(60.0, description="Deadline of each engine API call.")
+    nodes: dict[str, NodeSettings] = Field({}, description="swarm: figures of nodes, by node name.")
+    ports: tuple[int, int] = Field(
+        (20000, 29999), description="swarm: the range of ports its host-network replicas listen on."
+    )
+    watch_interval: Duration = Field(0.5, description="swarm: how often the nodes and tasks are read.")
+    stop_grace: Duration = Field(10.0, description="swarm: the services' stop grace period.")
+    gpu_kind: str = Field("gpu", description="swarm: the generic resource kind that counts GPUs.")
 
     @property
     def local(self) -> bool:
-        return self.url.startswith("unix://")
+        return self.url.startswith("unix://") and self.kind == "docker"
 
 
 class Settings(BaseSettings):

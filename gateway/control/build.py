@@ -15,8 +15,9 @@ from gateway.control.response_store import ResponseStore
 from gateway.control.state import Gateway
 from gateway.observability.footprint import Footprints
 from gateway.observability.metrics import Metrics
-from gateway.resources.hosts import devices, docker_engine, engine_settings, instance_id
+from gateway.resources.hosts import all_hosts, engine_settings, instance_id
 from gateway.scheduling.admission import Policy
+from gateway.scheduling.host_loss import HostLoss
 from gateway.scheduling.learned_store import LearnedStore
 from gateway.scheduling.pins import Pins
 from gateway.scheduling.placement import DoesNotFit, plan
@@ -38,12 +39,8 @@ def build_hosts(settings: Settings) -> Hosts:
     budget = (
         int(settings.memory_budget) if settings.memory_budget is not None else int(available_memory() * 0.9)
     )
-    configured = engine_settings(settings)
-    inventory, budgets = devices(configured, budget)
-    instance = instance_id(settings)
-    return Hosts(
-        {e.name: docker_engine(e, instance) for e in configured}, inventory, budgets, settings.llama_server
-    )
+    engines, inventory, budgets = all_hosts(engine_settings(settings), budget, instance_id(settings))
+    return Hosts(engines, inventory, budgets, settings.llama_server)
 
 
 def max_model_len(manifests: Iterable[ModelManifest]) -> int:
@@ -92,7 +89,8 @@ def build_gateway(settings: Settings, kinds: Kinds | None = None) -> Gateway:
         int(settings.responses_max_bytes),
         settings.responses_max_age,
     )
+    host_devices = {e.name: [e.ram, *(d for _, d in e.gpus)] for e in hosts.inventory}
     return Gateway(
         settings, kinds, manifests, registry, scheduler, metrics, hosts, pins, never_fits, responses,
-        footprints,
+        footprints, HostLoss(scheduler, host_devices),
     )  # fmt: skip

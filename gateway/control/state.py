@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from backends.docker.engine import DockerEngine
+from backends.docker.interface import ContainerEngine
 from backends.kinds import Hosts, Kinds
 from gateway.config.loading import ManifestSet
 from gateway.config.settings import Settings
@@ -14,6 +14,7 @@ from gateway.control.response_store import ResponseStore
 from gateway.observability.background import Background
 from gateway.observability.footprint import Footprints
 from gateway.observability.metrics import Metrics
+from gateway.scheduling.host_loss import HostLoss
 from gateway.scheduling.pins import Pins
 from gateway.scheduling.registry import Registry
 from gateway.scheduling.scheduler import Scheduler
@@ -32,10 +33,11 @@ class Gateway:
     never_fits: dict[str, str]  # models that cannot fit in any budget here, and why
     responses: ResponseStore  # stored responses of the Responses API
     footprints: Footprints  # what each model really took, learned for its budget (with its store)
+    host_loss: HostLoss  # what an engine's hosts going down and coming back do to the models on them
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reload at a time
     background: Background = field(default_factory=Background)  # loops that must not die silently
 
-    def engines_in_use(self) -> list[DockerEngine]:
+    def engines_in_use(self) -> list[ContainerEngine]:
         """The engines some model may run on: only those are touched (cleaned up at startup)."""
         names: set[str] = set()
         for slot in self.registry.slots.values():

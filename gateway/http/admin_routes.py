@@ -169,10 +169,14 @@ class AdminRoutes:
         return describe(slot, time.monotonic(), self.gw.never_fits.get(slot.name))
 
     def _devices(self) -> list[dict[str, Any]]:
-        sched = self.gw.scheduler
+        sched, loss = self.gw.scheduler, self.gw.host_loss
         used = sched.used()
+        down = {
+            d for host in loss.down for d in loss.devices.get(host, ())
+        }  # budget 0 until the host is back
         return [
-            {"device": d, "budget_bytes": b, "used_bytes": used.get(d, 0)} for d, b in sched.budgets.items()
+            {"device": d, "budget_bytes": b, "used_bytes": used.get(d, 0), "host_down": d in down}
+            for d, b in sched.budgets.items()
         ]
 
     async def list(self, request: Request) -> Response:

@@ -81,6 +81,7 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         engines = gateway.engines_in_use()
         for engine in engines:  # before any container of this run starts (DockerEngine.ready waits for it)
             engine.start_cleanup()
+            engine.start_watch(gateway.host_loss)  # hosts going down and coming back (a swarm's nodes)
         gateway.scheduler.start_background()
         background = gateway.background
         timers.start(
@@ -106,6 +107,7 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
             yield
         finally:
             await background.stop()
+            await gateway.host_loss.close()
             await gateway.scheduler.shutdown()
             gateway.footprints.store.flush()  # the peaks' last rises, under the write step
             for engine in engines:

@@ -206,6 +206,9 @@ class DeviceMemory(BaseModel):
     device: str = Field(description="a memory budget: this host, an engine's RAM, or one GPU")
     budget_bytes: int
     used_bytes: int
+    host_down: bool = Field(
+        False, description="its host (a swarm node) is down: its budget is 0 until it is back"
+    )
 
 
 class DeviceList(BaseModel):
@@ -231,9 +234,11 @@ class AdminReplica(BaseModel):
     metrics_url: str | None
     pid: int | None
     container: str | None
-    engine: str | None
+    engine: str | None = Field(description="the engine or swarm node (<engine>.<node>) it runs on")
     devices: list[str]
     exit_status: str | None
+    restarts: int | None = Field(None, description="times its engine restarted it by itself (a Swarm task)")
+    last_exit: str | None = Field(None, description="why its engine's last restart was needed")
     kv_cache_usage: float | None
     memory_bytes: int | None
     in_process: bool = Field(description="runs in the gateway's own process")

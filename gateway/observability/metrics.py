@@ -41,7 +41,7 @@ LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 30
 
 FINISH_REASONS = ("stop", "length", "abort")
 LOAD_RESULTS = ("success", "failure", "cancelled")
-EVICTION_REASONS = ("lru", "swap", "ttl", "admin", "failure", "reload")
+EVICTION_REASONS = ("lru", "swap", "ttl", "admin", "failure", "reload", "host-down")
 UPSTREAM_ERRORS = ("upstream_unavailable", "upstream_timeout", "upstream_error", "mid_stream")
 OUT_REASONS = ("health_check", "ejected")
 # A batch's length is a pause of the event loop (~10 us per request): 1,024 requests made the proxy's p99

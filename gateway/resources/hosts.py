@@ -1,4 +1,4 @@
-"""The Docker engines container models run on, and the memory devices they add to the budget.
+"""The container engines models run on, their hosts, and the memory devices those add to the budget.
 
 Settings name the engines (``GATEWAY_ENGINES`` or ``--engines FILE``); with none named, the default engine is
 ``DOCKER_HOST`` or the local socket, called ``local``. Each engine adds devices to the placement
@@ -6,6 +6,10 @@ Settings name the engines (``GATEWAY_ENGINES`` or ``--engines FILE``); with none
 own figure shares the gateway's ``host`` budget, because it is the same machine) and each of its GPUs
 (``<engine>:gpu<i>`` from settings; or, for a ``unix://`` engine, this machine's GPUs read with NVML where
 the gateway can, ``host:gpu<i>``, shared by every local engine).
+
+An engine of kind ``swarm`` is a manager: each of its nodes is a host (``<engine>.<node>``), listed from the
+manager at startup, with its RAM (``<engine>.<node>:ram``) and GPUs (``<engine>.<node>:gpu<i>``) as the node
+reports them or as the engine's ``nodes`` settings say (``backends.swarm``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ import yaml
 from pydantic import TypeAdapter
 
 from backends.demand import HOST, EngineDevices
-from backends.docker.engine import DockerEngine, EngineTls
+from backends.docker.engine import EngineTls
+from backends.docker.host import DockerHost
+from backends.docker.interface import ContainerEngine
+from backends.swarm.engine import NodeOverride, SwarmEngine
 from gateway.config.settings import EngineSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +85,8 @@ def devices(engines: list[EngineSettings], host_budget: int) -> tuple[list[Engin
     budgets = {HOST: host_budget}
     inventory = []
     for e in engines:
+        if e.kind == "swarm":
+            continue  # its nodes' devices come from its manager (``swarm_hosts``)
         ram = f"{e.name}:ram"
         if e.memory is not None:
             budgets[ram] = int(e.memory)
@@ -95,11 +104,11 @@ def devices(engines: list[EngineSettings], host_budget: int) -> tuple[list[Engin
     return inventory, budgets
 
 
-def docker_engine(e: EngineSettings, instance: str) -> DockerEngine:
+def docker_engine(e: EngineSettings, instance: str) -> DockerHost:
     url = urlparse(e.url)
     address = e.address or (url.hostname if not e.local and url.hostname else "127.0.0.1")
     tls = EngineTls(**e.tls.model_dump()) if e.tls is not None else None
-    return DockerEngine(
+    return DockerHost(
         e.name,
         e.url,
         instance=instance,
@@ -108,3 +117,64 @@ def docker_engine(e: EngineSettings, instance: str) -> DockerEngine:
         tls=tls,
         timeout=e.timeout,
     )
+
+
+def swarm_engine(e: EngineSettings, instance: str) -> SwarmEngine:
+    overrides = {
+        name: NodeOverride(
+            memory=int(n.memory) if n.memory is not None else None,
+            gpus=tuple(int(g) for g in n.gpus) if n.gpus is not None else None,
+            address=n.address,
+        )
+        for name, n in e.nodes.items()
+    }
+    return SwarmEngine(
+        e.name,
+        e.url,
+        instance=instance,
+        tls=EngineTls(**e.tls.model_dump()) if e.tls is not None else None,
+        timeout=e.timeout,
+        overrides=overrides,
+        ports=e.ports,
+        watch_interval=e.watch_interval,
+        stop_grace=e.stop_grace,
+        gpu_kind=e.gpu_kind,
+    )
+
+
+def swarm_hosts(
+    swarm: SwarmEngine,
+) -> tuple[dict[str, ContainerEngine], list[EngineDevices], dict[str, int]]:
+    """A swarm's nodes as hosts (asks its manager: blocking, at startup), their devices and budgets."""
+    engines: dict[str, ContainerEngine] = {}
+    inventory, budgets = [], {}
+    for node in swarm.discover():
+        ram = f"{node.name}:ram"
+        budgets[ram] = node.memory
+        gpus = tuple((i, f"{node.name}:gpu{i}") for i in range(node.gpus))
+        budgets.update(
+            {device: memory for (_, device), memory in zip(gpus, swarm.gpu_memory(node), strict=True)}
+        )
+        inventory.append(EngineDevices(node.name, ram, gpus, engine=swarm.name))
+        engines[node.name] = swarm.host(node)
+    return engines, inventory, budgets
+
+
+def all_hosts(
+    engines: list[EngineSettings], host_budget: int, instance: str
+) -> tuple[dict[str, ContainerEngine], list[EngineDevices], dict[str, int]]:
+    """Every host of every engine, by name; the placement's inventory; every device's budget."""
+    inventory, budgets = devices(engines, host_budget)
+    by_name: dict[str, ContainerEngine] = {}
+    for e in engines:
+        if e.kind == "swarm":
+            nodes, more, node_budgets = swarm_hosts(swarm_engine(e, instance))
+            clash = sorted(set(nodes) & {x.name for x in engines})
+            if clash:
+                raise ValueError(f"swarm {e.name}'s nodes are named as engines: {clash}")
+            by_name.update(nodes)
+            inventory += more
+            budgets.update(node_budgets)
+        else:
+            by_name[e.name] = docker_engine(e, instance)
+    return by_name, inventory, budgets

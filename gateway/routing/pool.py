@@ -4,7 +4,7 @@ The choice of replica is ``balancing.choose`` (pure); this module owns the count
 that finds every replica full waits here, in the gateway, never in the engine. Freed capacity is handed
 directly to the oldest waiter, so a newcomer cannot overtake the queue.
 
-A replica leaves the rotation two ways, and ``Replica`` holds the (pure) rules for both:
+A replica leaves the rotation three ways, and ``Replica`` holds the (pure) rules for them:
 
 - passive ejection: a request that fails on it (connection error, 5xx, a stream broken mid-response) ejects
   it for a cooldown that doubles with each consecutive failure; a request that succeeds ends the streak;
@@ -13,6 +13,8 @@ A replica leaves the rotation two ways, and ``Replica`` holds the (pure) rules f
   reachable is not the same as serving well, so a replica that keeps failing requests keeps backing off.
   The other way round, a request it served outweighs a missed probe: a server busy with long streams can
   miss a probe's deadline (llama-server answers nothing while its HTTP threads are taken) and still serve.
+- lost: its host went down (an orchestrating engine said so): out for good, panic routing included, until
+  a replacement takes its place (``replace``).
 
 Probes steer traffic between replicas; they never make a model unservable on their own. When every replica
 is out and at least one only for a failed probe, requests go to those (Envoy's "panic routing"): a request
@@ -59,6 +61,7 @@ class Replica:
     failures: int = 0  # consecutive failed requests
     ejected_until: float = 0.0  # passive: out of rotation until then, after a failed request
     down: bool = False  # active: its last health probe failed
+    lost: bool = False  # its host is down: out until replaced
     engine_stats: EngineStats | None = None  # the last scrape of its engine's own metrics, if it has any
     # The first-byte deadlines (time.monotonic) of the requests sent to it and not yet answered, oldest
     # first: a model's requests share one first-byte timeout, so the oldest request's is the earliest.
@@ -68,9 +71,9 @@ class Replica:
         return not self.down and not self.ejected(now)
 
     def ejected(self, now: float) -> bool:
-        """Out after a failed request (for a cooldown), or while a request is stuck on it; not merely for a
-        failed probe."""
-        return now < self.ejected_until or self.stuck(now)
+        """Out after a failed request (for a cooldown), while a request is stuck on it, or for good with its
+        host; not merely for a failed probe."""
+        return self.lost or now < self.ejected_until or self.stuck(now)
 
     def stuck(self, now: float) -> bool:
         """It holds a request past that request's first-byte deadline."""
@@ -78,6 +81,8 @@ class Replica:
 
     def reason(self, now: float) -> str | None:
         """Why it is out of rotation, for operators; None when it is in."""
+        if self.lost:
+            return "its host is down"
         if self.down:
             return "health check failed"
         if now < self.ejected_until:
@@ -162,7 +167,10 @@ class Pool:
         if all(r.ejected(now) for r in self.replicas):
             raise ModelUnavailable(
                 f"every replica of '{self.model}' is failing; retry shortly",
-                retry_after=min(max(r.ejected_until - now, COOLDOWN) for r in self.replicas),
+                retry_after=min(
+                    (max(r.ejected_until - now, COOLDOWN) for r in self.replicas if not r.lost),
+                    default=COOLDOWN,
+                ),
             )
         if self.queued >= self.max_queue:
             raise QueueFull(
@@ -224,6 +232,17 @@ class Pool:
         if changed:
             self._dispatch()
         return changed
+
+    def lose(self, index: int) -> Backend:
+        """Replica ``index``'s host is gone: out of rotation now, for good. Returns its backend (to stop)."""
+        replica = self.replicas[index]
+        replica.lost = True
+        return replica.backend
+
+    def replace(self, index: int, backend: Backend) -> None:
+        """A new backend takes lost replica ``index``'s place, and the requests queued may use it at once."""
+        self.replicas[index] = Replica(index, backend)
+        self._dispatch()
 
     def _dispatch(self) -> None:
         now = time.monotonic()

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from backends.base import Backend
 from backends.errors import GatewayError
 from backends.kinds import MakeBackends
 from gateway.config.manifest import ModelManifest
@@ -49,6 +50,9 @@ ALLOWED: dict[State, frozenset[State]] = {
 }
 
 HOLDS_MEMORY = frozenset({State.LOADING, State.READY, State.DRAINING})
+
+
+LOST = Option({})  # in a placement: a unit whose host went down, holding nothing until it is placed again
 
 
 class IllegalTransition(RuntimeError):
@@ -273,6 +277,46 @@ class ModelSlot:
             self.placement = ()
             self._move(State.DRAINING, State.UNLOADED)  # even if cancelled: never count the memory forever
         return cancelled
+
+    # -- hosts lost and replaced (``gateway.scheduling.host_loss``) -----------------------------------------
+    def units_on(self, host: str) -> list[int]:
+        """The units of the placement held on ``host`` (an engine's host: ``Option.engine``)."""
+        return [i for i, o in enumerate(self.placement) if o.engine == host]
+
+    def units_lost(self) -> list[int]:
+        """The units whose host went down and that are not placed again yet."""
+        return [i for i, o in enumerate(self.placement) if o is LOST]
+
+    def lose(self, units: Sequence[int]) -> tuple[list[Backend], bool]:
+        """``units`` are on a host that is gone: their memory is released (their options claim nothing any
+        more) and their replicas leave the rotation at once. Returns the lost replicas' backends (to stop),
+        and whether the model still serves: some replica is left, and no unit lost is a helper of them all
+        (an RPC worker: the units past the replicas, by the kinds' convention in ``backends.kinds``)."""
+        placement = list(self.placement)
+        for i in units:
+            placement[i] = LOST
+        self.placement = tuple(placement)
+        pool = self.pool
+        if pool is None:
+            return [], False
+        lost = [pool.lose(i) for i in units if i < len(pool.replicas)]
+        serving = all(i < len(pool.replicas) for i in units) and not all(r.lost for r in pool.replicas)
+        return lost, serving
+
+    def place(self, units: Sequence[int], options: Sequence[Option]) -> list[Backend]:
+        """Hold ``options``' memory for ``units`` (lost ones), and make their new replicas (not started)."""
+        placement = list(self.placement)
+        for i, option in zip(units, options, strict=True):
+            placement[i] = option
+        self.placement = tuple(placement)
+        backends = self._make_backends(self.placement)
+        return [backends[i] for i in units]
+
+    def unplace(self, unit: int) -> None:
+        """A replacement for ``unit`` did not start: it holds nothing."""
+        placement = list(self.placement)
+        placement[unit] = LOST
+        self.placement = tuple(placement)
 
     @property
     def health_checks(self) -> asyncio.Task[None] | None:

@@ -28,10 +28,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from backends.base import Backend
 from backends.errors import (
     GatewayError,
     InsufficientMemory,
@@ -55,7 +56,7 @@ class Events(Protocol):
         """``result``: success, failure or cancelled."""
 
     def evicted(self, model: str, reason: str) -> None:
-        """``reason``: lru, swap, ttl, admin, failure or reload."""
+        """``reason``: lru, swap, ttl, admin, failure, reload or host-down."""
 
     def waited_for_model(self, model: str, seconds: float) -> None:
         """A request was admitted after waiting ``seconds`` for its model (a load, a swap, a drain)."""
@@ -461,6 +462,21 @@ class Scheduler:
                 running = self._begin_unload(slot, why, reason, grace)
         await asyncio.wait({running})
         return True
+
+    async def place_again(self, slot: ModelSlot, units: Sequence[int]) -> list[Backend] | str:
+        """Place ``units`` of a ready ``slot`` again (their host is gone), where they fit beside what is
+        resident, evicting nobody; their memory is held from here. Returns their new replicas (to start),
+        or why they do not fit. The host-loss hook's one decision (``gateway.scheduling.host_loss``)."""
+        async with self._decision:
+            if slot.state is not State.READY:
+                return f"'{slot.name}' is {slot.state}"
+            demand = [slot.demand[i] for i in units]
+            residents = [replace(r, evictable=False) for r in self.residents()]
+            # under a name of its own: the placement takes a resident target for one already placed
+            decision = plan(f"{slot.name} (lost units)", demand, residents, self.budgets)
+            if isinstance(decision, DoesNotFit):
+                return decision.reason
+            return slot.place(units, [unit[i] for unit, i in zip(demand, decision.choice, strict=True)])
 
     # -- background work ---------------------------------------------------------------------------------
     def start_background(self) -> None:

@@ -1,0 +1,1 @@
+"""Docker Swarm as a container engine: one manager, many nodes (hosts of the placement)."""
