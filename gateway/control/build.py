@@ -13,6 +13,7 @@ from gateway.config.manifest import ModelManifest, default_kinds
 from gateway.config.settings import Settings
 from gateway.control.response_store import ResponseStore
 from gateway.control.state import Gateway
+from gateway.observability.activity import Activity
 from gateway.observability.footprint import Footprints
 from gateway.observability.metrics import Metrics
 from gateway.resources.hosts import devices, docker_engine, engine_settings, instance_id
@@ -67,7 +68,8 @@ def build_gateway(settings: Settings, kinds: Kinds | None = None) -> Gateway:
     learned = LearnedStore(settings.learned_path())
     registry = Registry.build(manifests, settings, hosts, kinds, learned)
     footprints = Footprints(learned, settings.learned_margin, kinds, hosts)
-    metrics = Metrics(list(registry.slots), max_model_len(m.manifest for m in manifests.models))
+    activity = Activity(settings.activity_size)
+    metrics = Metrics(list(registry.slots), max_model_len(m.manifest for m in manifests.models), activity)
     scheduler = Scheduler(
         registry.slots.values(),
         hosts.budgets,
@@ -94,5 +96,5 @@ def build_gateway(settings: Settings, kinds: Kinds | None = None) -> Gateway:
     )
     return Gateway(
         settings, kinds, manifests, registry, scheduler, metrics, hosts, pins, never_fits, responses,
-        footprints,
+        footprints, activity=activity,
     )  # fmt: skip

@@ -11,6 +11,7 @@ from backends.kinds import Hosts, Kinds
 from gateway.config.loading import ManifestSet
 from gateway.config.settings import Settings
 from gateway.control.response_store import ResponseStore
+from gateway.observability.activity import Activity, Series
 from gateway.observability.background import Background
 from gateway.observability.footprint import Footprints
 from gateway.observability.metrics import Metrics
@@ -34,6 +35,8 @@ class Gateway:
     footprints: Footprints  # what each model really took, learned for its budget (with its store)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reload at a time
     background: Background = field(default_factory=Background)  # loops that must not die silently
+    activity: Activity = field(default_factory=Activity)  # the last requests (fed by the metrics' batch)
+    series: Series = field(default_factory=Series)  # a few numbers over time, for the console's charts
 
     def engines_in_use(self) -> list[DockerEngine]:
         """The engines some model may run on: only those are touched (cleaned up at startup)."""
