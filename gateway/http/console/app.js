@@ -500,7 +500,7 @@
 
   // -- charts: inline SVG ------------------------------------------------------------------------------
   function lineChart(container, times, lines, { unit = '', height = 120, caption = null } = {}) {
-    const W = 600;
+    const W = Math.max(320, Math.round(container.clientWidth || 600)); // drawn at the size it shows
     const H = height;
     const L = 44;
     const B = 14;
