@@ -20,6 +20,7 @@ from gateway.observability.activity import Activity, Series, decode_rate
 from gateway.observability.metrics import Metrics, Trace
 from tests.conftest import EOS, RunningGateway, llama_manifest, wait_for
 from tests.fake_upstream import RunningUpstream
+from tests.test_openapi import schema_validator
 
 ADMIN = "admin-secret"
 ALICE = "sk-alice-secret"
@@ -111,6 +112,7 @@ def test_admin_needs_the_admin_key_unless_read_only_is_enabled(
     assert get(strict, "/admin/session").status_code == 401
     assert get(strict, "/admin/session", ALICE).status_code == 403  # an API key is not the admin key
     assert get(strict, "/admin/session", ADMIN).json() == {"key": "admin", "actions": True}
+    schema_validator("Session").validate(get(strict, "/admin/session", ADMIN).json())
 
     relaxed = serve([remote("m", healthy.url)], console_read_only=True, **KEYS)
     assert get(relaxed, "/admin/session").json() == {"key": None, "actions": False}
@@ -186,6 +188,7 @@ def test_activity_keeps_the_last_requests_with_key_names_tokens_and_timings(
     answer = get(gw, "/admin/activity", ADMIN)
     assert ALICE not in answer.text and ADMIN not in answer.text  # names, never keys
     body = answer.json()
+    schema_validator("ActivityList").validate(body)  # as /openapi.json says
     assert body["size"] == 3
     entries = body["entries"]
     assert len(entries) == 3  # bounded: the first request is gone
@@ -216,6 +219,7 @@ def test_series_samples_tokens_per_second_queue_and_memory(
         return data if "m" in data["models"] and len(data["time"]) >= 2 else None
 
     data = wait_for(sampled, "two samples of the series (one each 2 s)", deadline=20)
+    schema_validator("Series").validate(data)
     column = data["models"]["m"]
     assert len(column["tokens_per_second"]) == len(data["time"]) == len(data["devices"]["host"]["used_bytes"])
     assert set(column) == {"tokens_per_second", "queued", "in_flight"}
@@ -246,6 +250,7 @@ def test_devices_name_their_holders_and_what_a_load_under_way_reserves(
             return device if device["reserved_bytes"] else None
 
         device = wait_for(reserved, "b's reservation")
+        schema_validator("Device").validate(device)
         assert device["reserved_bytes"] == 100 * MiB and device["used_bytes"] == 200 * MiB
         assert device["models"] == [
             {"model": "a", "state": "draining", "bytes": 100 * MiB},

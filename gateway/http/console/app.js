@@ -530,10 +530,11 @@
     svg.append(label(fmt(top), L - 4, T + 8, 'end'), label('0', L - 4, y(0), 'end'));
     svg.append(label(`−${seconds(t1 - t0)}`, L, H - 2, 'start'), label('now', W - R, H - 2, 'end'));
     for (const line of lines) {
+      const peak = Math.max(0, ...line.values.filter((v) => v !== null && v !== undefined));
       let points = [];
       const flush = () => {
         if (points.length === 1) points.push(points[0]);
-        if (points.length) svg.append(s('polyline', { class: `s${line.cls}`, points: points.join(' ') }));
+        if (points.length) svg.append(s('polyline', { class: `s${line.cls}`, points: points.join(' '), 'data-name': line.name, 'data-max': peak }));
         points = [];
       };
       line.values.forEach((v, i) => {
