@@ -397,3 +397,48 @@ def test_every_action_by_keyboard_alone(page: Page, gateway: RunningGateway) -> 
     focus_by_tab(page, "#logout")
     keys.press("Enter")
     expect(page.locator("#login")).to_be_visible()
+
+
+def test_read_only_without_a_key_when_enabled(
+    page: Page, model_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    directory = write_manifests(tmp_path_factory.mktemp("read-only"), [llama_manifest("a", model_files["a"])])
+    settings = Settings(manifests=directory, port=free_port(), admin_key=ADMIN, console_read_only=True)
+    with RunningGateway(settings) as gw:
+        page.goto(f"{gw.base_url}/ui")
+        expect(row(page, "a")).to_be_visible()  # no login asked to look
+        expect(page.locator("#session")).to_contain_text("read-only")
+        expect(row(page, "a").get_by_role("button")).to_have_count(0)  # nothing to act with
+        expect(page.locator("#reload-manifests")).to_be_hidden()
+        page.click("#login-open")
+        expect(page.locator("#login-readonly")).to_be_visible()
+        page.fill("#login-key", ADMIN)
+        page.press("#login-key", "Enter")
+        row(page, "a").get_by_role("button", name="Load a", exact=True).click()
+        expect(row(page, "a")).to_have_attribute("data-state", "ready", timeout=LOAD)
+
+
+def test_another_origin_gets_nothing_and_cannot_act(
+    page: Page, model_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A gateway with no key at all (its /admin open to whoever reaches it), reached as localhost: another
+    origin than 127.0.0.1, so a page there stands for any site the operator's browser has open."""
+    directory = write_manifests(tmp_path_factory.mktemp("origins"), [llama_manifest("a", model_files["a"])])
+    with RunningGateway(Settings(manifests=directory, port=free_port())) as gw:
+        page.goto(
+            f"http://localhost:{gw.settings.port}/health"
+        )  # a page of that origin without the console's CSP
+        target = gw.base_url  # http://127.0.0.1:port
+        read = page.evaluate(
+            "url => fetch(url + '/admin/models').then(() => 'read', e => 'blocked: ' + e.message)", target
+        )
+        assert read.startswith("blocked"), read  # no CORS headers: the answer never reaches the script
+        post = (
+            "url => fetch(url + '/admin/models/a/load', {method: 'POST', mode: 'no-cors'}).catch(() => null)"
+        )
+        page.evaluate(post, target)  # a simple POST: the browser sends it without asking first
+        state = httpx.get(f"{target}/admin/models/a", timeout=30).json()["state"]
+        assert state == "unloaded"  # refused by the gateway: its Origin is not the gateway's own
+        page.goto(f"{target}/ui")  # the console's own origin may
+        page.evaluate(post, target)
+        assert httpx.get(f"{target}/admin/models/a", timeout=30).json()["state"] == "ready"
