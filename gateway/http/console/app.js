@@ -267,7 +267,7 @@
       const busy = Models.busy[name] || '';
       const button = (action, label, enabled, extra = {}) => h('button', {
         type: 'button', class: `small ${extra.class || ''}`, 'data-fid': `${action}:${name}`,
-        disabled: !enabled || Boolean(busy), 'aria-label': `${label} ${name}`,
+        disabled: !enabled, 'aria-label': `${label} ${name}`, // not disabled while busy: the focus stays
         onclick: () => Models.act(action, m),
       }, label);
       const st = m.state;
@@ -896,15 +896,6 @@
     $('chat-clear').addEventListener('click', () => { Playground.history = []; $('chat-log').replaceChildren(); $('chat-stats').textContent = ''; });
     for (const title of document.querySelectorAll('.page h2')) title.setAttribute('tabindex', '-1');
     window.addEventListener('hashchange', () => route(true));
-    document.addEventListener('visibilitychange', () => {
-      if (!document.hidden && state.page && state.page !== 'logs' && state.page !== 'playground') {
-        const page = state.page;
-        state.page = null;
-        leavePage();
-        location.hash = `#/${page}`;
-        route();
-      }
-    });
   }
 
   wire();
