@@ -440,5 +440,6 @@ def test_another_origin_gets_nothing_and_cannot_act(
         state = httpx.get(f"{target}/admin/models/a", timeout=30).json()["state"]
         assert state == "unloaded"  # refused by the gateway: its Origin is not the gateway's own
         page.goto(f"{target}/ui")  # the console's own origin may
+        expect(page.locator("#session")).to_contain_text("open: no admin key")  # no login on an open gateway
         page.evaluate(post, target)
         assert httpx.get(f"{target}/admin/models/a", timeout=30).json()["state"] == "ready"
