@@ -251,7 +251,7 @@ def test_a_line_a_model_writes_shows_on_the_logs_page_live(page: Page, gateway: 
     page.evaluate("window.notReloaded = true")
     page.select_option("#logs-model", "srv")
     lines = page.locator("#logs-lines")
-    expect(lines).to_contain_text("listening on")  # the tail first
+    expect(lines).to_contain_text("[0] ")  # the tail first (replica 0's last lines)
     before = lines.inner_text().count("launch_slot_")
     client = gateway.client(api_key=ALICE)  # a request makes llama-server log its slot's work
     client.chat.completions.create(model="srv", messages=[{"role": "user", "content": "x"}], max_tokens=4)
@@ -296,18 +296,17 @@ def test_the_playground_streams_an_answer(page: Page, gateway: RunningGateway) -
     log_in(page, gateway, "playground")
     page.select_option("#chat-model", "smollm2")
     page.fill("#chat-temperature", "0")
-    page.fill("#chat-max-tokens", "48")
-    page.fill("#chat-input", "Write one sentence about the sea.")
+    page.fill("#chat-max-tokens", "64")
+    page.fill("#chat-input", "Write three sentences about the sea.")
     page.click("#chat-send")
     answer = page.locator("#chat-log .msg.assistant")
-    # part of the answer shows while the rest is still coming
+    # part of the answer shows while the rest is still coming ("streaming" turns "done" at the stream's end)
     page.wait_for_function(
         "() => { const a = document.querySelector('#chat-log .msg.assistant');"
-        " return a.dataset.state === 'streaming' && Number(a.dataset.chunks) >= 1; }"
+        " return a.dataset.state === 'streaming' && a.textContent.length > 'smollm2'.length; }"
     )
-    partial = int(answer.get_attribute("data-chunks") or 0)
     expect(answer).to_have_attribute("data-state", "done", timeout=LOAD)
-    assert int(answer.get_attribute("data-chunks") or 0) > max(partial, 1)
+    assert int(answer.get_attribute("data-chunks") or 0) > 1  # token by token, not one piece
     assert len(answer.inner_text().removeprefix("smollm2").strip()) > 10
     expect(page.locator("#chat-stats")).to_contain_text("tokens/s")
     shoot(page, "playground")
