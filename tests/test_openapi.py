@@ -73,6 +73,9 @@ EXPECTED = {  # method, path
     GET /admin/models/{name}/plan
     GET /admin/devices
     POST /admin/reload
+    GET /admin/activity
+    GET /admin/series
+    GET /admin/session
     GET /health
     GET /metrics
     GET /openapi.json

@@ -167,7 +167,22 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     watch: bool = Field(False, description="Reload whenever a manifest file changes.")
-    metrics: bool = Field(True, description="Measure requests for /metrics and the stats line.")
+    metrics: bool = Field(
+        True, description="Measure requests for /metrics, the stats line and the console's activity."
+    )
+    activity_size: int = Field(
+        200,
+        ge=0,
+        le=100_000,
+        description="Requests kept for the console's Activity page and GET /admin/activity (the last ones; "
+        "each a small record: model, key name, status, tokens, TTFT, tokens/s); 0: none.",
+    )
+    console_read_only: bool = Field(
+        False,
+        description="Let GET /admin/* (so the console at /ui, read-only) answer without the admin key; its "
+        "actions (load, unload, pin, reload) still need it. Off by default: with an admin key set, the "
+        "console asks for it.",
+    )
     stats_interval: Duration = Field(
         10.0, description="Seconds between stats lines in the log (one per model with traffic); 0: off."
     )

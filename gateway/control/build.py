@@ -13,6 +13,7 @@ from gateway.config.manifest import ModelManifest, default_kinds
 from gateway.config.settings import Settings
 from gateway.control.response_store import ResponseStore
 from gateway.control.state import Gateway
+from gateway.observability.activity import Activity
 from gateway.observability.footprint import Footprints
 from gateway.observability.metrics import Metrics
 from gateway.resources.hosts import all_hosts, engine_settings, instance_id
@@ -64,7 +65,8 @@ def build_gateway(settings: Settings, kinds: Kinds | None = None) -> Gateway:
     learned = LearnedStore(settings.learned_path())
     registry = Registry.build(manifests, settings, hosts, kinds, learned)
     footprints = Footprints(learned, settings.learned_margin, kinds, hosts)
-    metrics = Metrics(list(registry.slots), max_model_len(m.manifest for m in manifests.models))
+    activity = Activity(settings.activity_size)
+    metrics = Metrics(list(registry.slots), max_model_len(m.manifest for m in manifests.models), activity)
     scheduler = Scheduler(
         registry.slots.values(),
         hosts.budgets,
@@ -92,5 +94,5 @@ def build_gateway(settings: Settings, kinds: Kinds | None = None) -> Gateway:
     host_devices = {e.name: [e.ram, *(d for _, d in e.gpus)] for e in hosts.inventory}
     return Gateway(
         settings, kinds, manifests, registry, scheduler, metrics, hosts, pins, never_fits, responses,
-        footprints, HostLoss(scheduler, host_devices),
+        footprints, HostLoss(scheduler, host_devices), activity=activity,
     )  # fmt: skip

@@ -25,6 +25,7 @@ from gateway.control.state import Gateway
 from gateway.http.admin_routes import AdminRoutes
 from gateway.http.anthropic_routes import AnthropicRoutes
 from gateway.http.auth import AuthMiddleware, Keys, load_key_file
+from gateway.http.console import Console, SameOrigin
 from gateway.http.edge import HotPath, asgi
 from gateway.http.errors import error_response, internal_error
 from gateway.http.openai_routes import OpenAIRoutes
@@ -91,6 +92,8 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
             settings.stats_interval if settings.metrics else 0,
             settings.engine_scrape_interval if settings.metrics else 0,
         )
+        charts = timers.sample_series(gateway.series, gateway.metrics, gateway.scheduler)
+        background.every("console-series", gateway.series.interval, charts)
         sched, footprints = gateway.scheduler, gateway.footprints
         background.every("footprint", FOOTPRINT_INTERVAL, lambda: footprints.sample([*sched.slots.values()]))
         if settings.watch:
@@ -137,6 +140,7 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         *(Route(path, asgi(h), methods=["POST"]) for path, h in extra_posts.items()),
         *responses.routes(),
         *AdminRoutes(gateway).routes(),
+        *Console().routes(),  # GET /ui
         openapi_route(),  # GET /openapi.json
     ]
     app = Starlette(
@@ -147,4 +151,6 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
     app.state.gateway = gateway
     served: ASGIApp = HotPath(app, posts)
     keys = api_keys(settings)
-    return AuthMiddleware(served, keys) if keys.any else served
+    if keys.any:
+        served = AuthMiddleware(served, keys, read_only=settings.console_read_only)
+    return SameOrigin(served)

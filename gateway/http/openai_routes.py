@@ -231,11 +231,10 @@ class OpenAIRoutes:
             if counted and key is not None:
                 self._by_key[key] -= 1
             if self.observe:
-                if trace is None:
-                    self.gw.metrics.count_request(model or front.model, front.endpoint, status)
-                else:
-                    trace.status = status
-                    self.gw.metrics.finished(trace, time.perf_counter())
+                if trace is None:  # refused before it had a model's trace: counted, and in the activity
+                    trace = Trace(model or front.model, front.endpoint, started)
+                trace.status, trace.key = status, scope.get("state", {}).get("key_name", "")
+                self.gw.metrics.finished(trace, time.perf_counter())
 
     async def _serve(
         self,

@@ -18,9 +18,11 @@ adds to counters and histograms, through ``RequestSeries`` objects cached per (m
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from gateway.api.usage import Usage, read_body
+from gateway.observability.activity import Activity
 from gateway.observability.exposition import (
     CounterFamily,
     Family,
@@ -71,6 +73,7 @@ class Trace:
     finish_reasons: list[str] = field(default_factory=list)
     body: bytes | None = None  # a complete (non-streamed) body, read for usage in the batch
     gaps: list[float] = field(default_factory=list)  # between streamed chunks (inter-token latency)
+    key: str = ""  # the name of the API key it came with (the console's activity)
 
 
 class RequestSeries:
@@ -136,7 +139,10 @@ class RequestSeries:
 
 
 class Metrics:
-    def __init__(self, models: list[str], max_model_len: int = 32768) -> None:
+    def __init__(
+        self, models: list[str], max_model_len: int = 32768, activity: Activity | None = None
+    ) -> None:
+        self.activity = activity  # the last requests, fed from the batch (gateway.observability.activity)
         token_buckets = buckets_1_2_5(max_model_len)
         c, g, h = CounterFamily, GaugeFamily, HistogramFamily
         self._vllm_counts(c, g)
@@ -354,6 +360,8 @@ class Metrics:
             self.count_request(trace.model, trace.endpoint, trace.status)
             if trace.engine is not None:
                 self.series(trace.model, trace.engine).record(trace, ended)
+        if pending and self.activity is not None:
+            self.activity.traced(pending, time.perf_counter())
 
     def series(self, model: str, engine: str) -> RequestSeries:
         s = self._series.get((model, engine))

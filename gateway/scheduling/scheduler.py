@@ -207,6 +207,17 @@ class Scheduler:
                 held[device] = held.get(device, 0) + n
         return held
 
+    def reserved(self) -> dict[str, int]:
+        """Of ``used``, the bytes per device held for loads under way: models loading, and memory an eviction
+        freed for a load that has not started yet."""
+        held = dict.fromkeys(self.budgets, 0)
+        loading = [s.claims for s in self.slots.values() if s.state is State.LOADING]
+        kept = [claims for s, claims in self._reserved.items() if s.state is State.UNLOADED]
+        for claims in (*loading, *kept):
+            for device, n in claims.items():
+                held[device] = held.get(device, 0) + n
+        return held
+
     # -- loads -------------------------------------------------------------------------------------------
     def load(self, slot: ModelSlot) -> asyncio.Task[None]:
         """The load task of ``slot``, started if none runs. Waiters share it; it outlives any one of them."""
