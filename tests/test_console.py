@@ -2,14 +2,17 @@
 on a real socket with real models (SmolLM2 in process, synthetic llama models, a llama-server process).
 
 One browser and one gateway for the module; each test gets a fresh browser context (a new tab session, so
-a new login). The tests save the screenshots of docs/console/ (the README shows models.png); a failing test
-saves one of the page as it was, under the pytest temp directory (or $CONSOLE_FAILURES), and prints where.
+a new login). The tests take a screenshot of each page: into docs/console/ (the README shows models.png) with
+``CONSOLE_SCREENSHOTS=docs/console``, else under the temporary directory, so that a test run leaves the
+working tree clean. A failing test saves one of the page as it was, under the pytest temp directory (or
+$CONSOLE_FAILURES), and prints where.
 Each test sets the models it needs through the admin API first, so that none depends on another's order.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,13 +23,13 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from backends.llama_server.build import built_binary
 from gateway.config.settings import Settings
-from tests.conftest import FAILED, ROOT, SMOLLM2, RunningGateway, free_port, llama_manifest, write_manifests
+from tests.conftest import FAILED, SMOLLM2, RunningGateway, free_port, llama_manifest, write_manifests
 from tests.test_llama_server import server_manifest
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = ROOT / "docs" / "console"
+SHOTS = Path(os.environ.get("CONSOLE_SCREENSHOTS") or Path(tempfile.gettempdir()) / "llm-gateway-console")
 ADMIN = "console-admin-key"
 ALICE = "sk-console-alice"
 MiB = 2**20
