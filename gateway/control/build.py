@@ -11,11 +11,12 @@ from backends.kinds import Hosts, Kinds
 from gateway.config.loading import load_directory
 from gateway.config.manifest import ModelManifest, default_kinds
 from gateway.config.settings import Settings
+from gateway.control.fleet import join_fleet
 from gateway.control.response_store import ResponseStore
 from gateway.control.state import Gateway
 from gateway.observability.footprint import Footprints
 from gateway.observability.metrics import Metrics
-from gateway.resources.hosts import devices, docker_engine, engine_settings, instance_id
+from gateway.resources.hosts import container_instance, devices, docker_engine, engine_settings
 from gateway.scheduling.admission import Policy
 from gateway.scheduling.learned_store import LearnedStore
 from gateway.scheduling.pins import Pins
@@ -40,9 +41,12 @@ def build_hosts(settings: Settings) -> Hosts:
     )
     configured = engine_settings(settings)
     inventory, budgets = devices(configured, budget)
-    instance = instance_id(settings)
+    instance, alone = container_instance(settings), not settings.cluster_etcd
     return Hosts(
-        {e.name: docker_engine(e, instance) for e in configured}, inventory, budgets, settings.llama_server
+        {e.name: docker_engine(e, instance, cleanup=alone) for e in configured},
+        inventory,
+        budgets,
+        settings.llama_server,
     )
 
 
@@ -92,7 +96,10 @@ def build_gateway(settings: Settings, kinds: Kinds | None = None) -> Gateway:
         int(settings.responses_max_bytes),
         settings.responses_max_age,
     )
-    return Gateway(
+    gw = Gateway(
         settings, kinds, manifests, registry, scheduler, metrics, hosts, pins, never_fits, responses,
         footprints,
     )  # fmt: skip
+    if settings.cluster_etcd:
+        gw.fleet = join_fleet(gw)
+    return gw

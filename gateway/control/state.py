@@ -11,6 +11,7 @@ from backends.kinds import Hosts, Kinds
 from gateway.config.loading import ManifestSet
 from gateway.config.settings import Settings
 from gateway.control.response_store import ResponseStore
+from gateway.fleet.node import Node
 from gateway.observability.background import Background
 from gateway.observability.footprint import Footprints
 from gateway.observability.metrics import Metrics
@@ -34,6 +35,7 @@ class Gateway:
     footprints: Footprints  # what each model really took, learned for its budget (with its store)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reload at a time
     background: Background = field(default_factory=Background)  # loops that must not die silently
+    fleet: Node | None = None  # cluster mode: this gateway in its fleet (gateway.fleet); None: alone
 
     def engines_in_use(self) -> list[DockerEngine]:
         """The engines some model may run on: only those are touched (cleaned up at startup)."""

@@ -152,6 +152,7 @@ class AdminRoutes:
             Route("/admin/models", self.list, methods=["GET"]),
             Route("/admin/devices", self.devices, methods=["GET"]),
             Route("/admin/reload", self.reload, methods=["POST"]),
+            Route("/admin/cluster", self.cluster, methods=["GET"]),
             Route(f"{one}/load", self.load, methods=["POST"]),
             Route(f"{one}/unload", self.unload, methods=["POST"]),
             Route(f"{one}/evict", self.unload, methods=["POST"]),
@@ -212,14 +213,23 @@ class AdminRoutes:
         await sched.unload(slot, "unloaded by an admin", "admin", grace=0.0 if force else None)
         return JSONResponse(self._model(slot))
 
+    async def cluster(self, request: Request) -> Response:
+        """The fleet as this gateway sees it (cluster mode); alone, just that."""
+        node = self.gw.fleet
+        return JSONResponse(node.describe() if node is not None else {"cluster": None, "role": "alone"})
+
     async def pin(self, request: Request) -> Response:
         slot = self._slot(request)
+        if self.gw.fleet is not None:
+            await self.gw.fleet.set_pin(slot.name, True)
         slot.pinned = True
         self.gw.pins.record(slot.name, True)
         return await self.load(request)
 
     async def unpin(self, request: Request) -> Response:
         slot = self._slot(request)
+        if self.gw.fleet is not None:
+            await self.gw.fleet.set_pin(slot.name, False)
         slot.pinned = False
         self.gw.pins.record(slot.name, False)
         return JSONResponse(self._model(slot))
@@ -229,7 +239,10 @@ class AdminRoutes:
         return JSONResponse(plan_json(self.gw.scheduler.plan(slot), self.gw.scheduler.budgets, slot))
 
     async def reload(self, request: Request) -> Response:
-        result = await reload(self.gw)
+        if self.gw.fleet is not None:  # every gateway of the fleet reloads; this one answers with its result
+            result = await self.gw.fleet.reload_all()
+        else:
+            result = await reload(self.gw)
         return JSONResponse(result.as_json())
 
     async def logs(self, request: Request) -> Response:

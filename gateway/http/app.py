@@ -22,6 +22,7 @@ from gateway.config.settings import Settings
 from gateway.control.build import build_gateway
 from gateway.control.reload import WATCH_INTERVAL, on_sighup, snapshot, watch
 from gateway.control.state import Gateway
+from gateway.fleet.node import TICK as FLEET_TICK
 from gateway.http.admin_routes import AdminRoutes
 from gateway.http.anthropic_routes import AnthropicRoutes
 from gateway.http.auth import AuthMiddleware, Keys, load_key_file
@@ -96,6 +97,10 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
             seen = await asyncio.to_thread(snapshot, settings.manifests)  # file I/O, off the loop
             background.every("manifest-watch", WATCH_INTERVAL, watch(gateway, seen))
         on_sighup(gateway)
+        node = gateway.fleet
+        if node is not None:
+            await node.tick()  # joined (or the store's failure logged) before the first request
+            background.every("fleet", FLEET_TICK, node.tick)
         log.info(
             "serving %d models (%d manifest problems), memory budget %s",
             len(gateway.registry.slots),
@@ -107,6 +112,8 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         finally:
             await background.stop()
             await gateway.scheduler.shutdown()
+            if node is not None:
+                await node.close()
             gateway.footprints.store.flush()  # the peaks' last rises, under the write step
             for engine in engines:
                 await engine.close()

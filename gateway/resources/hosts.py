@@ -53,6 +53,14 @@ def instance_id(settings: Settings) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+def container_instance(settings: Settings) -> str:
+    """What labels this gateway's containers: its instance, or in cluster mode the fleet's (so whichever
+    gateway leads can adopt them)."""
+    if settings.cluster_etcd:
+        return f"fleet-{settings.cluster_name}"
+    return instance_id(settings)
+
+
 def _nvml_gpus() -> list[int]:
     """Total memory of each local GPU, by index; [] without NVML (no driver, no GPU, no nvidia-ml-py)."""
     try:
@@ -95,7 +103,7 @@ def devices(engines: list[EngineSettings], host_budget: int) -> tuple[list[Engin
     return inventory, budgets
 
 
-def docker_engine(e: EngineSettings, instance: str) -> DockerEngine:
+def docker_engine(e: EngineSettings, instance: str, cleanup: bool = True) -> DockerEngine:
     url = urlparse(e.url)
     address = e.address or (url.hostname if not e.local and url.hostname else "127.0.0.1")
     tls = EngineTls(**e.tls.model_dump()) if e.tls is not None else None
@@ -107,4 +115,5 @@ def docker_engine(e: EngineSettings, instance: str) -> DockerEngine:
         publish_ip=e.publish_ip if e.publish_ip is not None else ("127.0.0.1" if e.local else ""),
         tls=tls,
         timeout=e.timeout,
+        cleanup=cleanup,
     )

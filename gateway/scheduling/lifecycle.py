@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from backends.base import Backend
 from backends.errors import GatewayError
 from backends.kinds import MakeBackends
 from gateway.config.manifest import ModelManifest
@@ -205,7 +206,24 @@ class ModelSlot:
     async def start(self) -> None:
         """Start every replica; on any failure, or when cancelled (an operator cancelled the load, or the
         gateway shuts down), stop every replica (those that started and those half way) and re-raise."""
-        backends = self._make_backends(self.placement)
+        await self.start_with(self._make_backends(self.placement))
+
+    def begin_mirror(self) -> None:
+        """LOADING without a placement of its own: the replicas are another gateway's (cluster mode,
+        ``gateway.fleet``), so this gateway's budgets hold nothing for them."""
+        if self.retired:
+            raise IllegalTransition(f"{self.name}: a retired version cannot load")
+        self._move(State.UNLOADED, State.LOADING)
+        self.loads += 1
+        self.load_began = self._clock()
+
+    def take_over(self, placement: Sequence[Option]) -> None:
+        """A mirrored model becomes this gateway's own (it now leads the fleet): it holds ``placement``."""
+        assert self.state in HOLDS_MEMORY
+        self.placement = tuple(placement)
+
+    async def start_with(self, backends: list[Backend]) -> None:
+        """``start`` with the replicas given (made for the placement, or mirrored from the fleet's table)."""
         try:
             results = await asyncio.gather(*(b.start() for b in backends), return_exceptions=True)
         except BaseException:

@@ -28,10 +28,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from backends.base import Backend
 from backends.errors import (
     GatewayError,
     InsufficientMemory,
@@ -68,6 +69,16 @@ class LoadWatch(Protocol):
     def starting(self, slot: ModelSlot) -> None: ...
 
     def loaded(self, slot: ModelSlot) -> None: ...
+
+
+class Delegate(Protocol):
+    """Cluster mode (``gateway.fleet``): loads this gateway leaves to the fleet's leader. A delegated slot is
+    never loaded here: ``request`` asks the leader and returns once the slot is ready, mirrored from the
+    fleet's table (``Scheduler.mirror``), or raises the error a local load would (503 with Retry-After)."""
+
+    def delegates(self, slot: ModelSlot) -> bool: ...
+
+    async def request(self, slot: ModelSlot) -> None: ...
 
 
 class _Quiet:
@@ -123,6 +134,7 @@ class Scheduler:
         self._since: dict[ModelSlot, int] = {}  # loads under way, in the order they were asked for
         self._turns = 0
         self._idle_timers: dict[ModelSlot, asyncio.Task[None]] = {}
+        self.delegate: Delegate | None = None  # cluster mode: loads left to the fleet's leader
 
     # -- the request path --------------------------------------------------------------------------------
     async def acquire(self, slot: ModelSlot, timeout: float) -> Lease:
@@ -210,6 +222,11 @@ class Scheduler:
     def load(self, slot: ModelSlot) -> asyncio.Task[None]:
         """The load task of ``slot``, started if none runs. Waiters share it; it outlives any one of them."""
         task = self._loads.get(slot)
+        if task is None and self.delegate is not None and self.delegate.delegates(slot):
+            # Not in the turns of local loads: it takes no memory here, so no local load waits for it.
+            task = asyncio.create_task(self.delegate.request(slot), name=f"ask:{slot.name}")
+            self._loads[slot] = task
+            task.add_done_callback(self._load_done(slot))
         if task is None:
             self._turns += 1
             self._since[slot] = self._turns
@@ -217,6 +234,29 @@ class Scheduler:
             self._loads[slot] = task
             task.add_done_callback(self._load_done(slot))
         return task
+
+    async def mirror(self, slot: ModelSlot, backends: list[Backend]) -> bool:
+        """Make ``slot`` ready with another gateway's replicas (cluster mode: the fleet's table says they
+        serve); False, with the backends stopped, when the slot is not unloaded or no longer served."""
+        async with self._decision:
+            if slot.state is not State.UNLOADED or slot.retired or self.slots.get(slot.name) is not slot:
+                await asyncio.gather(*(b.stop() for b in backends))
+                return False
+            slot.begin_mirror()
+        try:
+            await slot.start_with(backends)
+        except BaseException:
+            slot.load_cancelled()
+            raise
+        return True
+
+    async def take_over(self, slot: ModelSlot, placement: Sequence[Option]) -> None:
+        """A mirrored ``slot`` becomes this gateway's own (it leads the fleet now): it holds ``placement``
+        in the budgets, and its idle timer starts."""
+        async with self._decision:
+            slot.take_over(placement)
+            if slot.state is State.READY and slot.manifest.idle_ttl and slot not in self._idle_timers:
+                self._idle_timers[slot] = asyncio.create_task(self._idle_timer(slot), name=f"ttl:{slot.name}")
 
     def _load_done(self, slot: ModelSlot) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:

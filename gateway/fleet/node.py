@@ -1,0 +1,407 @@
+"""This gateway as a member of a fleet (cluster mode): its lease, the election, and what it does each turn
+as the leader or as a follower. Built only when ``GATEWAY_CLUSTER_ETCD`` is set (``gateway.control.build``).
+
+One loop (``tick``, every ``TICK`` seconds) reads and writes the store (``gateway.fleet.store``); the
+decisions are ``gateway.fleet.table``'s. Polling, not etcd watches: one turn reads a handful of prefixes
+(microseconds for etcd), and the same loop survives the loss of an etcd member or of the whole store with
+nothing to resume: each turn starts from what the store holds.
+
+- Membership: a lease of ``cluster_ttl``, refreshed every third of it; ``members/<id>`` on it.
+- Election: ``leader`` created only where absent, on the member's lease. A dead leader's key goes with its
+  lease; the next turn of another member creates it.
+- The leader runs the scheduler for the models that can be shared (every kind but the in-process one): it
+  loads them (for its own requests, for followers' ``loads/`` requests, for pins), evicts and health-checks
+  them as a lone gateway does, and publishes each one's entry in ``models/``.
+- A follower never loads a shared model (``delegates``): a request for one that is not ready writes
+  ``loads/<model>/<member>`` and waits until the table says it is ready (the slot is then mirrored), until
+  the leader reports a failure, or until the load timeout, with the errors of a local load. It mirrors
+  every ready entry as HTTP replicas (``gateway.fleet.mirror``) and stops mirroring what the leader unloads.
+- Taking over: a follower elected leader owns the mirrored models it can adopt (containers, remote servers:
+  the placement in their entry goes back into its budgets, so the device ledger is what runs), unloads those
+  it cannot (``llama_server`` processes died with their gateway), and removes this fleet's containers that
+  no entry claims. Nothing is restarted.
+- Pins, reloads and last uses are shared through ``pins/``, ``reload`` and ``use/``.
+- The store down: every gateway keeps routing to what it has; a load that needs the store is a 503 with
+  Retry-After naming it; the next turn that reaches the store carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from backends.docker.engine import DockerEngine
+from backends.errors import LoadFailed, ModelUnavailable, UpstreamUnavailable
+from gateway.fleet.mirror import MirroredReplica, remove, unclaimed
+from gateway.fleet.store import Store, StoreUnavailable
+from gateway.fleet.table import Entry, Keys, changes, entry_of, mirror_plan
+from gateway.scheduling.lifecycle import ModelSlot, State
+from gateway.scheduling.pins import Pins
+from gateway.scheduling.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+TICK = 0.2  # seconds between turns: how fast a follower sees a load finish, and a leader a request
+USE_EVERY = 1.0  # a follower reports a model's last use at most this often
+RETRY_AFTER = 5.0  # what a client is told when the store is down
+
+
+class Node:
+    def __init__(
+        self,
+        *,
+        member: str,
+        url: str,
+        cluster: str,
+        ttl: float,
+        load_timeout: float,
+        store: Store,
+        scheduler: Scheduler,
+        pins: Pins,
+        engines: Mapping[str, DockerEngine],
+        shared: Callable[[ModelSlot], bool],
+        digest: Callable[[], str],
+        reload: Callable[[], Awaitable[Any]],
+    ) -> None:
+        self.id = member
+        self.url = url
+        self.cluster = cluster
+        self.keys = Keys(cluster)
+        self.ttl = ttl
+        self.load_timeout = load_timeout
+        self.store = store
+        self.scheduler = scheduler
+        self.pins = pins
+        self.engines = engines
+        self.shared = shared
+        self.digest = digest
+        self._reload = reload
+        self.started = time.time()
+        self.role = "starting"  # then "leader" or "follower"
+        self.leader: str | None = None
+        self.connected = False
+        self.problem: str | None = None  # the store's last failure, while it lasts
+        self.members: dict[str, Any] = {}
+        self.table: dict[str, Entry] = {}
+        self.lease: int | None = None
+        self._refreshed = 0.0
+        self._member_doc: dict[str, Any] | None = None
+        self._published: dict[str, Entry] = {}
+        self._mirrored: dict[str, Entry] = {}  # the entry each mirrored slot was made from
+        self._work: dict[str, asyncio.Task[None]] = {}  # mirroring or unmirroring, by model
+        self._spawned: set[asyncio.Task[Any]] = set()
+        self._reload_seen: Any = None
+        self._turns = 0
+        self._use_sent: dict[str, float] = {}
+        self._mismatch_logged: frozenset[str] = frozenset()
+        self.became_leader: float | None = None  # time.time() of the last election won
+
+    # -- the scheduler's delegate ----------------------------------------------------------------------
+    def delegates(self, slot: ModelSlot) -> bool:
+        return self.role != "leader" and self.shared(slot)
+
+    def _store_error(self, what: str) -> ModelUnavailable:
+        return ModelUnavailable(
+            f"{what}: the fleet's store, {self.store.describe()}, is unreachable ({self.problem})",
+            retry_after=RETRY_AFTER,
+        )
+
+    async def request(self, slot: ModelSlot) -> None:
+        """Ask the leader to load ``slot``'s model and wait until it is mirrored here (see the module)."""
+        name = slot.name
+        if not self.connected or self.lease is None:
+            raise self._store_error(f"cannot load '{name}'")
+        first = self.table.get(name)
+        if first is not None and first.error and (first.retry_at or 0) > time.time():
+            raise LoadFailed(
+                f"model '{name}' failed to load: {first.error}",
+                retry_after=max(1.0, (first.retry_at or 0) - time.time()),
+            )
+        key = self.keys.load(name, self.id)
+        try:
+            await self.store.put(key, {"at": time.time()}, lease=self.lease)
+        except StoreUnavailable as exc:
+            raise self._store_error(f"cannot load '{name}'") from exc
+        deadline = time.monotonic() + self.load_timeout
+        try:
+            while slot.state is not State.READY and self.role != "leader" and not slot.retired:
+                entry = self.table.get(name)
+                if entry is not None and entry.error and (first is None or entry != first):
+                    raise LoadFailed(
+                        f"model '{name}' failed to load: {entry.error}",
+                        retry_after=max(1.0, (entry.retry_at or 0) - time.time()),
+                    )
+                if not self.connected:
+                    raise self._store_error(f"cannot load '{name}'")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ModelUnavailable(
+                        f"model '{name}' was not loaded by the fleet's leader ({self.leader}) within "
+                        f"{self.load_timeout:.0f}s",
+                        retry_after=RETRY_AFTER,
+                    )
+                await slot.wait_change(min(remaining, TICK))
+        finally:
+            self._spawn(self._quietly(self.store.delete(key)))
+
+    # -- the loop --------------------------------------------------------------------------------------
+    async def tick(self) -> None:
+        """One turn; a store failure is remembered (and logged once), never raised."""
+        try:
+            await self._turn()
+        except StoreUnavailable as exc:
+            if self.connected or self._turns == 0:
+                log.error("cluster: %s; serving what is loaded, refusing new loads", exc)
+            self.connected, self.problem = False, str(exc)
+            self._check_lease()
+            return
+        if not self.connected:
+            log.warning(
+                "cluster: the store %s answers again (%s of the fleet)", self.store.describe(), self.role
+            )
+        self.connected, self.problem = True, None
+        self._turns += 1
+
+    async def _turn(self) -> None:
+        await self._keep_lease()
+        assert self.lease is not None
+        leader = await self.store.get(self.keys.leader)
+        if leader is None:
+            leader = await self.store.create(self.keys.leader, self.id, self.lease)
+        self.leader = str(leader)
+        if self.leader == self.id and self.role != "leader":
+            await self._take_over()
+        elif self.leader != self.id:
+            if self.role == "leader":
+                self._step_down()
+            self.role = "follower"
+        await self._publish_member()
+        self.members = await self.store.prefix(self.keys.members)
+        self._check_manifests()
+        table = await self.store.prefix(self.keys.models)
+        self.table = {n: e for n, raw in table.items() if (e := Entry.from_json(raw)) is not None}
+        await self._apply_pins(await self.store.prefix(self.keys.pins))
+        await self._follow_reloads(await self.store.get(self.keys.reload))
+        if self.role == "leader":
+            await self._lead()
+        else:
+            await self._follow()
+
+    async def _keep_lease(self) -> None:
+        now = time.monotonic()
+        if self.lease is not None and now - self._refreshed < self.ttl / 3:
+            return
+        if self.lease is not None and not await self.store.refresh(self.lease):
+            log.error("cluster: this gateway's lease expired (the store was out of reach too long)")
+            self.lease = None
+            self._member_doc = None
+            if self.role == "leader":
+                self._step_down()
+        if self.lease is None:
+            self.lease = await self.store.grant(self.ttl)
+        self._refreshed = now
+
+    def _check_lease(self) -> None:
+        """Without the store for longer than the lease, the leader must assume another one leads now."""
+        if self.role == "leader" and time.monotonic() - self._refreshed > self.ttl:
+            self._step_down()
+
+    def _step_down(self) -> None:
+        log.error(
+            "cluster: %s no longer leads the fleet; its loaded models keep serving until they unload, and "
+            "loads go to the new leader",
+            self.id,
+        )
+        self.role = "follower"
+
+    async def _publish_member(self) -> None:
+        doc = {
+            "id": self.id,
+            "url": self.url,
+            "started": self.started,
+            "manifests": self.digest(),
+            "leader": self.role == "leader",
+        }
+        if doc != self._member_doc:
+            await self.store.put(self.keys.members + self.id, doc, lease=self.lease)
+            self._member_doc = doc
+
+    def _check_manifests(self) -> None:
+        digests = frozenset(str(m.get("manifests")) for m in self.members.values() if isinstance(m, dict))
+        if len(digests) > 1 and digests != self._mismatch_logged:
+            by = {mid: m.get("manifests") for mid, m in self.members.items() if isinstance(m, dict)}
+            log.error("cluster: the gateways serve DIFFERENT manifests (digest by member: %s)", by)
+        self._mismatch_logged = digests if len(digests) > 1 else frozenset()
+
+    @property
+    def manifests_agree(self) -> bool:
+        digests = {m.get("manifests") for m in self.members.values() if isinstance(m, dict)}
+        return len(digests) <= 1
+
+    # -- shared settings -------------------------------------------------------------------------------
+    async def set_pin(self, name: str, pinned: bool) -> None:
+        """A pin (or unpin) for the whole fleet."""
+        try:
+            await self.store.put(self.keys.pins + name, pinned)
+        except StoreUnavailable as exc:
+            raise self._store_error(f"cannot {'pin' if pinned else 'unpin'} '{name}'") from exc
+
+    async def _apply_pins(self, pins: Mapping[str, Any]) -> None:
+        for name, pinned in pins.items():
+            slot = self.scheduler.slots.get(name)
+            if slot is not None and isinstance(pinned, bool) and slot.pinned != pinned:
+                slot.pinned = pinned
+                self.pins.record(name, pinned)
+
+    async def reload_all(self) -> Any:
+        """Reload every gateway of the fleet: this one now (its result is returned), the others on their
+        next turn."""
+        mark = {"id": uuid.uuid4().hex, "by": self.id}
+        try:
+            await self.store.put(self.keys.reload, mark)
+        except StoreUnavailable as exc:
+            raise self._store_error("cannot reload the fleet") from exc
+        self._reload_seen = mark
+        return await self._reload()
+
+    async def _follow_reloads(self, mark: Any) -> None:
+        if self._turns == 0:
+            self._reload_seen = mark  # what was asked before this gateway started is in its manifests
+        elif mark != self._reload_seen:
+            self._reload_seen = mark
+            log.info("cluster: reloading the manifests, as %s asked", (mark or {}).get("by"))
+            self._spawn(self._reload())
+
+    # -- the leader ------------------------------------------------------------------------------------
+    def _shared_slots(self) -> list[ModelSlot]:
+        return [s for s in self.scheduler.slots.values() if self.shared(s)]
+
+    async def _take_over(self) -> None:
+        log.warning("cluster: %s leads the fleet '%s' now", self.id, self.cluster)
+        self.role = "leader"
+        self.became_leader = time.time()
+        if self._work:
+            await asyncio.gather(*self._work.values(), return_exceptions=True)
+        claimed: set[str] = set()
+        for slot in self._shared_slots():
+            made = self._mirrored.pop(slot.name, None)
+            if slot.state is not State.READY or made is None or slot.pool is None:
+                continue
+            backends = [r.backend for r in slot.pool.replicas]
+            if made.adoptable and all(isinstance(b, MirroredReplica) and b.own() for b in backends):
+                await self.scheduler.take_over(slot, made.options())
+                claimed.update(r.container for r in made.replicas if r.container)
+                log.info("cluster: adopted %s (%d replicas) as it runs", slot.name, len(made.replicas))
+            else:
+                self._spawn(self.scheduler.unload(slot, "its replicas ended with the last leader", None, 0.0))
+        self._mirrored.clear()
+        for engine in self.engines.values():
+            try:
+                for name in await unclaimed(engine, claimed):
+                    log.warning("cluster: removing container %s on %s: no model claims it", name, engine.name)
+                    await remove(engine, name)
+            except (
+                UpstreamUnavailable
+            ) as exc:  # an engine out of reach: its leftovers wait for the next leader
+                log.error("cluster: could not list the fleet's containers on %s: %s", engine.name, exc)
+        self._published = dict(self.table)
+
+    async def _lead(self) -> None:
+        wall, mono = time.time(), time.monotonic()
+        now = {s.name: entry_of(s, wall, mono) for s in self._shared_slots()}
+        writes, deletes = changes(self._published, now)
+        for name, entry in writes.items():
+            await self.store.put(self.keys.models + name, entry.as_json())
+            self._published[name] = entry
+        for name in deletes:
+            await self.store.delete(self.keys.models + name)
+            self._published.pop(name, None)
+        asked = {key.split("/", 1)[0] for key in await self.store.prefix(self.keys.loads)}
+        for slot in self._shared_slots():
+            wanted = slot.name in asked or slot.pinned
+            in_backoff = slot.failure is not None and mono < slot.failure.retry_at
+            if wanted and slot.state is State.UNLOADED and not slot.retired and not in_backoff:
+                self.scheduler.load(slot)
+        for name, used in (await self.store.prefix(self.keys.use)).items():
+            user = self.scheduler.slots.get(name)
+            if user is not None and isinstance(used, int | float):
+                user.last_used = max(user.last_used, mono - max(0.0, wall - used))
+
+    # -- a follower ------------------------------------------------------------------------------------
+    async def _follow(self) -> None:
+        slots = [s for s in self._shared_slots() if s.name not in self._work]
+        plan = mirror_plan(self.table, slots, self._mirrored)
+        by_name = {s.name: s for s in slots}
+        for name in plan.start:
+            self._begin(name, self._mirror(by_name[name], self.table[name]))
+        for name in plan.stop:
+            self._begin(name, self._unmirror(by_name[name]))
+        wall, mono = time.time(), time.monotonic()
+        for slot in self._shared_slots():
+            if slot.state is State.READY and slot.last_used > self._use_sent.get(slot.name, 0.0) + USE_EVERY:
+                await self.store.put(self.keys.use + slot.name, wall - (mono - slot.last_used))
+                self._use_sent[slot.name] = slot.last_used
+
+    def _begin(self, name: str, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._work[name] = task
+        task.add_done_callback(lambda t: self._done(name, t))
+
+    def _done(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._work.get(name) is task:
+            del self._work[name]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("cluster: mirroring %s failed: %s", name, task.exception())
+
+    async def _mirror(self, slot: ModelSlot, entry: Entry) -> None:
+        backends: list[Any] = [MirroredReplica(p, self.engines) for p in entry.replicas]
+        if await self.scheduler.mirror(slot, backends):
+            self._mirrored[slot.name] = entry
+            log.info("cluster: %s ready from the leader's table (%d replicas)", slot.name, len(backends))
+
+    async def _unmirror(self, slot: ModelSlot) -> None:
+        self._mirrored.pop(slot.name, None)
+        await self.scheduler.unload(slot, "unloaded by the fleet's leader", None)
+
+    # -- running ---------------------------------------------------------------------------------------
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+
+    async def _quietly(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except StoreUnavailable as exc:  # a load request's key: its lease removes it later anyway
+            log.warning("cluster: %s", exc)
+
+    async def close(self) -> None:
+        """Leave the fleet: revoke the lease (so another gateway leads at once if this one did)."""
+        for task in [*self._work.values(), *self._spawned]:
+            task.cancel()
+        await asyncio.gather(*self._work.values(), *self._spawned, return_exceptions=True)
+        if self.lease is not None:
+            try:
+                await self.store.revoke(self.lease)
+            except StoreUnavailable as exc:
+                log.warning("cluster: leaving without revoking the lease (it expires by itself): %s", exc)
+        await self.store.close()
+
+    def describe(self) -> dict[str, Any]:
+        """``GET /admin/cluster``."""
+        return {
+            "cluster": self.cluster,
+            "member": self.id,
+            "role": self.role,
+            "leader": self.leader,
+            "store": {"endpoints": self.store.endpoints, "connected": self.connected, "error": self.problem},
+            "manifests_agree": self.manifests_agree,
+            "members": sorted(
+                (m for m in self.members.values() if isinstance(m, dict)), key=lambda m: str(m.get("id"))
+            ),
+            "models": {name: e.as_json() for name, e in sorted(self.table.items())},
+        }
