@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from backends.base import OpenAIRequest, ReplicaInfo, UpstreamResponse
-from backends.docker.engine import LABEL_INSTANCE, DockerEngine
+from backends.docker.engine import LABEL_INSTANCE, LABEL_RUN, DockerEngine
 from backends.errors import UpstreamUnavailable
 from backends.upstream.forward import HttpUpstream
 from gateway.fleet.table import Published
@@ -93,12 +93,16 @@ async def remove(engine: DockerEngine, name: str) -> None:
 
 
 async def unclaimed(engine: DockerEngine, claimed: Iterable[str]) -> list[str]:
-    """The names of this fleet's containers on ``engine`` that are not in ``claimed``."""
+    """The names of this fleet's containers on ``engine`` that are not in ``claimed`` and that this gateway
+    did not start itself (a gateway that leads again after the store was away has loads of its own)."""
     keep = set(claimed)
     label = f"{LABEL_INSTANCE}={engine.instance}"
 
-    def listing(client: Any) -> list[str]:
+    def listing(client: Any) -> list[tuple[str, str | None]]:
         found = client.containers.list(all=True, sparse=True, filters={"label": label})
-        return [str(c.attrs["Names"][0]).lstrip("/") for c in found]
+        return [
+            (str(c.attrs["Names"][0]).lstrip("/"), c.attrs.get("Labels", {}).get(LABEL_RUN)) for c in found
+        ]
 
-    return [n for n in await engine.call(listing, "listing the fleet's containers") if n not in keep]
+    listed = await engine.call(listing, "listing the fleet's containers")
+    return [name for name, run in listed if name not in keep and run != engine.run]
