@@ -164,7 +164,8 @@ def test_a_reload_through_one_gateway_reloads_them_all(fleet: Fleet, site: Site)
     assert httpx.post(f"{g2.url}/admin/reload", timeout=60).json()["added"] == ["b"]
     for g in (g1, g3):
         wait_for(lambda g=g: "b" in {m["name"] for m in g.get("/admin/models")["models"]}, f"{g.name} reload")
-    assert all(g.cluster()["manifests_agree"] for g in (g1, g2, g3))
+    # each publishes its new digest on its next turn: then they agree again
+    wait_for(lambda: all(g.cluster()["manifests_agree"] for g in (g1, g2, g3)), "the digests to agree")
 
 
 def test_kill_9_of_the_leader_under_streaming_load_loses_no_request(fleet: Fleet, site: Site) -> None:
