@@ -102,7 +102,9 @@ class Node:
 
     # -- the scheduler's delegate ----------------------------------------------------------------------
     def delegates(self, slot: ModelSlot) -> bool:
-        return self.role != "leader" and self.shared(slot)
+        """A follower's shared models, and the leader's while the store is away: a load it could not
+        record in the table is refused (``request`` answers 503), as a follower's is."""
+        return self.shared(slot) and (self.role != "leader" or not self.connected)
 
     def _store_error(self, what: str) -> ModelUnavailable:
         return ModelUnavailable(
@@ -128,7 +130,9 @@ class Node:
             raise self._store_error(f"cannot load '{name}'") from exc
         deadline = time.monotonic() + self.load_timeout
         try:
-            while slot.state is not State.READY and self.role != "leader" and not slot.retired:
+            while slot.state is not State.READY and not slot.retired:
+                if self.role == "leader" and self.connected:
+                    return  # elected meanwhile: the scheduler loads it here
                 entry = self.table.get(name)
                 if entry is not None and entry.error and (first is None or entry != first):
                     raise LoadFailed(
@@ -159,17 +163,19 @@ class Node:
             self.connected, self.problem = False, str(exc)
             self._check_lease()
             return
-        if not self.connected:
-            log.warning(
-                "cluster: the store %s answers again (%s of the fleet)", self.store.describe(), self.role
-            )
-        self.connected, self.problem = True, None
         self._turns += 1
+
+    def _reached(self) -> None:
+        """The store answered this turn: loads that need it are served again."""
+        if not self.connected and self._turns:
+            log.warning("cluster: the store %s answers again (%s)", self.store.describe(), self.role)
+        self.connected, self.problem = True, None
 
     async def _turn(self) -> None:
         await self._keep_lease()
         assert self.lease is not None
         leader = await self.store.get(self.keys.leader)
+        self._reached()
         if leader is None:
             leader = await self.store.create(self.keys.leader, self.id, self.lease)
         self.leader = str(leader)
