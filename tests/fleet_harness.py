@@ -80,6 +80,7 @@ class Fleet:
             "GATEWAY_ENGINES": json.dumps(self.engines),
             "GATEWAY_DRAIN_GRACE": "5",
             "GATEWAY_LOAD_TIMEOUT": "120",
+            "GATEWAY_ENGINE_SCRAPE_INTERVAL": "0.5",
             **self.extra_env,
         }
         log = state / "gateway.log"

@@ -5,6 +5,9 @@ sockets with the official openai SDK. A container model runs the real llama-serv
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import free_port, wait_for, write_manifests
+from tests.conftest import ROOT, free_port, wait_for, write_manifests
 from tests.etcd_cluster import EtcdCluster
 from tests.fake_upstream import FakeUpstream, RunningUpstream
 from tests.fleet_harness import Fleet, GatewayProcess
@@ -108,6 +111,27 @@ def test_members_join_and_a_container_model_asked_through_every_gateway_at_once_
     # every gateway routes to the one container, straight to its address
     urls = {g.name: [r["url"] for r in g.model("m")["replicas"]] for g in gws}
     assert len({tuple(u) for u in urls.values()}) == 1, urls
+
+    # Metrics: each gateway its own request series, labelled with its name; the engine's own gauges (read
+    # from llama-server's /metrics) once for the fleet, from the leader alone.
+    leader = fleet.leader()
+    for g in gws:
+        text = httpx.get(f"{g.url}/metrics", timeout=30).text
+        assert f'vllm:e2e_request_latency_seconds_count{{gateway="{g.name}",model_name="m"' in text
+        if g is not leader:
+            assert "vllm:kv_cache_usage_perc{" not in text
+    wait_for(
+        lambda: "vllm:kv_cache_usage_perc{" in httpx.get(f"{leader.url}/metrics", timeout=30).text,
+        "the leader's scrape of the engine",
+    )
+
+    # `llm-gateway ps` on any gateway lists the fleet's members
+    ps = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "ps"],
+        env={**os.environ, "GATEWAY_URL": gws[1].url},
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert all(g.name in ps.stdout for g in gws) and "leader" in ps.stdout, ps.stdout
 
 
 def _try(fn: Any, *args: Any) -> Any:

@@ -16,7 +16,7 @@ from gateway.control.response_store import ResponseStore
 from gateway.control.state import Gateway
 from gateway.observability.footprint import Footprints
 from gateway.observability.metrics import Metrics
-from gateway.resources.hosts import container_instance, devices, docker_engine, engine_settings
+from gateway.resources.hosts import container_instance, devices, docker_engine, engine_settings, instance_id
 from gateway.scheduling.admission import Policy
 from gateway.scheduling.learned_store import LearnedStore
 from gateway.scheduling.pins import Pins
@@ -71,7 +71,8 @@ def build_gateway(settings: Settings, kinds: Kinds | None = None) -> Gateway:
     learned = LearnedStore(settings.learned_path())
     registry = Registry.build(manifests, settings, hosts, kinds, learned)
     footprints = Footprints(learned, settings.learned_margin, kinds, hosts)
-    metrics = Metrics(list(registry.slots), max_model_len(m.manifest for m in manifests.models))
+    member = (settings.cluster_member or instance_id(settings)) if settings.cluster_etcd else None
+    metrics = Metrics(list(registry.slots), max_model_len(m.manifest for m in manifests.models), member)
     scheduler = Scheduler(
         registry.slots.values(),
         hosts.budgets,
