@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_for, write_manifests
+from tests.conftest import EOS, ROOT, free_port, wait_for, write_manifests
 from tests.etcd_cluster import EtcdCluster
 from tests.fake_upstream import FakeUpstream, RunningUpstream
 from tests.fleet_harness import Fleet, GatewayProcess
@@ -31,6 +32,7 @@ from tests.test_containers import (  # noqa: F401 (fixtures)
 )
 
 MiB = 2**20
+LONG = 1500  # tokens: a stream that runs for a while on the synthetic model
 
 
 @pytest.fixture(scope="module")
@@ -328,3 +330,48 @@ def test_alone_by_default(tmp_path: Path, upstream: RunningUpstream) -> None:
         assert chat(g, "r1")
     finally:
         fleet.stop()
+
+
+def test_an_eviction_by_the_leader_drains_the_requests_running_on_followers(fleet: Fleet, site: Site) -> None:
+    write_manifests(fleet.manifests, [site.llamacpp("a", site.models["a"], memory="100MiB", engines=["e1"])])
+    three(fleet)
+    leader = fleet.leader()
+    follower = next(g for g in fleet.gateways if g is not leader)
+    assert chat(follower, "a")
+    started = threading.Event()
+    result: dict[str, Any] = {}
+
+    def long_stream() -> None:
+        try:
+            with openai.OpenAI(base_url=f"{follower.url}/v1", api_key="unused", max_retries=0) as client:
+                parts = client.chat.completions.create(
+                    model="a",
+                    messages=[{"role": "user", "content": "x"}],
+                    max_tokens=LONG,
+                    stream=True,
+                    logit_bias={EOS: -100},
+                )
+                tokens = 0
+                for chunk in parts:
+                    started.set()
+                    tokens += sum(1 for c in chunk.choices if c.delta.content)
+                result["tokens"] = tokens
+        except Exception as exc:
+            result["error"] = exc
+        finally:
+            started.set()
+
+    stream = threading.Thread(target=long_stream)
+    began = time.monotonic()
+    stream.start()
+    assert started.wait(120)
+    unloaded = httpx.post(f"{leader.url}/admin/models/a/unload", timeout=120)
+    stream.join(120)
+    result["seconds"] = time.monotonic() - began
+    # The leader had no request of its own running, yet it waited for the follower's before stopping the
+    # container: the stream ran to its end.
+    assert "error" not in result, result
+    assert result["tokens"] >= LONG - 8, result
+    assert unloaded.json()["state"] == "unloaded"
+    assert ours(site, fleet, model="a") == {"e1": 0, "e2": 0}
+    wait_for(lambda: follower.model("a")["state"] == "unloaded", "the follower to stop routing to it")

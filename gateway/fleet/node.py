@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 TICK = 0.2  # seconds between turns: how fast a follower sees a load finish, and a leader a request
 USE_EVERY = 1.0  # a follower reports a model's last use at most this often
 RETRY_AFTER = 5.0  # what a client is told when the store is down
+# A drain waits this long before it trusts the followers' reports: the leader's turn publishes the drain,
+# a follower's turn sees it (and stops taking requests) and reports what still runs, the leader's reads it.
+SETTLE = 3 * TICK + 0.1
 
 
 class Node:
@@ -97,6 +100,9 @@ class Node:
         self._reload_seen: Any = None
         self._turns = 0
         self._use_sent: dict[str, float] = {}
+        self._busy_sent: set[str] = set()  # a follower's models with requests running, as last reported
+        self._busy: set[str] = set()  # the leader's view: models some follower has requests of
+        self._busy_read = 0.0  # when the leader last read that
         self._mismatch_logged: frozenset[str] = frozenset()
         self.became_leader: float | None = None  # time.time() of the last election won
 
@@ -332,10 +338,26 @@ class Node:
             in_backoff = slot.failure is not None and mono < slot.failure.retry_at
             if wanted and slot.state is State.UNLOADED and not slot.retired and not in_backoff:
                 self.scheduler.load(slot)
+        self._busy = {key.split("/", 1)[0] for key in await self.store.prefix(self.keys.busy)}
+        self._busy_read = time.monotonic()
         for name, used in (await self.store.prefix(self.keys.use)).items():
             user = self.scheduler.slots.get(name)
             if user is not None and isinstance(used, int | float):
                 user.last_used = max(user.last_used, mono - max(0.0, wall - used))
+
+    async def drained(self, slot: ModelSlot, timeout: float) -> bool:
+        """The leader's drain of ``slot`` waits for the followers' requests of it: until no follower reports
+        any, in a reading of the store made after they have had time to see the drain and report."""
+        if self.role != "leader" or not self.shared(slot):
+            return True
+        began = time.monotonic()
+        end = began + timeout
+        settle = began + SETTLE
+        while time.monotonic() < end:
+            if self._busy_read >= settle and slot.name not in self._busy:
+                return True
+            await asyncio.sleep(TICK)  # the next turn's reading
+        return False
 
     # -- a follower ------------------------------------------------------------------------------------
     async def _follow(self) -> None:
@@ -348,6 +370,13 @@ class Node:
             self._begin(name, self._unmirror(by_name[name]))
         wall, mono = time.time(), time.monotonic()
         for slot in self._shared_slots():
+            busy = slot.in_flight > 0
+            if busy and slot.name not in self._busy_sent:
+                await self.store.put(self.keys.busy + f"{slot.name}/{self.id}", True, lease=self.lease)
+                self._busy_sent.add(slot.name)
+            elif not busy and slot.name in self._busy_sent:
+                await self.store.delete(self.keys.busy + f"{slot.name}/{self.id}")
+                self._busy_sent.discard(slot.name)
             if slot.state is State.READY and slot.last_used > self._use_sent.get(slot.name, 0.0) + USE_EVERY:
                 await self.store.put(self.keys.use + slot.name, wall - (mono - slot.last_used))
                 self._use_sent[slot.name] = slot.last_used

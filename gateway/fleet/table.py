@@ -11,6 +11,8 @@ Keys, under ``/llm-gateway/<cluster>/``:
 - ``loads/<name>/<member>``: a follower's request for a load, on its lease;
 - ``pins/<name>``: true or false, set through any gateway's admin API;
 - ``use/<name>``: the last use of a model on a follower (wall-clock seconds), for the leader's LRU and TTL;
+- ``inflight/<name>/<member>``: present (on the member's lease) while a follower has requests of the model
+  running, so that the leader's drain of a model waits for them as for its own;
 - ``reload``: changed by ``POST /admin/reload`` on any gateway; every gateway reloads when it changes.
 """
 
@@ -36,6 +38,7 @@ class Keys:
         self.loads = self.root + "loads/"
         self.pins = self.root + "pins/"
         self.use = self.root + "use/"
+        self.busy = self.root + "inflight/"
         self.reload = self.root + "reload"
 
     def load(self, model: str, member: str) -> str:

@@ -265,6 +265,11 @@ class ModelSlot:
         """End a drain now: ``wait_idle`` returns and the requests still running are cut (forced unload)."""
         self._cut.set()
 
+    @property
+    def cut_short(self) -> bool:
+        """The drain under way was cut (a forced unload)."""
+        return self._cut.is_set()
+
     async def wait_idle(self, grace: float) -> bool:
         """True once no request runs; False when ``grace`` ran out or the drain was cut first."""
         if self._idle.is_set():  # a timeout of 0 would expire even when idle

@@ -80,6 +80,11 @@ class Delegate(Protocol):
 
     async def request(self, slot: ModelSlot) -> None: ...
 
+    async def drained(self, slot: ModelSlot, timeout: float) -> bool:
+        """Wait until no other gateway has requests of ``slot`` running (they stop taking new ones once it
+        drains); False when ``timeout`` ran out first."""
+        ...
+
 
 class _Quiet:
     def load_finished(self, model: str, seconds: float, result: str) -> None:
@@ -468,8 +473,13 @@ class Scheduler:
         return task
 
     async def _drain_and_unload(self, slot: ModelSlot, why: str, grace: float) -> None:
+        began = self._clock()
         if not await slot.wait_idle(grace):
             log.warning("%s: %d requests still running after %.0fs grace", slot.name, slot.in_flight, grace)
+        elif self.delegate is not None and not slot.cut_short:
+            left = grace - (self._clock() - began)  # the same grace covers the other gateways' requests
+            if left > 0 and not await self.delegate.drained(slot, left):
+                log.warning("%s: other gateways' requests still running after %.0fs grace", slot.name, grace)
         cancelled = await slot.finish_unload(
             ModelUnavailable(f"model '{slot.name}' was {why}", retry_after=1)
         )
