@@ -6,6 +6,7 @@ sockets with the official openai SDK. A container model runs the real llama-serv
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -194,7 +195,12 @@ def test_a_reload_through_one_gateway_reloads_them_all(fleet: Fleet, site: Site)
     wait_for(lambda: all(g.cluster()["manifests_agree"] for g in (g1, g2, g3)), "the digests to agree")
 
 
-def test_kill_9_of_the_leader_under_streaming_load_loses_no_request(fleet: Fleet, site: Site) -> None:
+@pytest.mark.parametrize("how", ["kill -9", "SIGTERM"])
+def test_the_leader_going_away_under_streaming_load_loses_no_request(
+    fleet: Fleet, site: Site, how: str
+) -> None:
+    """kill -9: the lease expires and another gateway adopts what runs. SIGTERM: the leader hands over (it
+    leaves the containers running and revokes its lease) instead of unloading under the followers."""
     write_manifests(
         fleet.manifests,
         [site.llamacpp(n, site.models[n], memory="50MiB", engines=["e1"]) for n in ("a", "b")],
@@ -224,7 +230,11 @@ def test_kill_9_of_the_leader_under_streaming_load_loses_no_request(fleet: Fleet
         t.start()
     try:
         wait_for(lambda: served[0] >= 4, "streams before the kill", deadline=120)
-        leader.kill()
+        if how == "kill -9":
+            leader.kill()
+        else:
+            leader.proc.send_signal(signal.SIGTERM)
+            assert leader.proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it caught
         new = fleet.leader()
         assert new is not leader and new in followers
         mark = served[0]

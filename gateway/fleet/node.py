@@ -304,7 +304,9 @@ class Node:
             if slot.state is not State.READY or made is None or slot.pool is None:
                 continue
             backends = [r.backend for r in slot.pool.replicas]
-            if made.adoptable and all(isinstance(b, MirroredReplica) and b.own() for b in backends):
+            alive = await asyncio.gather(*(b.health() for b in backends))  # gone with the last leader?
+            mine = all(isinstance(b, MirroredReplica) and b.own() for b in backends)
+            if made.adoptable and mine and all(alive):
                 await self.scheduler.take_over(slot, made.options())
                 claimed.update(r.container for r in made.replicas if r.container)
                 log.info("cluster: adopted %s (%d replicas) as it runs", slot.name, len(made.replicas))
@@ -414,16 +416,48 @@ class Node:
         except StoreUnavailable as exc:  # a load request's key: its lease removes it later anyway
             log.warning("cluster: %s", exc)
 
+    async def hand_over(self) -> None:
+        """At shutdown, before the scheduler's: a leader with other gateways alive leaves the shared models
+        running for the next leader to adopt (followers keep routing to them meanwhile), instead of
+        unloading them under the followers' requests. The last gateway out unloads them as a lone one."""
+        if self.role != "leader":
+            return
+        try:
+            members = await self.store.prefix(self.keys.members)
+        except StoreUnavailable as exc:
+            log.warning("cluster: not handing over (the store is away): %s", exc)
+            return
+        others = sorted(m for m in members if m != self.id)
+        if not others:
+            return
+        # Those the next leader can adopt; llama_server processes die with this gateway anyway.
+        left = [
+            s
+            for s in self._shared_slots()
+            if s.state is State.READY and (e := self._published.get(s.name)) is not None and e.adoptable
+        ]
+        for slot in left:
+            self.scheduler.abandon(slot)
+        log.warning(
+            "cluster: leaving %d models running for the next leader (among %s)", len(left), ", ".join(others)
+        )
+        await self._leave()
+
+    async def _leave(self) -> None:
+        lease, self.lease = self.lease, None
+        self.role = "follower"
+        if lease is not None:
+            try:
+                await self.store.revoke(lease)
+            except StoreUnavailable as exc:
+                log.warning("cluster: leaving without revoking the lease (it expires by itself): %s", exc)
+
     async def close(self) -> None:
         """Leave the fleet: revoke the lease (so another gateway leads at once if this one did)."""
         for task in [*self._work.values(), *self._spawned]:
             task.cancel()
         await asyncio.gather(*self._work.values(), *self._spawned, return_exceptions=True)
-        if self.lease is not None:
-            try:
-                await self.store.revoke(self.lease)
-            except StoreUnavailable as exc:
-                log.warning("cluster: leaving without revoking the lease (it expires by itself): %s", exc)
+        await self._leave()
         await self.store.close()
 
     def describe(self) -> dict[str, Any]:

@@ -111,6 +111,8 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
             yield
         finally:
             await background.stop()
+            if node is not None:
+                await node.hand_over()
             await gateway.scheduler.shutdown()
             if node is not None:
                 await node.close()

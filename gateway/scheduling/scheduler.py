@@ -210,6 +210,15 @@ class Scheduler:
         up at its next decision, or is cancelled by ``cancel_load``)."""
         slot.retired = True
 
+    def abandon(self, slot: ModelSlot) -> None:
+        """Stop tracking ``slot`` without unloading it: its replicas run on for another gateway (cluster mode,
+        a leader handing over at shutdown). Its load and idle timer, if any, are cancelled."""
+        timer = self._idle_timers.pop(slot, None)
+        if timer is not None:
+            timer.cancel()
+        if self.slots.get(slot.name) is slot:
+            del self.slots[slot.name]
+
     def forget(self, slot: ModelSlot) -> None:
         """Stop tracking ``slot`` (a reload removed it, and it has unloaded)."""
         if self.slots.get(slot.name) is slot:
