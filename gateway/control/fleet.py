@@ -29,6 +29,7 @@ def join_fleet(gw: Gateway) -> Node:
         scheduler=gw.scheduler,
         pins=gw.pins,
         engines=gw.hosts.engines,
+        engines_in_use=gw.engines_in_use,
         shared=shared,
         digest=lambda: digest(gw.manifests.models),
         reload=lambda: reload(gw),

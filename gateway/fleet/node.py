@@ -66,6 +66,7 @@ class Node:
         scheduler: Scheduler,
         pins: Pins,
         engines: Mapping[str, DockerEngine],
+        engines_in_use: Callable[[], list[DockerEngine]],
         shared: Callable[[ModelSlot], bool],
         digest: Callable[[], str],
         reload: Callable[[], Awaitable[Any]],
@@ -80,6 +81,8 @@ class Node:
         self.scheduler = scheduler
         self.pins = pins
         self.engines = engines
+        self.engines_in_use = engines_in_use  # where a take-over looks for containers nobody claims
+        self._leaving = False  # shutting down: the fleet's loop has stopped
         self.shared = shared
         self.digest = digest
         self._reload = reload
@@ -313,7 +316,7 @@ class Node:
             else:
                 self._spawn(self.scheduler.unload(slot, "its replicas ended with the last leader", None, 0.0))
         self._mirrored.clear()
-        for engine in self.engines.values():
+        for engine in self.engines_in_use():
             try:
                 for name in await unclaimed(engine, claimed):
                     log.warning("cluster: removing container %s on %s: no model claims it", name, engine.name)
@@ -350,8 +353,8 @@ class Node:
     async def drained(self, slot: ModelSlot, timeout: float) -> bool:
         """The leader's drain of ``slot`` waits for the followers' requests of it: until no follower reports
         any, in a reading of the store made after they have had time to see the drain and report."""
-        if self.role != "leader" or not self.shared(slot):
-            return True
+        if self.role != "leader" or not self.shared(slot) or self._leaving:
+            return True  # leaving: this gateway is the last one (else it hands its models over)
         began = time.monotonic()
         end = began + timeout
         settle = began + SETTLE
@@ -420,6 +423,7 @@ class Node:
         """At shutdown, before the scheduler's: a leader with other gateways alive leaves the shared models
         running for the next leader to adopt (followers keep routing to them meanwhile), instead of
         unloading them under the followers' requests. The last gateway out unloads them as a lone one."""
+        self._leaving = True
         if self.role != "leader":
             return
         try:
