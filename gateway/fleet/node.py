@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 TICK = 0.2  # seconds between turns: how fast a follower sees a load finish, and a leader a request
 USE_EVERY = 1.0  # a follower reports a model's last use at most this often
 RETRY_AFTER = 5.0  # what a client is told when the store is down
+TURN_TIMEOUT = 30.0  # one turn, whatever hangs in it (each store call has its own, shorter deadline)
 # A drain waits this long before it trusts the followers' reports: the leader's turn publishes the drain,
 # a follower's turn sees it (and stops taking requests) and reports what still runs, the leader's reads it.
 SETTLE = 3 * TICK + 0.1
@@ -165,8 +166,9 @@ class Node:
     async def tick(self) -> None:
         """One turn; a store failure is remembered (and logged once), never raised."""
         try:
-            await self._turn()
-        except StoreUnavailable as exc:
+            async with asyncio.timeout(TURN_TIMEOUT):
+                await self._turn()
+        except (StoreUnavailable, TimeoutError) as exc:
             if self.connected or self._turns == 0:
                 log.error("cluster: %s; serving what is loaded, refusing new loads", exc)
             self.connected, self.problem = False, str(exc)

@@ -1,9 +1,11 @@
 """The fleet's store: etcd through ``aetcd``, over several members, every call under a deadline.
 
-``aetcd`` talks to one member. A call that fails (a member killed, a timeout) closes that connection and the
-next call goes to the next member in turn, so losing one member of three costs one failed call at most; the
-callers (``gateway.fleet.node``) run in loops that simply try again on their next turn. Every failure is
-``StoreUnavailable``, whose message names the store, what failed and the members tried.
+``aetcd`` talks to one member. An attempt that fails (a member killed, a timeout) closes that connection and
+the call tries the next member, and so on until the call's deadline: losing one member of three, or the
+election that follows losing the etcd leader, makes a call slower, not a failure. Only a call that no member
+answered within its deadline fails, with ``StoreUnavailable``, whose message names the store and what failed;
+the callers (``gateway.fleet.node``) run in loops that try again on their next turn. Every operation here
+may be repeated safely (a retried write writes the same value; a retried claim finds its own).
 
 Keys are strings here (UTF-8 in etcd); values are JSON documents (``gateway.fleet.table``).
 """
@@ -21,7 +23,9 @@ import aetcd  # type: ignore[import-untyped]  # no type information shipped
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-CALL_TIMEOUT = 2.0  # one etcd call; a healthy member answers in milliseconds
+CALL_TIMEOUT = 4.0  # one call, every attempt included: longer than an etcd election (about 1-2 s)
+ATTEMPT_TIMEOUT = 1.5  # one attempt on one member; a healthy member answers in milliseconds
+RETRY_PAUSE = 0.1
 
 
 class StoreUnavailable(Exception):
@@ -29,11 +33,14 @@ class StoreUnavailable(Exception):
 
 
 class Store:
-    def __init__(self, endpoints: Sequence[str], timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(
+        self, endpoints: Sequence[str], timeout: float = CALL_TIMEOUT, attempt: float = ATTEMPT_TIMEOUT
+    ) -> None:
         if not endpoints:
             raise ValueError("no etcd endpoints")
         self.endpoints = list(endpoints)
         self.timeout = timeout
+        self.attempt = attempt
         self._next = 0
         self._client: Any = None
         self._lock = asyncio.Lock()  # one (re)connection at a time
@@ -46,7 +53,7 @@ class Store:
             if self._client is None:
                 host, _, port = self.endpoints[self._next % len(self.endpoints)].rpartition(":")
                 client = aetcd.Client(
-                    host=host or "127.0.0.1", port=int(port), timeout=int(self.timeout) or 1
+                    host=host or "127.0.0.1", port=int(port), timeout=max(1, int(self.attempt))
                 )
                 await client.connect()
                 self._client = client
@@ -59,23 +66,35 @@ class Store:
                 self._client = None
                 self._next += 1
         try:
-            await client.close()
+            async with asyncio.timeout(self.attempt):  # closing a channel to a dead member can hang
+                await client.close()
         except Exception as exc:  # a broken channel may fail to close: it is gone either way
             log.debug("closing a failed etcd connection: %s", exc)
 
     async def call(self, what: str, fn: Callable[[Any], Awaitable[T]]) -> T:
-        client = None
-        try:
-            async with asyncio.timeout(self.timeout):
-                client = await self._connected()
-                return await fn(client)
-        except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
-            if client is not None:
-                await self._drop(client)
-            else:
-                async with self._lock:
-                    self._next += 1
-            raise StoreUnavailable(f"the fleet's store, {self.describe()}, failed {what}: {exc!r}") from exc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while True:
+            client = None
+            try:
+                async with asyncio.timeout_at(min(deadline, loop.time() + self.attempt)):
+                    client = await self._connected()
+                    return await fn(client)
+            except (TimeoutError, aetcd.exceptions.ClientError, OSError, asyncio.CancelledError) as exc:
+                task = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                    raise  # this task was cancelled, not the call
+                # A CancelledError that is not this task's: grpc cancels the calls under way on a channel
+                # that another call closed after it failed. A failed attempt like any other.
+                if client is not None:
+                    await self._drop(client)
+                else:
+                    async with self._lock:
+                        self._next += 1
+                if loop.time() + RETRY_PAUSE >= deadline:
+                    message = f"the fleet's store, {self.describe()}, failed {what}: {exc!r}"
+                    raise StoreUnavailable(message) from exc
+            await asyncio.sleep(RETRY_PAUSE)  # between attempts on the next member
 
     async def close(self) -> None:
         client, self._client = self._client, None
