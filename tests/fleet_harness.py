@@ -64,7 +64,8 @@ class Fleet:
         """The instance label of this fleet's containers."""
         return f"fleet-{self.cluster}"
 
-    def start(self, name: str, port: int | None = None) -> GatewayProcess:
+    def start(self, name: str, port: int | None = None, manifests: Path | None = None) -> GatewayProcess:
+        """``manifests``: a directory of its own (default: the fleet's)."""
         port = port or free_port()
         state = self.work / name
         state.mkdir(parents=True, exist_ok=True)
@@ -86,8 +87,8 @@ class Fleet:
         log = state / "gateway.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", "--manifests", str(self.manifests),
-                 "--port", str(port)],
+                [sys.executable, "-m", "gateway.cli", "serve",
+                 "--manifests", str(manifests or self.manifests), "--port", str(port)],
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         gw = GatewayProcess(name, port, proc, log)

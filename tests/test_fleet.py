@@ -19,11 +19,13 @@ import httpx
 import openai
 import pytest
 
+from backends.docker.engine import LABEL_INSTANCE, LABEL_MODEL
 from tests.conftest import EOS, ROOT, free_port, wait_for, write_manifests
 from tests.etcd_cluster import EtcdCluster
 from tests.fake_upstream import FakeUpstream, RunningUpstream
 from tests.fleet_harness import Fleet, GatewayProcess
 from tests.test_containers import (  # noqa: F401 (fixtures)
+    IMAGE,
     Site,
     bin_dir,
     clients,
@@ -193,6 +195,13 @@ def test_a_reload_through_one_gateway_reloads_them_all(fleet: Fleet, site: Site)
         wait_for(lambda g=g: "b" in {m["name"] for m in g.get("/admin/models")["models"]}, f"{g.name} reload")
     # each publishes its new digest on its next turn: then they agree again
     wait_for(lambda: all(g.cluster()["manifests_agree"] for g in (g1, g2, g3)), "the digests to agree")
+    # A gateway that joins with other manifests is reported, loudly, by every gateway.
+    odd = write_manifests(
+        fleet.manifests.parent / "odd", [site.llamacpp("a", site.models["a"], engines=["e1"])]
+    )
+    fleet.start("odd", manifests=odd)
+    wait_for(lambda: not any(g.cluster()["manifests_agree"] for g in (g1, g2, g3)), "the mismatch reported")
+    wait_for(lambda: "DIFFERENT manifests" in g1.log.read_text(), "the mismatch in the log")
 
 
 @pytest.mark.parametrize("how", ["kill -9", "SIGTERM"])
@@ -209,6 +218,15 @@ def test_the_leader_going_away_under_streaming_load_loses_no_request(
     leader = fleet.leader()
     followers = [g for g in gws if g is not leader]
     assert chat(followers[0], "a", stream=True)
+    # What the new leader finds on the engine besides: a container of this fleet that no model claims (its
+    # model was removed while the leader was away), and one of another fleet.
+    e1 = site.clients["e1"]
+    unclaimed = e1.containers.create(
+        IMAGE, ["--version"], labels={LABEL_INSTANCE: fleet.label, LABEL_MODEL: "x"}
+    )
+    foreign = e1.containers.create(
+        IMAGE, ["--version"], labels={LABEL_INSTANCE: "fleet-another", LABEL_MODEL: "a"}
+    )
     before = site.ours(fleet.label, model="a", role="server")["e1"]
     assert len(before) == 1
     started = before[0].attrs.get("StartedAt") or before[0].attrs.get("Created")
@@ -248,6 +266,11 @@ def test_the_leader_going_away_under_streaming_load_loses_no_request(
     assert [c.id for c in after] == [c.id for c in before]  # adopted, not restarted or duplicated
     assert (after[0].attrs.get("StartedAt") or after[0].attrs.get("Created")) == started
     assert new.model("a")["state"] == "ready"
+    wait_for(
+        lambda: not e1.containers.list(all=True, filters={"id": unclaimed.id}), "the unclaimed one removed"
+    )
+    foreign.reload()  # never touched: not this fleet's
+    foreign.remove(force=True)
     # A model asked for after the failover loads once, through the new leader, from a follower.
     other = next(g for g in followers if g is not new)
     assert chat(other, "b")
