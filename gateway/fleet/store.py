@@ -18,8 +18,6 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import aetcd  # type: ignore[import-untyped]  # no type information shipped
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -38,6 +36,11 @@ class Store:
     ) -> None:
         if not endpoints:
             raise ValueError("no etcd endpoints")
+        try:
+            import aetcd  # noqa: F401  # type: ignore[import-untyped]
+        except ImportError as exc:
+            missing = "cluster mode needs etcd's client: pip install 'llm-gateway[cluster]'"
+            raise RuntimeError(missing) from exc
         self.endpoints = list(endpoints)
         self.timeout = timeout
         self.attempt = attempt
@@ -49,6 +52,8 @@ class Store:
         return f"etcd ({', '.join(self.endpoints)})"
 
     async def _connected(self) -> Any:
+        import aetcd  # type: ignore[import-untyped]  # the cluster extra; a gateway alone never needs it
+
         async with self._lock:
             if self._client is None:
                 host, _, port = self.endpoints[self._next % len(self.endpoints)].rpartition(":")
@@ -72,6 +77,8 @@ class Store:
             log.debug("closing a failed etcd connection: %s", exc)
 
     async def call(self, what: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        from aetcd.exceptions import ClientError  # type: ignore[import-untyped]
+
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         while True:
@@ -80,7 +87,7 @@ class Store:
                 async with asyncio.timeout_at(min(deadline, loop.time() + self.attempt)):
                     client = await self._connected()
                     return await fn(client)
-            except (TimeoutError, aetcd.exceptions.ClientError, OSError, asyncio.CancelledError) as exc:
+            except (TimeoutError, ClientError, OSError, asyncio.CancelledError) as exc:
                 task = asyncio.current_task()
                 if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
                     raise  # this task was cancelled, not the call
