@@ -6,9 +6,9 @@ decisions are ``gateway.fleet.table``'s. Polling, not etcd watches: one turn rea
 (microseconds for etcd), and the same loop survives the loss of an etcd member or of the whole store with
 nothing to resume: each turn starts from what the store holds.
 
-- Membership: a lease of ``cluster_ttl``, refreshed every third of it; ``members/<id>`` on it.
-- Election: ``leader`` created only where absent, on the member's lease. A dead leader's key goes with its
-  lease; the next turn of another member creates it.
+- Membership and election (``gateway.fleet.membership``): a lease of ``cluster_ttl``; ``members/<id>`` and
+  the ``leader`` key on it. A dead leader's key goes with its lease; the next turn of another member creates
+  it.
 - The leader runs the scheduler for the models that can be shared (every kind but the in-process one): it
   loads them (for its own requests, for followers' ``loads/`` requests, for pins), evicts and health-checks
   them as a lone gateway does, and publishes each one's entry in ``models/``.
@@ -16,10 +16,9 @@ nothing to resume: each turn starts from what the store holds.
   ``loads/<model>/<member>`` and waits until the table says it is ready (the slot is then mirrored), until
   the leader reports a failure, or until the load timeout, with the errors of a local load. It mirrors
   every ready entry as HTTP replicas (``gateway.fleet.mirror``) and stops mirroring what the leader unloads.
-- Taking over: a follower elected leader owns the mirrored models it can adopt (containers, remote servers:
-  the placement in their entry goes back into its budgets, so the device ledger is what runs), unloads those
-  it cannot (``llama_server`` processes died with their gateway), and removes this fleet's containers that
-  no entry claims. Nothing is restarted.
+- Taking over (``gateway.fleet.adoption``): a follower elected leader owns the mirrored models it can adopt
+  (their placement goes back into its budgets, so the device ledger is what runs), unloads those it cannot,
+  and removes this fleet's containers that no entry claims. Nothing is restarted.
 - Pins, reloads and last uses are shared through ``pins/``, ``reload`` and ``use/``.
 - The store down: every gateway keeps routing to what it has; a load that needs the store is a 503 with
   Retry-After naming it; the next turn that reaches the store carries on.
@@ -35,8 +34,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from backends.docker.engine import DockerEngine
-from backends.errors import LoadFailed, ModelUnavailable, UpstreamUnavailable
-from gateway.fleet.mirror import MirroredReplica, remove, unclaimed
+from backends.errors import LoadFailed, ModelUnavailable
+from gateway.fleet.adoption import adopt
+from gateway.fleet.membership import Membership
+from gateway.fleet.mirror import MirroredReplica
 from gateway.fleet.store import Store, StoreUnavailable
 from gateway.fleet.table import Entry, Keys, changes, entry_of, mirror_plan
 from gateway.scheduling.lifecycle import ModelSlot, State
@@ -73,10 +74,8 @@ class Node:
         reload: Callable[[], Awaitable[Any]],
     ) -> None:
         self.id = member
-        self.url = url
         self.cluster = cluster
         self.keys = Keys(cluster)
-        self.ttl = ttl
         self.load_timeout = load_timeout
         self.store = store
         self.scheduler = scheduler
@@ -85,18 +84,12 @@ class Node:
         self.engines_in_use = engines_in_use  # where a take-over looks for containers nobody claims
         self._leaving = False  # shutting down: the fleet's loop has stopped
         self.shared = shared
-        self.digest = digest
         self._reload = reload
-        self.started = time.time()
         self.role = "starting"  # then "leader" or "follower"
-        self.leader: str | None = None
         self.connected = False
         self.problem: str | None = None  # the store's last failure, while it lasts
-        self.members: dict[str, Any] = {}
         self.table: dict[str, Entry] = {}
-        self.lease: int | None = None
-        self._refreshed = 0.0
-        self._member_doc: dict[str, Any] | None = None
+        self.membership = Membership(store, self.keys, member, url, ttl, digest)
         self._published: dict[str, Entry] = {}
         self._mirrored: dict[str, Entry] = {}  # the entry each mirrored slot was made from
         self._work: dict[str, asyncio.Task[None]] = {}  # mirroring or unmirroring, by model
@@ -107,7 +100,6 @@ class Node:
         self._busy_sent: set[str] = set()  # a follower's models with requests running, as last reported
         self._busy: set[str] = set()  # the leader's view: models some follower has requests of
         self._busy_read = 0.0  # when the leader last read that
-        self._mismatch_logged: frozenset[str] = frozenset()
         self.became_leader: float | None = None  # time.time() of the last election won
 
     # -- the scheduler's delegate ----------------------------------------------------------------------
@@ -151,6 +143,12 @@ class Node:
                     )
                 if not self.connected:
                     raise self._store_error(f"cannot load '{name}'")
+                if self.membership.leader_differs() and name not in self.table:
+                    raise ModelUnavailable(
+                        f"the fleet's leader ({self.leader}) does not serve '{name}': the gateways' "
+                        "manifests differ (GET /admin/cluster)",
+                        retry_after=RETRY_AFTER,
+                    )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ModelUnavailable(
@@ -183,22 +181,17 @@ class Node:
         self.connected, self.problem = True, None
 
     async def _turn(self) -> None:
-        await self._keep_lease()
-        assert self.lease is not None
-        leader = await self.store.get(self.keys.leader)
+        if await self.membership.keep_lease() and self.role == "leader":
+            self._step_down()
         self._reached()
-        if leader is None:
-            leader = await self.store.create(self.keys.leader, self.id, self.lease)
-        self.leader = str(leader)
-        if self.leader == self.id and self.role != "leader":
+        leader = await self.membership.elect()
+        if leader == self.id and self.role != "leader":
             await self._take_over()
-        elif self.leader != self.id:
+        elif leader != self.id:
             if self.role == "leader":
                 self._step_down()
             self.role = "follower"
-        await self._publish_member()
-        self.members = await self.store.prefix(self.keys.members)
-        self._check_manifests()
+        await self.membership.publish(self.role == "leader")
         table = await self.store.prefix(self.keys.models)
         self.table = {n: e for n, raw in table.items() if (e := Entry.from_json(raw)) is not None}
         await self._apply_pins(await self.store.prefix(self.keys.pins))
@@ -208,23 +201,9 @@ class Node:
         else:
             await self._follow()
 
-    async def _keep_lease(self) -> None:
-        now = time.monotonic()
-        if self.lease is not None and now - self._refreshed < self.ttl / 3:
-            return
-        if self.lease is not None and not await self.store.refresh(self.lease):
-            log.error("cluster: this gateway's lease expired (the store was out of reach too long)")
-            self.lease = None
-            self._member_doc = None
-            if self.role == "leader":
-                self._step_down()
-        if self.lease is None:
-            self.lease = await self.store.grant(self.ttl)
-        self._refreshed = now
-
     def _check_lease(self) -> None:
         """Without the store for longer than the lease, the leader must assume another one leads now."""
-        if self.role == "leader" and time.monotonic() - self._refreshed > self.ttl:
+        if self.role == "leader" and self.membership.lease_stale():
             self._step_down()
 
     def _step_down(self) -> None:
@@ -235,29 +214,13 @@ class Node:
         )
         self.role = "follower"
 
-    async def _publish_member(self) -> None:
-        doc = {
-            "id": self.id,
-            "url": self.url,
-            "started": self.started,
-            "manifests": self.digest(),
-            "leader": self.role == "leader",
-        }
-        if doc != self._member_doc:
-            await self.store.put(self.keys.members + self.id, doc, lease=self.lease)
-            self._member_doc = doc
-
-    def _check_manifests(self) -> None:
-        digests = frozenset(str(m.get("manifests")) for m in self.members.values() if isinstance(m, dict))
-        if len(digests) > 1 and digests != self._mismatch_logged:
-            by = {mid: m.get("manifests") for mid, m in self.members.items() if isinstance(m, dict)}
-            log.error("cluster: the gateways serve DIFFERENT manifests (digest by member: %s)", by)
-        self._mismatch_logged = digests if len(digests) > 1 else frozenset()
+    @property
+    def lease(self) -> int | None:
+        return self.membership.lease
 
     @property
-    def manifests_agree(self) -> bool:
-        digests = {m.get("manifests") for m in self.members.values() if isinstance(m, dict)}
-        return len(digests) <= 1
+    def leader(self) -> str | None:
+        return self.membership.leader
 
     # -- shared settings -------------------------------------------------------------------------------
     async def set_pin(self, name: str, pinned: bool) -> None:
@@ -303,30 +266,9 @@ class Node:
         self.became_leader = time.time()
         if self._work:
             await asyncio.gather(*self._work.values(), return_exceptions=True)
-        claimed: set[str] = set()
-        for slot in self._shared_slots():
-            made = self._mirrored.pop(slot.name, None)
-            if slot.state is not State.READY or made is None or slot.pool is None:
-                continue
-            backends = [r.backend for r in slot.pool.replicas]
-            alive = await asyncio.gather(*(b.health() for b in backends))  # gone with the last leader?
-            mine = all(isinstance(b, MirroredReplica) and b.own() for b in backends)
-            if made.adoptable and mine and all(alive):
-                await self.scheduler.take_over(slot, made.options())
-                claimed.update(r.container for r in made.replicas if r.container)
-                log.info("cluster: adopted %s (%d replicas) as it runs", slot.name, len(made.replicas))
-            else:
-                self._spawn(self.scheduler.unload(slot, "its replicas ended with the last leader", None, 0.0))
-        self._mirrored.clear()
-        for engine in self.engines_in_use():
-            try:
-                for name in await unclaimed(engine, claimed):
-                    log.warning("cluster: removing container %s on %s: no model claims it", name, engine.name)
-                    await remove(engine, name)
-            except (
-                UpstreamUnavailable
-            ) as exc:  # an engine out of reach: its leftovers wait for the next leader
-                log.error("cluster: could not list the fleet's containers on %s: %s", engine.name, exc)
+        mirrored, self._mirrored = self._mirrored, {}
+        for unload in await adopt(self.scheduler, self._shared_slots(), mirrored, self.engines_in_use()):
+            self._spawn(unload)
         self._published = dict(self.table)
 
     async def _lead(self) -> None:
@@ -429,11 +371,10 @@ class Node:
         if self.role != "leader":
             return
         try:
-            members = await self.store.prefix(self.keys.members)
+            others = await self.membership.others()
         except StoreUnavailable as exc:
             log.warning("cluster: not handing over (the store is away): %s", exc)
             return
-        others = sorted(m for m in members if m != self.id)
         if not others:
             return
         # Those the next leader can adopt; llama_server processes die with this gateway anyway.
@@ -450,13 +391,8 @@ class Node:
         await self._leave()
 
     async def _leave(self) -> None:
-        lease, self.lease = self.lease, None
         self.role = "follower"
-        if lease is not None:
-            try:
-                await self.store.revoke(lease)
-            except StoreUnavailable as exc:
-                log.warning("cluster: leaving without revoking the lease (it expires by itself): %s", exc)
+        await self.membership.leave()
 
     async def close(self) -> None:
         """Leave the fleet: revoke the lease (so another gateway leads at once if this one did)."""
@@ -474,9 +410,7 @@ class Node:
             "role": self.role,
             "leader": self.leader,
             "store": {"endpoints": self.store.endpoints, "connected": self.connected, "error": self.problem},
-            "manifests_agree": self.manifests_agree,
-            "members": sorted(
-                (m for m in self.members.values() if isinstance(m, dict)), key=lambda m: str(m.get("id"))
-            ),
+            "manifests_agree": self.membership.manifests_agree,
+            "members": sorted(self.membership.members.values(), key=lambda m: str(m.get("id"))),
             "models": {name: e.as_json() for name, e in sorted(self.table.items())},
         }

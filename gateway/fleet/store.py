@@ -13,6 +13,7 @@ Keys are strings here (UTF-8 in etcd); values are JSON documents (``gateway.flee
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,11 +37,8 @@ class Store:
     ) -> None:
         if not endpoints:
             raise ValueError("no etcd endpoints")
-        try:
-            import aetcd  # noqa: F401  # type: ignore[import-untyped]
-        except ImportError as exc:
-            missing = "cluster mode needs etcd's client: pip install 'llm-gateway[cluster]'"
-            raise RuntimeError(missing) from exc
+        if importlib.util.find_spec("aetcd") is None:
+            raise RuntimeError("cluster mode needs etcd's client: pip install 'llm-gateway[cluster]'")
         self.endpoints = list(endpoints)
         self.timeout = timeout
         self.attempt = attempt
