@@ -95,8 +95,10 @@ def test_members_join_and_a_container_model_asked_through_every_gateway_at_once_
 ) -> None:
     write_manifests(fleet.manifests, [site.llamacpp("m", site.models["a"], memory="100MiB", engines=["e1"])])
     gws = three(fleet)
+    ids = ["g1", "g2", "g3"]
+    for g in gws:  # each sees the others from its next turn on
+        wait_for(lambda g=g: sorted(m["id"] for m in g.cluster()["members"]) == ids, f"{g.name}'s members")
     view = gws[0].cluster()
-    assert sorted(m["id"] for m in view["members"]) == ["g1", "g2", "g3"]
     assert view["manifests_agree"] and view["store"]["connected"]
     assert ours(site, fleet) == {"e1": 0, "e2": 0}  # lazy: nothing runs before a request
 

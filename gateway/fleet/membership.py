@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.fleet.store import Store, StoreUnavailable
-from gateway.fleet.table import Keys
+from gateway.fleet.table import Keys, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +58,24 @@ class Membership:
         """Not refreshed for longer than the TTL: the store may have let it expire."""
         return time.monotonic() - self._refreshed > self.ttl
 
-    async def elect(self) -> str:
+    async def elect(self, snapshot: Snapshot) -> str:
         """The leader's id, this member's if no one leads."""
         assert self.lease is not None
-        leader = await self.store.get(self.keys.leader)
+        leader = snapshot.get("leader")
         if leader is None:
             leader = await self.store.create(self.keys.leader, self.id, self.lease)
         self.leader = str(leader)
         return self.leader
 
-    async def publish(self, leading: bool) -> None:
-        """This member's document (written when it changes), then every member's, read back."""
+    async def publish(self, leading: bool, snapshot: Snapshot) -> None:
+        """This member's document (written when it changes), and every member's as the turn read them."""
         doc = {"id": self.id, "url": self.url, "started": self.started, "manifests": self.digest()}
         doc["leader"] = leading
         if doc != self._doc:
             await self.store.put(self.keys.members + self.id, doc, lease=self.lease)
             self._doc = doc
-        found = await self.store.prefix(self.keys.members)
+        found = snapshot.under("members/")
+        found[self.id] = doc
         self.members = {k: v for k, v in found.items() if isinstance(v, dict)}
         digests = frozenset(str(m.get("manifests")) for m in self.members.values())
         if len(digests) > 1 and digests != self._mismatch_logged:

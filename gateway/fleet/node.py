@@ -2,9 +2,9 @@
 as the leader or as a follower. Built only when ``GATEWAY_CLUSTER_ETCD`` is set (``gateway.control.build``).
 
 One loop (``tick``, every ``TICK`` seconds) reads and writes the store (``gateway.fleet.store``); the
-decisions are ``gateway.fleet.table``'s. Polling, not etcd watches: one turn reads a handful of prefixes
-(microseconds for etcd), and the same loop survives the loss of an etcd member or of the whole store with
-nothing to resume: each turn starts from what the store holds.
+decisions are ``gateway.fleet.table``'s. Polling, not etcd watches: one turn reads the fleet's whole prefix
+in one call (a few dozen small keys), and the same loop survives the loss of an etcd member or of the whole
+store with nothing to resume: each turn starts from what the store holds.
 
 - Membership and election (``gateway.fleet.membership``): a lease of ``cluster_ttl``; ``members/<id>`` and
   the ``leader`` key on it. A dead leader's key goes with its lease; the next turn of another member creates
@@ -39,7 +39,7 @@ from gateway.fleet.adoption import adopt
 from gateway.fleet.membership import Membership
 from gateway.fleet.mirror import MirroredReplica
 from gateway.fleet.store import Store, StoreUnavailable
-from gateway.fleet.table import Entry, Keys, changes, entry_of, mirror_plan
+from gateway.fleet.table import Entry, Keys, Snapshot, changes, entry_of, mirror_plan
 from gateway.scheduling.lifecycle import ModelSlot, State
 from gateway.scheduling.pins import Pins
 from gateway.scheduling.scheduler import Scheduler
@@ -183,21 +183,23 @@ class Node:
     async def _turn(self) -> None:
         if await self.membership.keep_lease() and self.role == "leader":
             self._step_down()
+        read_at = time.monotonic()
+        snapshot = Snapshot(await self.store.prefix(self.keys.root))
         self._reached()
-        leader = await self.membership.elect()
+        leader = await self.membership.elect(snapshot)
         if leader == self.id and self.role != "leader":
             await self._take_over()
         elif leader != self.id:
             if self.role == "leader":
                 self._step_down()
             self.role = "follower"
-        await self.membership.publish(self.role == "leader")
-        table = await self.store.prefix(self.keys.models)
+        await self.membership.publish(self.role == "leader", snapshot)
+        table = snapshot.under("models/")
         self.table = {n: e for n, raw in table.items() if (e := Entry.from_json(raw)) is not None}
-        await self._apply_pins(await self.store.prefix(self.keys.pins))
-        await self._follow_reloads(await self.store.get(self.keys.reload))
+        await self._apply_pins(snapshot.under("pins/"))
+        await self._follow_reloads(snapshot.get("reload"))
         if self.role == "leader":
-            await self._lead()
+            await self._lead(snapshot, read_at)
         else:
             await self._follow()
 
@@ -271,7 +273,7 @@ class Node:
             self._spawn(unload)
         self._published = dict(self.table)
 
-    async def _lead(self) -> None:
+    async def _lead(self, snapshot: Snapshot, read_at: float) -> None:
         wall, mono = time.time(), time.monotonic()
         now = {s.name: entry_of(s, wall, mono) for s in self._shared_slots()}
         writes, deletes = changes(self._published, now)
@@ -281,15 +283,15 @@ class Node:
         for name in deletes:
             await self.store.delete(self.keys.models + name)
             self._published.pop(name, None)
-        asked = {key.split("/", 1)[0] for key in await self.store.prefix(self.keys.loads)}
+        asked = {key.split("/", 1)[0] for key in snapshot.under("loads/")}
         for slot in self._shared_slots():
             wanted = slot.name in asked or slot.pinned
             in_backoff = slot.failure is not None and mono < slot.failure.retry_at
             if wanted and slot.state is State.UNLOADED and not slot.retired and not in_backoff:
                 self.scheduler.load(slot)
-        self._busy = {key.split("/", 1)[0] for key in await self.store.prefix(self.keys.busy)}
-        self._busy_read = time.monotonic()
-        for name, used in (await self.store.prefix(self.keys.use)).items():
+        self._busy = {key.split("/", 1)[0] for key in snapshot.under("inflight/")}
+        self._busy_read = read_at
+        for name, used in snapshot.under("use/").items():
             user = self.scheduler.slots.get(name)
             if user is not None and isinstance(used, int | float):
                 user.last_used = max(user.last_used, mono - max(0.0, wall - used))

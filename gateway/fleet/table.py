@@ -45,6 +45,20 @@ class Keys:
         return f"{self.loads}{model}/{member}"
 
 
+class Snapshot:
+    """Every key of the fleet, read in one call at the start of a turn (one round trip to etcd, however
+    many kinds of keys a turn looks at), by path under the fleet's root."""
+
+    def __init__(self, found: Mapping[str, Any]) -> None:
+        self.found = found
+
+    def get(self, key: str) -> Any:
+        return self.found.get(key)
+
+    def under(self, prefix: str) -> dict[str, Any]:
+        return {k[len(prefix) :]: v for k, v in self.found.items() if k.startswith(prefix)}
+
+
 @dataclass(frozen=True)
 class Published:
     """One replica as the table gives it: enough for another gateway to route to it, and for a new leader
