@@ -411,6 +411,7 @@ class Node:
             "member": self.id,
             "role": self.role,
             "leader": self.leader,
+            "leading_since": self.became_leader if self.role == "leader" else None,  # wall clock
             "store": {"endpoints": self.store.endpoints, "connected": self.connected, "error": self.problem},
             "manifests_agree": self.membership.manifests_agree,
             "members": sorted(self.membership.members.values(), key=lambda m: str(m.get("id"))),

@@ -82,6 +82,9 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         engines = gateway.engines_in_use()
         for engine in engines:  # before any container of this run starts (DockerEngine.ready waits for it)
             engine.start_cleanup()
+        node = gateway.fleet
+        if node is not None:  # joined (or the store's failure logged) before pinned loads and requests
+            await node.tick()
         gateway.scheduler.start_background()
         background = gateway.background
         timers.start(
@@ -97,9 +100,7 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
             seen = await asyncio.to_thread(snapshot, settings.manifests)  # file I/O, off the loop
             background.every("manifest-watch", WATCH_INTERVAL, watch(gateway, seen))
         on_sighup(gateway)
-        node = gateway.fleet
         if node is not None:
-            await node.tick()  # joined (or the store's failure logged) before the first request
             background.every("fleet", FLEET_TICK, node.tick)
         log.info(
             "serving %d models (%d manifest problems), memory budget %s",
