@@ -73,6 +73,7 @@ EXPECTED = {  # method, path
     GET /admin/models/{name}/plan
     GET /admin/devices
     POST /admin/reload
+    GET /admin/cluster
     GET /health
     GET /metrics
     GET /openapi.json
