@@ -76,6 +76,7 @@ EXPECTED = {  # method, path
     GET /admin/activity
     GET /admin/series
     GET /admin/session
+    GET /admin/cluster
     GET /health
     GET /metrics
     GET /openapi.json

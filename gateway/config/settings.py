@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backends.spec import Duration
 
@@ -160,6 +160,27 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_.-]+$",
         description="Labels this gateway's containers; default: derived from host, port and manifests.",
     )
+    cluster_etcd: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Cluster mode: the etcd members (host:port, a JSON list or comma-separated) through "
+        "which several gateways share one fleet; empty (the default): this gateway runs alone.",
+    )
+    cluster_name: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Cluster mode: the fleet's name, so several fleets can share one etcd.",
+    )
+    cluster_ttl: Duration = Field(
+        10.0, gt=0, description="Cluster mode: the lease of each gateway; a dead leader is replaced after it."
+    )
+    cluster_member: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Cluster mode: this gateway's name in the fleet; default: its instance id.",
+    )
+    cluster_url: str | None = Field(
+        None, description="Cluster mode: this gateway's address as others see it (default http://host:port)."
+    )
     allow_open: bool = Field(
         False,
         description="Serve /v1 without API keys on an address other than loopback, on purpose; without it "
@@ -270,6 +291,14 @@ class Settings(BaseSettings):
     upstream_total_timeout: Duration = Field(
         3600.0, gt=0, description="Default of a model's timeouts.total: one request, retries included."
     )
+
+    @field_validator("cluster_etcd", mode="before")
+    @classmethod
+    def _endpoints(cls, value: object) -> object:
+        """``host:port,host:port`` as well as a JSON list (``GATEWAY_CLUSTER_ETCD``)."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     def learned_path(self) -> Path:
         """Where the learned memory peaks are kept (``gateway.scheduling.learned_store``)."""

@@ -11,6 +11,7 @@ from backends.kinds import Hosts, Kinds
 from gateway.config.loading import ManifestSet
 from gateway.config.settings import Settings
 from gateway.control.response_store import ResponseStore
+from gateway.fleet.node import Node
 from gateway.observability.activity import Activity, Series
 from gateway.observability.background import Background
 from gateway.observability.footprint import Footprints
@@ -39,6 +40,7 @@ class Gateway:
     background: Background = field(default_factory=Background)  # loops that must not die silently
     activity: Activity = field(default_factory=Activity)  # the last requests (fed by the metrics' batch)
     series: Series = field(default_factory=Series)  # a few numbers over time, for the console's charts
+    fleet: Node | None = None  # cluster mode: this gateway in its fleet (gateway.fleet); None: alone
 
     def engines_in_use(self) -> list[ContainerEngine]:
         """The engines some model may run on: only those are touched (cleaned up at startup)."""

@@ -160,6 +160,7 @@ class AdminRoutes:
             Route("/admin/activity", self.activity, methods=["GET"]),
             Route("/admin/series", self.series, methods=["GET"]),
             Route("/admin/session", self.session, methods=["GET"]),
+            Route("/admin/cluster", self.cluster, methods=["GET"]),
             Route(f"{one}/load", self.load, methods=["POST"]),
             Route(f"{one}/unload", self.unload, methods=["POST"]),
             Route(f"{one}/evict", self.unload, methods=["POST"]),
@@ -236,14 +237,23 @@ class AdminRoutes:
         await sched.unload(slot, "unloaded by an admin", "admin", grace=0.0 if force else None)
         return JSONResponse(self._model(slot))
 
+    async def cluster(self, request: Request) -> Response:
+        """The fleet as this gateway sees it (cluster mode); alone, just that."""
+        node = self.gw.fleet
+        return JSONResponse(node.describe() if node is not None else {"cluster": None, "role": "alone"})
+
     async def pin(self, request: Request) -> Response:
         slot = self._slot(request)
+        if self.gw.fleet is not None:
+            await self.gw.fleet.set_pin(slot.name, True)
         slot.pinned = True
         self.gw.pins.record(slot.name, True)
         return await self.load(request)
 
     async def unpin(self, request: Request) -> Response:
         slot = self._slot(request)
+        if self.gw.fleet is not None:
+            await self.gw.fleet.set_pin(slot.name, False)
         slot.pinned = False
         self.gw.pins.record(slot.name, False)
         return JSONResponse(self._model(slot))
@@ -253,7 +263,10 @@ class AdminRoutes:
         return JSONResponse(plan_json(self.gw.scheduler.plan(slot), self.gw.scheduler.budgets, slot))
 
     async def reload(self, request: Request) -> Response:
-        result = await reload(self.gw)
+        if self.gw.fleet is not None:  # every gateway of the fleet reloads; this one answers with its result
+            result = await self.gw.fleet.reload_all()
+        else:
+            result = await reload(self.gw)
         return JSONResponse(result.as_json())
 
     async def activity(self, request: Request) -> Response:

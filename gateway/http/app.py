@@ -22,6 +22,7 @@ from gateway.config.settings import Settings
 from gateway.control.build import build_gateway
 from gateway.control.reload import WATCH_INTERVAL, on_sighup, snapshot, watch
 from gateway.control.state import Gateway
+from gateway.fleet.node import TICK as FLEET_TICK
 from gateway.http.admin_routes import AdminRoutes
 from gateway.http.anthropic_routes import AnthropicRoutes
 from gateway.http.auth import AuthMiddleware, Keys, load_key_file
@@ -83,6 +84,9 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         for engine in engines:  # before any container of this run starts (DockerEngine.ready waits for it)
             engine.start_cleanup()
             engine.start_watch(gateway.host_loss)  # hosts going down and coming back (a swarm's nodes)
+        node = gateway.fleet
+        if node is not None:  # joined (or the store's failure logged) before pinned loads and requests
+            await node.tick()
         gateway.scheduler.start_background()
         background = gateway.background
         timers.start(
@@ -100,6 +104,8 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
             seen = await asyncio.to_thread(snapshot, settings.manifests)  # file I/O, off the loop
             background.every("manifest-watch", WATCH_INTERVAL, watch(gateway, seen))
         on_sighup(gateway)
+        if node is not None:
+            background.every("fleet", FLEET_TICK, node.tick)
         log.info(
             "serving %d models (%d manifest problems), memory budget %s",
             len(gateway.registry.slots),
@@ -111,7 +117,11 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         finally:
             await background.stop()
             await gateway.host_loss.close()
+            if node is not None:
+                await node.hand_over()
             await gateway.scheduler.shutdown()
+            if node is not None:
+                await node.close()
             gateway.footprints.store.flush()  # the peaks' last rises, under the write step
             for engine in engines:
                 await engine.close()

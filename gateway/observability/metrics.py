@@ -140,14 +140,24 @@ class RequestSeries:
 
 class Metrics:
     def __init__(
-        self, models: list[str], max_model_len: int = 32768, activity: Activity | None = None
+        self,
+        models: list[str],
+        max_model_len: int = 32768,
+        activity: Activity | None = None,
+        gateway: str | None = None,
     ) -> None:
-        self.activity = activity  # the last requests, fed from the batch (gateway.observability.activity)
+        """``activity``: the last requests, fed from the batch (``gateway.observability.activity``).
+        ``gateway``: cluster mode's member name, a ``gateway`` label on every series, so that the gateways
+        of a fleet export distinct series (the engines' own gauges come from the leader alone)."""
+        self.activity = activity
         token_buckets = buckets_1_2_5(max_model_len)
         c, g, h = CounterFamily, GaugeFamily, HistogramFamily
         self._vllm_counts(c, g)
         self._vllm_histograms(h, token_buckets)
         self._gateway_families(c, g, h)
+        if gateway is not None:
+            for family in self.families():
+                family.constant("gateway", gateway)
         self._series: dict[tuple[str, str], RequestSeries] = {}
         self._pending: list[tuple[Trace, float]] = []
         self._pending_bytes = 0
