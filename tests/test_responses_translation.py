@@ -80,6 +80,7 @@ def test_input_items_become_chat_messages() -> None:
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0]"),
         ({"text": {"format": {"type": "grammar"}}}, "text.format"),
         ({"include": ["message.output_text.logprobs"]}, "include"),
+        ({"include": [["a list"]]}, "include"),  # found by the fuzzer: was a TypeError (unhashable)
         ({"metadata": {"a": 1}}, "metadata"),
         ({"max_output_tokens": 0}, "max_output_tokens"),
         ({"frobnicate": True}, "frobnicate"),

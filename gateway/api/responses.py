@@ -238,7 +238,8 @@ def _check_fields(body: dict[str, Any]) -> None:
     include = body.get("include") or []
     need(isinstance(include, list), "include: expected a list", "include")
     for value in include:
-        need(value in INCLUDABLE, f"include: {value!r} is not available from this gateway", "include")
+        ok = isinstance(value, str) and value in INCLUDABLE  # a list or an object is not hashable
+        need(ok, f"include: {value!r} is not available from this gateway", "include")
     need(body.get("truncation") in (None, "disabled"), "truncation: only 'disabled' is served", "truncation")
     metadata = body.get("metadata")
     if metadata is not None:
