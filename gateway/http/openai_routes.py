@@ -249,7 +249,7 @@ class OpenAIRoutes:
         who: tuple[str, Priority] = ("", "interactive"),
     ) -> None:
         gw = self.gw
-        lease = await self._acquire(slot, request.stream, send, front)
+        lease = await self._acquire(slot, request.stream, send, front, who[1])
         slot = lease.slot  # a reload may have put a new version in its place while the request waited
         key = affinity_key(slot.manifest.affinity, request.body, headers)
 
@@ -335,12 +335,14 @@ class OpenAIRoutes:
                 priority = "batch"
         return name, priority
 
-    async def _acquire(self, slot: ModelSlot, stream: bool, send: _Send, front: Front) -> Lease:
+    async def _acquire(
+        self, slot: ModelSlot, stream: bool, send: _Send, front: Front, priority: Priority = "interactive"
+    ) -> Lease:
         """A lease on ``slot`` (``Scheduler.acquire``). A streaming request that waits longer than the
         keep-alive interval for its model (a load, a swap) gets its stream started and a keep-alive line at
         each interval, so that proxies in between do not time it out; its first answer bytes follow once it
         is admitted. A quicker wait keeps the plain status codes (a 503 is a 503)."""
-        acquiring = self.gw.scheduler.acquire(slot, self.gw.settings.load_timeout)
+        acquiring = self.gw.scheduler.acquire(slot, self.gw.settings.load_timeout, priority)
         interval = self.gw.settings.stream_keepalive
         if not stream or not interval or slot.state is State.READY:
             return await acquiring

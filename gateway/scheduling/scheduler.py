@@ -41,6 +41,7 @@ from backends.errors import (
     ModelUnavailable,
     QueueFull,
 )
+from gateway.routing.fair_queue import Priority
 from gateway.scheduling.admission import Activity, Admission, Policy, Waiting, admit
 from gateway.scheduling.explain import Plan, explain
 from gateway.scheduling.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
@@ -126,28 +127,30 @@ class Scheduler:
         self._idle_timers: dict[ModelSlot, asyncio.Task[None]] = {}
 
     # -- the request path --------------------------------------------------------------------------------
-    async def acquire(self, slot: ModelSlot, timeout: float) -> Lease:
+    async def acquire(self, slot: ModelSlot, timeout: float, priority: Priority = "interactive") -> Lease:
         """A lease on ``slot`` once it is ready, loading it if needed. A request that has to wait for the
         model (a load, a drain) takes a place in the model's queue, the same ``max_queue`` places as the
         requests waiting for a free replica: when they are all taken, 429 with Retry-After. One request
-        may always wait for a load, even with ``max_queue: 0``: the one that asks for the model."""
+        may always wait for a load, even with ``max_queue: 0``: the one that asks for the model.
+        ``priority``: the request's class, which swap-aware admission weighs (``_admission``)."""
+        interactive = priority == "interactive"
         if slot.state is State.READY:
-            return slot.lease()
+            return slot.lease(interactive)
         waiting = slot.queued
         if waiting >= max(slot.max_queue, 1):
             raise QueueFull(
                 f"model '{slot.name}' has {waiting} requests waiting (max_queue={slot.max_queue})",
                 retry_after=max(1.0, slot.load_seconds or 1.0),  # they wait for its load: about that long
             )
-        began = slot.wait_begins()
+        began = slot.wait_begins(interactive)
         try:
-            lease = await self._until_ready(slot, timeout)
+            lease = await self._until_ready(slot, timeout, interactive)
         finally:
-            slot.wait_ends(began)
+            slot.wait_ends(began, interactive)
         self.events.waited_for_model(lease.slot.name, self._clock() - began)
         return lease
 
-    async def _until_ready(self, slot: ModelSlot, timeout: float) -> Lease:
+    async def _until_ready(self, slot: ModelSlot, timeout: float, interactive: bool = True) -> Lease:
         deadline = self._clock() + timeout
         while True:
             if slot.state is State.UNLOADED and slot.replaced_by is not None:  # a reload changed it
@@ -157,7 +160,7 @@ class Scheduler:
             if slot.state is State.UNLOADED and slot.removed:
                 raise ModelNotFound(slot.name)
             if slot.state is State.READY:
-                return slot.lease()
+                return slot.lease(interactive)
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise ModelUnavailable(
@@ -350,16 +353,20 @@ class Scheduler:
         await self._sleep(max(delay, 0.0))  # a timer, not synchronisation
 
     def _admission(self, slot: ModelSlot, residents: list[Resident]) -> Admission:
-        """Which busy residents ``slot``'s load must leave alone for now (``admission``)."""
+        """Which busy residents ``slot``'s load must leave alone for now (``admission``), the requests'
+        classes included: a resident busy with batch work only does not hold up an interactive request."""
         wait = slot.manifest.max_swap_wait
-        target = Waiting(slot.oldest_wait, self.max_swap_wait if wait is None else wait)
+        now, linger = self._clock(), self.policy.linger
+        target = Waiting(
+            slot.oldest_wait, self.max_swap_wait if wait is None else wait, slot.interactive_waiting
+        )
         slots = self.slots
         activity = [
-            Activity(r.name, r.in_flight, slots[r.name].queued, r.last_used)
+            Activity(r.name, r.in_flight, s.queued, r.last_used, s.interactive_work(now, linger))
             for r in residents
-            if r.evictable and r.name in slots
+            if r.evictable and (s := slots.get(r.name)) is not None
         ]
-        return admit(target, activity, self._clock(), self.policy)
+        return admit(target, activity, now, self.policy)
 
     def _older_loads(self, slot: ModelSlot) -> list[asyncio.Task[None]]:
         """The load tasks asked for before ``slot``'s that still wait for their memory."""
