@@ -200,6 +200,7 @@ class OpenAIRoutes:
             raw = await _read_body(scope, receive, self.gw.settings.max_body_bytes)
             prepared = await front.prepare(raw, started)
             model, trace = prepared.slot.name, prepared.trace
+            trace.key, trace.priority = who
             async with CancelOnDisconnect(receive):
                 await self._serve(
                     prepared.slot, prepared.request, Headers(scope=scope), response, trace,
