@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from backends.base import Backend
+from backends.base import Backend, phase_of
 from backends.errors import GatewayError
 from backends.kinds import MakeBackends
 from gateway.config.manifest import ModelManifest
@@ -110,6 +110,7 @@ class ModelSlot:
         self._none_waiting = asyncio.Event()
         self._none_waiting.set()
         self.pool: Pool | None = None
+        self._starting: list[Backend] = []  # the replicas a load under way starts (for ``load_phase``)
         self._checks: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._idle = asyncio.Event()
@@ -229,11 +230,14 @@ class ModelSlot:
         """Start every replica; on any failure, or when cancelled (an operator cancelled the load, or the
         gateway shuts down), stop every replica (those that started and those half way) and re-raise."""
         backends = self._make_backends(self.placement)
+        self._starting = backends
         try:
             results = await asyncio.gather(*(b.start() for b in backends), return_exceptions=True)
         except BaseException:
             await asyncio.shield(asyncio.gather(*(b.stop() for b in backends), return_exceptions=True))
             raise
+        finally:
+            self._starting = []
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             await asyncio.gather(*(b.stop() for b in backends))
@@ -243,6 +247,14 @@ class ModelSlot:
         self.failure = None
         self.last_used = self._clock()
         self._move(State.LOADING, State.READY)
+
+    @property
+    def load_phase(self) -> str | None:
+        """While it loads, what its load is doing: the phase of the first replica still starting that says
+        (``backends.base.phase_of``); "starting" when none says."""
+        if self.state is not State.LOADING:
+            return None
+        return next((p for b in self._starting if (p := phase_of(b)) is not None), "starting")
 
     def load_failed(self, message: str, backoff: float) -> Failure:
         """Back to UNLOADED; requests fail fast until ``retry_at`` (doubling per failure, up to a minute)."""
