@@ -81,7 +81,7 @@ class _Started:
 
 
 class ContainerReplica(SupervisedReplica):
-    STARTING = "starting container"
+    STARTING = "waiting for the server to listen"
     LOADING = "loading weights / warming up"  # its health path answers, not 200 yet
     """One replica: a server container and any RPC worker containers. See ``backends.base``.
 

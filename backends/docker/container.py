@@ -146,15 +146,13 @@ async def run_container(
     phase: Callable[[str], None] | None = None,
 ) -> ManagedContainer:
     """Create and start ``spec`` on ``engine``; returns once the engine has published its port. ``phase``
-    hears "pulling image" when the image is pulled, and "creating container" after."""
+    hears "pulling image ..." when the image is pulled."""
     import docker.errors
     from docker.types import DeviceRequest
 
     await engine.ready()
 
     await ensure_image(engine, spec.image, pull, timeout, phase)
-    if phase is not None:
-        phase("creating container")
 
     kwargs = spec.run_kwargs("" if spec.public else engine.publish_ip)
     if "device_requests" in kwargs:
