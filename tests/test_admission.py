@@ -205,3 +205,21 @@ def test_an_interactive_request_does_not_wait_for_a_batch_flood() -> None:
         finally:
             run.loop.run_until_complete(run.scheduler.shutdown(grace=0))
             run.loop.close()
+
+
+def test_an_interactive_load_goes_ahead_of_a_batch_load_waiting_its_turn() -> None:
+    """m0 busy with batch work; a batch request for m1 waits its turn; an interactive request for m2 that
+    comes after it does not wait behind m1's load (loads that must evict otherwise go first come, first
+    served), and m1's request still gets its model within its bound."""
+    run = _Run()
+    try:
+        script: list[Arrival] = [(0, 0.0, 1.0, "batch")] + [(0, 1.1, 1.0, "batch")] * 20
+        script.insert(3, (1, 0.0, 1.0, "batch"))
+        script.insert(5, (2, 0.0, 1.0, "interactive"))
+        tasks = run.play(script)
+        assert all(t.exception() is None for t in tasks)
+        assert run.by_model[2] == [0.0]
+        assert run.by_model[1][0] <= SWAP_WAIT + 1e-6 and max(run.waits) <= SWAP_WAIT + 1e-6, run.waits
+    finally:
+        run.loop.run_until_complete(run.scheduler.shutdown(grace=0))
+        run.loop.close()

@@ -355,11 +355,8 @@ class Scheduler:
     def _admission(self, slot: ModelSlot, residents: list[Resident]) -> Admission:
         """Which busy residents ``slot``'s load must leave alone for now (``admission``), the requests'
         classes included: a resident busy with batch work only does not hold up an interactive request."""
-        wait = slot.manifest.max_swap_wait
         now, linger = self._clock(), self.policy.linger
-        target = Waiting(
-            slot.oldest_wait, self.max_swap_wait if wait is None else wait, slot.interactive_waiting
-        )
+        target = Waiting(slot.oldest_wait, self._swap_wait(slot), slot.interactive_waiting)
         slots = self.slots
         activity = [
             Activity(r.name, r.in_flight, s.queued, r.last_used, s.interactive_work(now, linger))
@@ -369,13 +366,25 @@ class Scheduler:
         return admit(target, activity, now, self.policy)
 
     def _older_loads(self, slot: ModelSlot) -> list[asyncio.Task[None]]:
-        """The load tasks asked for before ``slot``'s that still wait for their memory."""
+        """The load tasks asked for before ``slot``'s that still wait for their memory, except those that
+        let it go first (``_yields``)."""
         mine = self._since.get(slot, 0)
-        return [
-            self._loads[s]
-            for s, turn in self._since.items()
-            if turn < mine and s.state is State.UNLOADED and s in self._loads
-        ]
+        now = self._clock()
+        older = [s for s, turn in self._since.items() if turn < mine and s.state is State.UNLOADED]
+        return [self._loads[s] for s in older if s in self._loads and not self._yields(s, slot, now)]
+
+    def _yields(self, older: ModelSlot, slot: ModelSlot, now: float) -> bool:
+        """Priorities among loads that must evict: one that only batch requests wait for lets a load that an
+        interactive request waits for go first, until its own oldest request has waited its
+        ``max_swap_wait`` (then it is first again: batch work is delayed, never starved)."""
+        if self.policy.mode == "fifo" or older.interactive_waiting or not slot.interactive_waiting:
+            return False
+        oldest = older.oldest_wait
+        return oldest is not None and now < oldest + self._swap_wait(older)
+
+    def _swap_wait(self, slot: ModelSlot) -> float:
+        wait = slot.manifest.max_swap_wait
+        return self.max_swap_wait if wait is None else wait
 
     def residents(self, excluding: ModelSlot | None = None) -> list[Resident]:
         """The models holding memory now, as the placement sees them, and the memory kept for loads that
