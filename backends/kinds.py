@@ -10,7 +10,9 @@ A kind gives:
 - ``estimate``: the memory of all its replicas together, and where the figure comes from;
 - ``demand``: the units it asks of the devices (``backends.demand``), given that total;
 - ``factory``: how to make its replicas (``backends.base.Backend``) once the placement chose an option per
-  unit.
+  unit;
+- optionally ``in_process = True``: its replicas run inside the gateway's own process, so in cluster mode
+  each gateway serves its own under its own budget instead of the fleet sharing them (``in_process``).
 
 The gateway reads a ``Kinds`` registry and never tests for a kind itself: a new kind is a package with a
 ``kind.py``, and one line in ``backends.builtin`` (or, for a kind that lives elsewhere, the registry handed
@@ -84,6 +86,11 @@ class Kind(Protocol[S_contra]):
         ...
 
     def factory(self, model: Model, spec: S_contra, hosts: Hosts) -> MakeBackends: ...
+
+
+def in_process(kind: Kind[Any]) -> bool:
+    """Whether ``kind``'s replicas run inside the gateway's process (an optional attribute of a kind)."""
+    return bool(getattr(kind, "in_process", False))
 
 
 class Kinds:

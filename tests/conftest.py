@@ -32,6 +32,17 @@ SMOLLM2 = ROOT / "manifests" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 EOS = "2"  # the synthetic vocabulary's </s>; a logit bias against it makes generation run to max_tokens
 
 
+FAILED = pytest.StashKey[bool]()  # a test whose call failed (the console's fixture then saves a screenshot)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call" and report.failed:
+        item.stash[FAILED] = True
+    return report
+
+
 @pytest.fixture(scope="session")
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("models")

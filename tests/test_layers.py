@@ -25,6 +25,7 @@ LAYERS = [
     "cli",
     "http",
     "control",
+    "fleet",
     "observability",
     "api",
     "scheduling",

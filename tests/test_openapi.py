@@ -73,6 +73,10 @@ EXPECTED = {  # method, path
     GET /admin/models/{name}/plan
     GET /admin/devices
     POST /admin/reload
+    GET /admin/activity
+    GET /admin/series
+    GET /admin/session
+    GET /admin/cluster
     GET /health
     GET /metrics
     GET /openapi.json

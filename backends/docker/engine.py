@@ -58,7 +58,11 @@ class DockerEngine:
         publish_ip: str,
         tls: EngineTls | None = None,
         timeout: float = 60.0,
+        cleanup: bool = True,
     ) -> None:
+        """``cleanup``: remove what an earlier run of the same instance left before the first container.
+        Off where the instance is a fleet's (cluster mode): its containers are the fleet's leader's to adopt
+        or remove (``gateway.fleet``), never one gateway's leftovers."""
         self.name = name
         self.url = url
         self.instance = instance
@@ -70,6 +74,7 @@ class DockerEngine:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"docker-{name}")
         self.run = secrets.token_hex(6)
         self._cleanup: asyncio.Task[None] | None = None
+        self._cleans = cleanup
         self._background: set[asyncio.Task[None]] = set()
         self._shared: dict[str, concurrent.futures.Future[Any]] = {}
 
@@ -182,6 +187,8 @@ class DockerEngine:
         await asyncio.shield(self.start_cleanup())
 
     async def _remove_leftovers(self) -> None:
+        if not self._cleans:
+            return
         label = f"{LABEL_INSTANCE}={self.instance}"
 
         def remove(client: Any) -> list[str]:

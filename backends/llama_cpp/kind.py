@@ -14,6 +14,7 @@ from backends.llama_cpp.spec import LlamaCppBackend
 
 class LlamaCppKind:
     name = "llama_cpp"
+    in_process = True  # its replicas live in the gateway's process: never shared by a fleet (backends.kinds)
     spec: Any = LlamaCppBackend
     tags: frozenset[str] = frozenset()
 

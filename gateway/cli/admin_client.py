@@ -123,6 +123,9 @@ class AdminClient:
         params = {"force": "true"} if force else {}
         return dict(self._call("POST", self._path(name, "unload"), SLOW, **params))
 
+    def cluster(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/admin/cluster", QUICK))
+
     def reload(self) -> dict[str, Any]:
         return dict(self._call("POST", "/admin/reload", SLOW))
 

@@ -29,6 +29,8 @@ def _settings(args: argparse.Namespace) -> Settings:
             "log_level",
             "engines_file",
             "watch",
+            "cluster_etcd",
+            "cluster_name",
         )
         if (value := getattr(args, key, None)) is not None
     }
@@ -192,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
         "--watch", action="store_true", default=None, help="reload when a manifest changes (GATEWAY_WATCH)"
+    )
+    serve.add_argument(
+        "--cluster-etcd",
+        dest="cluster_etcd",
+        help="cluster mode: etcd members, host:port,... (GATEWAY_CLUSTER_ETCD)",
+    )
+    serve.add_argument(
+        "--cluster-name", dest="cluster_name", help="cluster mode: the fleet (GATEWAY_CLUSTER_NAME)"
     )
     serve.set_defaults(func=cmd_serve)
     check = sub.add_parser("check", help="validate manifests and print memory estimates")

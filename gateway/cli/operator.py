@@ -132,7 +132,28 @@ def cmd_ps(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
     print(table(("DEVICE", "USED", "BUDGET"), devices), file=out)
     for p in data.get("manifest_problems") or []:
         print(f"refused manifest: {_problem(p)}", file=out)
+    _print_members(client.cluster(), out)
     return 0
+
+
+def _print_members(fleet: dict[str, Any], out: TextIO) -> None:
+    """Cluster mode: the gateways of the fleet (nothing for a gateway alone)."""
+    if not fleet.get("cluster"):
+        return
+    rows = [
+        [
+            str(m.get("id")),
+            "leader" if m.get("id") == fleet.get("leader") else "follower",
+            str(m.get("url")),
+            str(m.get("manifests")),
+        ]
+        for m in fleet.get("members", [])
+    ]
+    print(file=out)
+    print(f"fleet '{fleet['cluster']}' (store {'up' if fleet['store']['connected'] else 'DOWN'}):", file=out)
+    print(table(("GATEWAY", "ROLE", "URL", "MANIFESTS"), rows), file=out)
+    if not fleet.get("manifests_agree", True):
+        print("WARNING: the gateways serve different manifests", file=out)
 
 
 def _problem(p: dict[str, Any]) -> str:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backends.spec import Duration
 
@@ -166,6 +166,27 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_.-]+$",
         description="Labels this gateway's containers; default: derived from host, port and manifests.",
     )
+    cluster_etcd: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Cluster mode: the etcd members (host:port, a JSON list or comma-separated) through "
+        "which several gateways share one fleet; empty (the default): this gateway runs alone.",
+    )
+    cluster_name: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Cluster mode: the fleet's name, so several fleets can share one etcd.",
+    )
+    cluster_ttl: Duration = Field(
+        10.0, gt=0, description="Cluster mode: the lease of each gateway; a dead leader is replaced after it."
+    )
+    cluster_member: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Cluster mode: this gateway's name in the fleet; default: its instance id.",
+    )
+    cluster_url: str | None = Field(
+        None, description="Cluster mode: this gateway's address as others see it (default http://host:port)."
+    )
     allow_open: bool = Field(
         False,
         description="Serve /v1 without API keys on an address other than loopback, on purpose; without it "
@@ -173,7 +194,22 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     watch: bool = Field(False, description="Reload whenever a manifest file changes.")
-    metrics: bool = Field(True, description="Measure requests for /metrics and the stats line.")
+    metrics: bool = Field(
+        True, description="Measure requests for /metrics, the stats line and the console's activity."
+    )
+    activity_size: int = Field(
+        200,
+        ge=0,
+        le=100_000,
+        description="Requests kept for the console's Activity page and GET /admin/activity (the last ones; "
+        "each a small record: model, key name, status, tokens, TTFT, tokens/s); 0: none.",
+    )
+    console_read_only: bool = Field(
+        False,
+        description="Let GET /admin/* (so the console at /ui, read-only) answer without the admin key; its "
+        "actions (load, unload, pin, reload) still need it. Off by default: with an admin key set, the "
+        "console asks for it.",
+    )
     stats_interval: Duration = Field(
         10.0, description="Seconds between stats lines in the log (one per model with traffic); 0: off."
     )
@@ -261,6 +297,14 @@ class Settings(BaseSettings):
     upstream_total_timeout: Duration = Field(
         3600.0, gt=0, description="Default of a model's timeouts.total: one request, retries included."
     )
+
+    @field_validator("cluster_etcd", mode="before")
+    @classmethod
+    def _endpoints(cls, value: object) -> object:
+        """``host:port,host:port`` as well as a JSON list (``GATEWAY_CLUSTER_ETCD``)."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     def learned_path(self) -> Path:
         """Where the learned memory peaks are kept (``gateway.scheduling.learned_store``)."""

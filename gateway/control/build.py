@@ -11,11 +11,13 @@ from backends.kinds import Hosts, Kinds
 from gateway.config.loading import load_directory
 from gateway.config.manifest import ModelManifest, default_kinds
 from gateway.config.settings import Settings
+from gateway.control.fleet import join_fleet
 from gateway.control.response_store import ResponseStore
 from gateway.control.state import Gateway
+from gateway.observability.activity import Activity
 from gateway.observability.footprint import Footprints
 from gateway.observability.metrics import Metrics
-from gateway.resources.hosts import all_hosts, engine_settings, instance_id
+from gateway.resources.hosts import all_hosts, container_instance, engine_settings, instance_id
 from gateway.scheduling.admission import Policy
 from gateway.scheduling.host_loss import HostLoss
 from gateway.scheduling.learned_store import LearnedStore
@@ -39,7 +41,9 @@ def build_hosts(settings: Settings) -> Hosts:
     budget = (
         int(settings.memory_budget) if settings.memory_budget is not None else int(available_memory() * 0.9)
     )
-    engines, inventory, budgets = all_hosts(engine_settings(settings), budget, instance_id(settings))
+    engines, inventory, budgets = all_hosts(
+        engine_settings(settings), budget, container_instance(settings), cleanup=not settings.cluster_etcd
+    )
     return Hosts(engines, inventory, budgets, settings.llama_server)
 
 
@@ -64,7 +68,11 @@ def build_gateway(settings: Settings, kinds: Kinds | None = None) -> Gateway:
     learned = LearnedStore(settings.learned_path())
     registry = Registry.build(manifests, settings, hosts, kinds, learned)
     footprints = Footprints(learned, settings.learned_margin, kinds, hosts)
-    metrics = Metrics(list(registry.slots), max_model_len(m.manifest for m in manifests.models))
+    activity = Activity(settings.activity_size)
+    member = (settings.cluster_member or instance_id(settings)) if settings.cluster_etcd else None
+    metrics = Metrics(
+        list(registry.slots), max_model_len(m.manifest for m in manifests.models), activity, member
+    )
     scheduler = Scheduler(
         registry.slots.values(),
         hosts.budgets,
@@ -90,7 +98,10 @@ def build_gateway(settings: Settings, kinds: Kinds | None = None) -> Gateway:
         settings.responses_max_age,
     )
     host_devices = {e.name: [e.ram, *(d for _, d in e.gpus)] for e in hosts.inventory}
-    return Gateway(
+    gw = Gateway(
         settings, kinds, manifests, registry, scheduler, metrics, hosts, pins, never_fits, responses,
-        footprints, HostLoss(scheduler, host_devices),
+        footprints, HostLoss(scheduler, host_devices), activity=activity,
     )  # fmt: skip
+    if settings.cluster_etcd:
+        gw.fleet = join_fleet(gw)
+    return gw

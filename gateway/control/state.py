@@ -11,6 +11,8 @@ from backends.kinds import Hosts, Kinds
 from gateway.config.loading import ManifestSet
 from gateway.config.settings import Settings
 from gateway.control.response_store import ResponseStore
+from gateway.fleet.node import Node
+from gateway.observability.activity import Activity, Series
 from gateway.observability.background import Background
 from gateway.observability.footprint import Footprints
 from gateway.observability.metrics import Metrics
@@ -36,6 +38,9 @@ class Gateway:
     host_loss: HostLoss  # what an engine's hosts going down and coming back do to the models on them
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reload at a time
     background: Background = field(default_factory=Background)  # loops that must not die silently
+    activity: Activity = field(default_factory=Activity)  # the last requests (fed by the metrics' batch)
+    series: Series = field(default_factory=Series)  # a few numbers over time, for the console's charts
+    fleet: Node | None = None  # cluster mode: this gateway in its fleet (gateway.fleet); None: alone
 
     def engines_in_use(self) -> list[ContainerEngine]:
         """The engines some model may run on: only those are touched (cleaned up at startup)."""

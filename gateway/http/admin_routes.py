@@ -10,8 +10,11 @@ POST /admin/models/{name}/pin         never evict; loads it now; kept across rel
 POST /admin/models/{name}/unpin       evictable again
 GET  /admin/models/{name}/logs        the last lines of each replica's process (?follow=true: SSE, live)
 GET  /admin/models/{name}/plan        would it fit now, what would its load evict, memory per device after
-GET  /admin/devices                   memory per device against its budget
+GET  /admin/devices                   memory per device against its budget, what holds it, what loads take
 POST /admin/reload                    read the manifests again (gateway.control.reload)
+GET  /admin/activity                  the last requests (?since=<id>: only newer ones; ?limit=<n>)
+GET  /admin/series                    tokens/s and queue depth per model, memory per device, over time
+GET  /admin/session                   the key this request came with, and whether it may act (the console)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -27,12 +31,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from backends.errors import InvalidRequest
 from gateway.control.reload import reload
 from gateway.control.state import Gateway
 from gateway.observability.gauges import resident_bytes
 from gateway.routing.pool import Replica
 from gateway.scheduling.explain import Plan
-from gateway.scheduling.lifecycle import ModelSlot, State
+from gateway.scheduling.lifecycle import HOLDS_MEMORY, ModelSlot, State
 from gateway.scheduling.placement import HOST
 
 FOLLOW_POLL = 0.5  # seconds between looks at the replicas' log tails while following
@@ -153,6 +158,10 @@ class AdminRoutes:
             Route("/admin/models", self.list, methods=["GET"]),
             Route("/admin/devices", self.devices, methods=["GET"]),
             Route("/admin/reload", self.reload, methods=["POST"]),
+            Route("/admin/activity", self.activity, methods=["GET"]),
+            Route("/admin/series", self.series, methods=["GET"]),
+            Route("/admin/session", self.session, methods=["GET"]),
+            Route("/admin/cluster", self.cluster, methods=["GET"]),
             Route(f"{one}/load", self.load, methods=["POST"]),
             Route(f"{one}/unload", self.unload, methods=["POST"]),
             Route(f"{one}/evict", self.unload, methods=["POST"]),
@@ -171,12 +180,24 @@ class AdminRoutes:
 
     def _devices(self) -> list[dict[str, Any]]:
         sched, loss = self.gw.scheduler, self.gw.host_loss
-        used = sched.used()
-        down = {
-            d for host in loss.down for d in loss.devices.get(host, ())
-        }  # budget 0 until the host is back
+        used, reserved = sched.used(), sched.reserved()
+        # a down host's devices have budget 0 until it is back
+        down = {d for host in loss.down for d in loss.devices.get(host, ())}
+        holders: dict[str, list[dict[str, Any]]] = {d: [] for d in sched.budgets}
+        for r in sched.residents():
+            slot = sched.slots.get(r.name)
+            state = slot.state.value if slot is not None and slot.state in HOLDS_MEMORY else "reserved"
+            for device, n in r.claims.items():
+                holders.setdefault(device, []).append({"model": r.name, "state": state, "bytes": n})
         return [
-            {"device": d, "budget_bytes": b, "used_bytes": used.get(d, 0), "host_down": d in down}
+            {
+                "device": d,
+                "budget_bytes": b,
+                "used_bytes": used.get(d, 0),
+                "reserved_bytes": reserved.get(d, 0),
+                "models": holders.get(d, []),
+                "host_down": d in down,
+            }
             for d, b in sched.budgets.items()
         ]
 
@@ -217,14 +238,23 @@ class AdminRoutes:
         await sched.unload(slot, "unloaded by an admin", "admin", grace=0.0 if force else None)
         return JSONResponse(self._model(slot))
 
+    async def cluster(self, request: Request) -> Response:
+        """The fleet as this gateway sees it (cluster mode); alone, just that."""
+        node = self.gw.fleet
+        return JSONResponse(node.describe() if node is not None else {"cluster": None, "role": "alone"})
+
     async def pin(self, request: Request) -> Response:
         slot = self._slot(request)
+        if self.gw.fleet is not None:
+            await self.gw.fleet.set_pin(slot.name, True)
         slot.pinned = True
         self.gw.pins.record(slot.name, True)
         return await self.load(request)
 
     async def unpin(self, request: Request) -> Response:
         slot = self._slot(request)
+        if self.gw.fleet is not None:
+            await self.gw.fleet.set_pin(slot.name, False)
         slot.pinned = False
         self.gw.pins.record(slot.name, False)
         return JSONResponse(self._model(slot))
@@ -234,8 +264,29 @@ class AdminRoutes:
         return JSONResponse(plan_json(self.gw.scheduler.plan(slot), self.gw.scheduler.budgets, slot))
 
     async def reload(self, request: Request) -> Response:
-        result = await reload(self.gw)
+        if self.gw.fleet is not None:  # every gateway of the fleet reloads; this one answers with its result
+            result = await self.gw.fleet.reload_all()
+        else:
+            result = await reload(self.gw)
         return JSONResponse(result.as_json())
+
+    async def activity(self, request: Request) -> Response:
+        """The last requests, oldest first: those numbered above ``since``, the newest ``limit`` of them."""
+        since = _int_param(request, "since", 0)
+        limit = _int_param(request, "limit", 0)
+        self.gw.metrics.flush()  # the requests finished since the last batch, with their usage
+        entries = self.gw.activity.since(since, limit or None)
+        return JSONResponse({"size": self.gw.activity.size, "entries": [e.as_json() for e in entries]})
+
+    async def series(self, request: Request) -> Response:
+        """The console's charts: samples after ``since`` (Unix seconds), column by column."""
+        return JSONResponse(self.gw.series.as_json(_float_param(request, "since", 0.0)))
+
+    async def session(self, request: Request) -> Response:
+        """Who the console is: the name of the key this request carried (none when the admin API is open or
+        read-only), and whether its actions would be allowed."""
+        state = request.scope.get("state", {})
+        return JSONResponse({"key": state.get("key_name"), "actions": not state.get("read_only", False)})
 
     async def logs(self, request: Request) -> Response:
         """The last lines each replica's process wrote (launched kinds); live as SSE with ``follow``."""
@@ -250,6 +301,28 @@ class AdminRoutes:
         return JSONResponse(
             {"replicas": [{"index": r.index, "log": list(r.backend.describe().log)} for r in replicas]}
         )
+
+
+def _int_param(request: Request, name: str, default: int) -> int:
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    if not value.isdigit():
+        raise InvalidRequest(f"'{name}' must be a whole number, not {value!r}", param=name)
+    return int(value)
+
+
+def _float_param(request: Request, name: str, default: float) -> float:
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise InvalidRequest(f"'{name}' must be a number, not {value!r}", param=name)
+    return number
 
 
 async def _follow(slot: ModelSlot) -> AsyncIterator[bytes]:

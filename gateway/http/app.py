@@ -22,9 +22,11 @@ from gateway.config.settings import Settings
 from gateway.control.build import build_gateway
 from gateway.control.reload import WATCH_INTERVAL, on_sighup, snapshot, watch
 from gateway.control.state import Gateway
+from gateway.fleet.node import TICK as FLEET_TICK
 from gateway.http.admin_routes import AdminRoutes
 from gateway.http.anthropic_routes import AnthropicRoutes
 from gateway.http.auth import AuthMiddleware, Keys, load_key_file
+from gateway.http.console import Console, SameOrigin
 from gateway.http.edge import HotPath, asgi
 from gateway.http.errors import error_response, internal_error
 from gateway.http.openai_routes import OpenAIRoutes
@@ -82,6 +84,9 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         for engine in engines:  # before any container of this run starts (DockerEngine.ready waits for it)
             engine.start_cleanup()
             engine.start_watch(gateway.host_loss)  # hosts going down and coming back (a swarm's nodes)
+        node = gateway.fleet
+        if node is not None:  # joined (or the store's failure logged) before pinned loads and requests
+            await node.tick()
         gateway.scheduler.start_background()
         background = gateway.background
         timers.start(
@@ -91,12 +96,16 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
             settings.stats_interval if settings.metrics else 0,
             settings.engine_scrape_interval if settings.metrics else 0,
         )
+        charts = timers.sample_series(gateway.series, gateway.metrics, gateway.scheduler)
+        background.every("console-series", gateway.series.interval, charts)
         sched, footprints = gateway.scheduler, gateway.footprints
         background.every("footprint", FOOTPRINT_INTERVAL, lambda: footprints.sample([*sched.slots.values()]))
         if settings.watch:
             seen = await asyncio.to_thread(snapshot, settings.manifests)  # file I/O, off the loop
             background.every("manifest-watch", WATCH_INTERVAL, watch(gateway, seen))
         on_sighup(gateway)
+        if node is not None:
+            background.every("fleet", FLEET_TICK, node.tick)
         log.info(
             "serving %d models (%d manifest problems), memory budget %s",
             len(gateway.registry.slots),
@@ -108,7 +117,11 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         finally:
             await background.stop()
             await gateway.host_loss.close()
+            if node is not None:
+                await node.hand_over()
             await gateway.scheduler.shutdown()
+            if node is not None:
+                await node.close()
             gateway.footprints.store.flush()  # the peaks' last rises, under the write step
             for engine in engines:
                 await engine.close()
@@ -137,6 +150,7 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
         *(Route(path, asgi(h), methods=["POST"]) for path, h in extra_posts.items()),
         *responses.routes(),
         *AdminRoutes(gateway).routes(),
+        *Console().routes(),  # GET /ui
         openapi_route(),  # GET /openapi.json
     ]
     app = Starlette(
@@ -147,4 +161,6 @@ def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
     app.state.gateway = gateway
     served: ASGIApp = HotPath(app, posts)
     keys = api_keys(settings)
-    return AuthMiddleware(served, keys) if keys.any else served
+    if keys.any:
+        served = AuthMiddleware(served, keys, read_only=settings.console_read_only)
+    return SameOrigin(served)

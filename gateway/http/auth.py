@@ -7,6 +7,9 @@
 - ``/metrics``: open by default (Prometheus's convention), or the metrics key (or the admin key) when one is
   set. ``/health`` and ``/openapi.json`` are always open.
 - ``GATEWAY_API_KEY``, the single key of earlier versions, still opens both ``/v1`` and ``/admin``.
+- ``GATEWAY_CONSOLE_READ_ONLY``: a ``GET`` (or ``HEAD``) on ``/admin`` that carries no key at all is let
+  through, marked read-only (the console at ``/ui`` shows without its actions); a wrong key is still refused,
+  and every other method still needs the admin key.
 
 Keys are compared in constant time, each against every configured key (the time does not say which key
 nearly matched). They never appear in logs, metric labels or error messages: errors say only what was
@@ -75,10 +78,14 @@ def _match(token: bytes, candidates: dict[str, bytes]) -> str | None:
     return found
 
 
+READS = frozenset({"GET", "HEAD"})
+
+
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, keys: Keys) -> None:
+    def __init__(self, app: ASGIApp, keys: Keys, read_only: bool = False) -> None:
         self.app = app
         self.keys = keys
+        self.read_only = read_only  # /admin's reads need no key (GATEWAY_CONSOLE_READ_ONLY)
         self._v1 = {**keys.api, **({"admin": keys.admin} if keys.admin else {})}
         self._admin = {"admin": keys.admin} if keys.admin else {}
         self._metrics = {
@@ -102,6 +109,10 @@ class AuthMiddleware:
         else:
             allowed, area = {}, ""
         if not allowed and not (area == "/admin" and self.keys.any):
+            await self.app(scope, receive, send)
+            return
+        if area == "/admin" and self.read_only and scope["method"] in READS and _bearer(scope) is None:
+            scope.setdefault("state", {})["read_only"] = True
             await self.app(scope, receive, send)
             return
         error = self._check(scope, allowed, area)

@@ -200,7 +200,6 @@ class OpenAIRoutes:
             raw = await _read_body(scope, receive, self.gw.settings.max_body_bytes)
             prepared = await front.prepare(raw, started)
             model, trace = prepared.slot.name, prepared.trace
-            trace.key, trace.priority = who
             async with CancelOnDisconnect(receive):
                 await self._serve(
                     prepared.slot, prepared.request, Headers(scope=scope), response, trace,
@@ -235,11 +234,10 @@ class OpenAIRoutes:
             if counted and key is not None:
                 self.keys.end(key)
             if self.observe:
-                if trace is None:
-                    self.gw.metrics.count_request(model or front.model, front.endpoint, status)
-                else:
-                    trace.status = status
-                    self.gw.metrics.finished(trace, time.perf_counter())
+                if trace is None:  # refused before it had a model's trace: counted, and in the activity
+                    trace = Trace(model or front.model, front.endpoint, started)
+                trace.status, (trace.key, trace.priority) = status, who
+                self.gw.metrics.finished(trace, time.perf_counter())
 
     async def _serve(
         self,

@@ -303,6 +303,33 @@ OPERATIONS: tuple[Op, ...] = (
         AUTH,
     ),
     Op("post", "/admin/reload", "adminReload", "Reload the manifests", "ReloadResult", AUTH),
+    Op(
+        "get",
+        "/admin/activity",
+        "adminActivity",
+        "The last requests: model, key name, status, tokens, TTFT, tokens/s (the console's Activity)",
+        "ActivityList",
+        (400, *AUTH),
+        ("Since", "ActivityLimit"),
+    ),
+    Op(
+        "get",
+        "/admin/series",
+        "adminSeries",
+        "Tokens/s and queue depth per model, memory per device, sampled every 2 s (the console's charts)",
+        "Series",
+        (400, *AUTH),
+        ("SeriesSince",),
+    ),
+    Op("get", "/admin/session", "adminSession", "The key a request carries; may it act", "Session", AUTH),
+    Op(
+        "get",
+        "/admin/cluster",
+        "adminCluster",
+        "Cluster mode: the fleet's members, its leader, the store, the shared table (alone: role 'alone')",
+        "object",
+        AUTH,
+    ),
     Op("get", "/health", "health", "Liveness", "Health"),
     Op("get", "/metrics", "metrics", "Prometheus metrics (text exposition format 0.0.4)", "text/plain"),
     Op("get", "/openapi.json", "openapi", "This document (OpenAPI 3.1)", "object"),
@@ -411,6 +438,15 @@ def _parameters() -> dict[str, Any]:
         ),
         "Follow": _parameter("follow", "query", flag, "Stay open as `text/event-stream`, sending new lines."),
         "ResponseId": _parameter("response_id", "path", {"type": "string"}, "A stored response's `id`."),
+        "Since": _parameter(
+            "since", "query", {"type": "integer", "minimum": 0, "default": 0}, "Entries with a larger `id`."
+        ),
+        "ActivityLimit": _parameter(
+            "limit", "query", {"type": "integer", "minimum": 0, "default": 0}, "The newest this many (0: all)"
+        ),
+        "SeriesSince": _parameter(
+            "since", "query", {"type": "number", "default": 0}, "Only samples after this time (Unix seconds)."
+        ),
         "Order": _parameter(
             "order",
             "query",

@@ -211,8 +211,64 @@ class DeviceMemory(BaseModel):
     )
 
 
+class DeviceHolder(BaseModel):
+    model: str
+    state: Literal["loading", "ready", "draining", "reserved"] = Field(
+        description="reserved: memory an eviction freed for this model's load, kept for it until it starts"
+    )
+    bytes: int
+
+
+class Device(DeviceMemory):
+    reserved_bytes: int = Field(description="of used_bytes, what loads under way hold (loading, or kept)")
+    models: list[DeviceHolder] = Field(description="what holds the device's memory")
+
+
 class DeviceList(BaseModel):
-    devices: list[DeviceMemory]
+    devices: list[Device]
+
+
+class ActivityEntry(BaseModel):
+    id: int = Field(description="increasing: ask for the newer ones with ?since=<id>")
+    time: float = Field(description="when it arrived (Unix seconds)")
+    model: str = Field(description="empty when it was refused before it named a model")
+    endpoint: str
+    key: str | None = Field(description="the name of its API key (never the key); null without keys")
+    status: int
+    duration_seconds: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    ttft_seconds: float | None
+    tokens_per_second: float | None = Field(
+        description="completion tokens over the time after the first (a stream), else after scheduling"
+    )
+
+
+class ActivityList(BaseModel):
+    size: int = Field(description="how many are kept (GATEWAY_ACTIVITY_SIZE)")
+    entries: list[ActivityEntry] = Field(description="oldest first")
+
+
+class ModelSeries(BaseModel):
+    tokens_per_second: list[float | None]
+    queued: list[int | None]
+    in_flight: list[int | None]
+
+
+class DeviceSeries(BaseModel):
+    used_bytes: list[int | None]
+
+
+class Series(BaseModel):
+    interval_seconds: float
+    time: list[float] = Field(description="each sample's time (Unix seconds); the lists below align with it")
+    models: dict[str, ModelSeries] = Field(description="models that held memory or had requests")
+    devices: dict[str, DeviceSeries]
+
+
+class Session(BaseModel):
+    key: str | None = Field(description="the name of the key the request carried (null: none needed)")
+    actions: bool = Field(description="false: read-only (GATEWAY_CONSOLE_READ_ONLY, no key)")
 
 
 class ManifestProblem(BaseModel):
@@ -291,7 +347,7 @@ class AdminModel(BaseModel):
 
 
 class AdminModelList(BaseModel):
-    devices: list[DeviceMemory]
+    devices: list[Device]
     models: list[AdminModel]
     manifest_problems: list[ManifestProblem]
 
@@ -347,6 +403,9 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     AdminModel,
     AdminModelList,
     DeviceList,
+    ActivityList,
+    Series,
+    Session,
     ModelLogs,
     Plan,
     ReloadResult,

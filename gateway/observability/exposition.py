@@ -104,6 +104,13 @@ class Family(Generic[C]):
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
         self.children: dict[tuple[str, ...], C] = {}
+        self._constant = ""  # a label every series carries (``constant``)
+
+    def constant(self, label: str, value: str) -> None:
+        """Give every series of the family ``label="value"`` (cluster mode: the gateway that exports it).
+        Call before any series exists."""
+        assert not self.children
+        self._constant = f'{label}="{_escape(value)}"'
 
     def labels(self, *values: str) -> C:
         child = self.children.get(values)
@@ -111,6 +118,7 @@ class Family(Generic[C]):
             if len(values) != len(self.labelnames):
                 raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
             text = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(self.labelnames, values, strict=True))
+            text = ",".join(part for part in (self._constant, text) if part)
             child = self.children[values] = self._make(text)
         return child
 

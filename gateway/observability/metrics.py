@@ -18,9 +18,11 @@ adds to counters and histograms, through ``RequestSeries`` objects cached per (m
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from gateway.api.usage import Usage, read_body
+from gateway.observability.activity import Activity
 from gateway.observability.exposition import (
     CounterFamily,
     Family,
@@ -140,12 +142,25 @@ class RequestSeries:
 
 
 class Metrics:
-    def __init__(self, models: list[str], max_model_len: int = 32768) -> None:
+    def __init__(
+        self,
+        models: list[str],
+        max_model_len: int = 32768,
+        activity: Activity | None = None,
+        gateway: str | None = None,
+    ) -> None:
+        """``activity``: the last requests, fed from the batch (``gateway.observability.activity``).
+        ``gateway``: cluster mode's member name, a ``gateway`` label on every series, so that the gateways
+        of a fleet export distinct series (the engines' own gauges come from the leader alone)."""
+        self.activity = activity
         token_buckets = buckets_1_2_5(max_model_len)
         c, g, h = CounterFamily, GaugeFamily, HistogramFamily
         self._vllm_counts(c, g)
         self._vllm_histograms(h, token_buckets)
         self._gateway_families(c, g, h)
+        if gateway is not None:
+            for family in self.families():
+                family.constant("gateway", gateway)
         self._series: dict[tuple[str, str], RequestSeries] = {}
         self._pending: list[tuple[Trace, float]] = []
         self._pending_bytes = 0
@@ -368,6 +383,8 @@ class Metrics:
             if trace.scheduled:
                 wait = self.queue_wait.labels(trace.model, trace.priority, trace.key)
                 wait.observe(trace.scheduled - trace.arrived)
+        if pending and self.activity is not None:
+            self.activity.traced(pending, time.perf_counter())
 
     def series(self, model: str, engine: str) -> RequestSeries:
         s = self._series.get((model, engine))

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 import httpx
 
+from gateway.observability.activity import Series
 from gateway.observability.background import Background
 from gateway.observability.engine_scrape import scrape
 from gateway.observability.gauges import carry_engine_stats
 from gateway.observability.metrics import Metrics
-from gateway.scheduling.lifecycle import ModelSlot, State
+from gateway.scheduling.lifecycle import HOLDS_MEMORY, ModelSlot, State
 from gateway.scheduling.scheduler import Scheduler
 
 log = logging.getLogger("gateway.stats")
@@ -132,6 +133,25 @@ def scrape_engines(metrics: Metrics, scheduler: Scheduler) -> Callable[[], Await
         for (model, replica, _), stats in zip(targets, results, strict=True):
             if stats is not None:
                 carry_engine_stats(metrics, model, replica, stats)
+
+    return step
+
+
+def sample_series(series: Series, metrics: Metrics, scheduler: Scheduler) -> Callable[[], Awaitable[None]]:
+    """One sample of the console's charts: tokens/s and queue depth per model that holds memory or has
+    requests, and memory held per device (``gateway.observability.activity.Series``)."""
+
+    async def step() -> None:
+        metrics.flush()  # also brings the console's activity up to date
+        generated: dict[str, float] = {}
+        for (name, _), s in metrics.series_items():
+            generated[name] = generated.get(name, 0.0) + s.gen.value
+        queues = {
+            name: (slot.queued, slot.in_flight)
+            for name, slot in scheduler.slots.items()
+            if slot.state in HOLDS_MEMORY or slot.queued or slot.in_flight
+        }
+        series.sample(time.time(), generated, queues, scheduler.used())
 
     return step
 

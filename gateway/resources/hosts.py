@@ -60,6 +60,14 @@ def instance_id(settings: Settings) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+def container_instance(settings: Settings) -> str:
+    """What labels this gateway's containers: its instance, or in cluster mode the fleet's (so whichever
+    gateway leads can adopt them)."""
+    if settings.cluster_etcd:
+        return f"fleet-{settings.cluster_name}"
+    return instance_id(settings)
+
+
 def _nvml_gpus() -> list[int]:
     """Total memory of each local GPU, by index; [] without NVML (no driver, no GPU, no nvidia-ml-py)."""
     try:
@@ -104,7 +112,7 @@ def devices(engines: list[EngineSettings], host_budget: int) -> tuple[list[Engin
     return inventory, budgets
 
 
-def docker_engine(e: EngineSettings, instance: str) -> DockerHost:
+def docker_engine(e: EngineSettings, instance: str, cleanup: bool = True) -> DockerHost:
     url = urlparse(e.url)
     address = e.address or (url.hostname if not e.local and url.hostname else "127.0.0.1")
     tls = EngineTls(**e.tls.model_dump()) if e.tls is not None else None
@@ -116,6 +124,7 @@ def docker_engine(e: EngineSettings, instance: str) -> DockerHost:
         publish_ip=e.publish_ip if e.publish_ip is not None else ("127.0.0.1" if e.local else ""),
         tls=tls,
         timeout=e.timeout,
+        cleanup=cleanup,
     )
 
 
@@ -161,9 +170,15 @@ def swarm_hosts(
 
 
 def all_hosts(
-    engines: list[EngineSettings], host_budget: int, instance: str
+    engines: list[EngineSettings], host_budget: int, instance: str, cleanup: bool = True
 ) -> tuple[dict[str, ContainerEngine], list[EngineDevices], dict[str, int]]:
-    """Every host of every engine, by name; the placement's inventory; every device's budget."""
+    """Every host of every engine, by name; the placement's inventory; every device's budget. ``cleanup``:
+    Docker engines remove what an earlier run of ``instance`` left (not in cluster mode, where the leader
+    adopts what runs)."""
+    if not cleanup and any(e.kind == "swarm" for e in engines):
+        # A swarm engine removes its instance's services that it does not track (at startup, and on a node
+        # that comes back): in a fleet, whose gateways share the instance label, that would be the leader's.
+        raise ValueError("swarm engines are not supported in cluster mode yet (GATEWAY_CLUSTER_ETCD)")
     inventory, budgets = devices(engines, host_budget)
     by_name: dict[str, ContainerEngine] = {}
     for e in engines:
@@ -176,5 +191,5 @@ def all_hosts(
             inventory += more
             budgets.update(node_budgets)
         else:
-            by_name[e.name] = docker_engine(e, instance)
+            by_name[e.name] = docker_engine(e, instance, cleanup)
     return by_name, inventory, budgets

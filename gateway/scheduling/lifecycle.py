@@ -229,7 +229,24 @@ class ModelSlot:
     async def start(self) -> None:
         """Start every replica; on any failure, or when cancelled (an operator cancelled the load, or the
         gateway shuts down), stop every replica (those that started and those half way) and re-raise."""
-        backends = self._make_backends(self.placement)
+        await self.start_with(self._make_backends(self.placement))
+
+    def begin_mirror(self) -> None:
+        """LOADING without a placement of its own: the replicas are another gateway's (cluster mode,
+        ``gateway.fleet``), so this gateway's budgets hold nothing for them."""
+        if self.retired:
+            raise IllegalTransition(f"{self.name}: a retired version cannot load")
+        self._move(State.UNLOADED, State.LOADING)
+        self.loads += 1
+        self.load_began = self._clock()
+
+    def take_over(self, placement: Sequence[Option]) -> None:
+        """A mirrored model becomes this gateway's own (it now leads the fleet): it holds ``placement``."""
+        assert self.state in HOLDS_MEMORY
+        self.placement = tuple(placement)
+
+    async def start_with(self, backends: list[Backend]) -> None:
+        """``start`` with the replicas given (made for the placement, or mirrored from the fleet's table)."""
         self._starting = backends
         try:
             results = await asyncio.gather(*(b.start() for b in backends), return_exceptions=True)
@@ -281,6 +298,11 @@ class ModelSlot:
     def cut(self) -> None:
         """End a drain now: ``wait_idle`` returns and the requests still running are cut (forced unload)."""
         self._cut.set()
+
+    @property
+    def cut_short(self) -> bool:
+        """The drain under way was cut (a forced unload)."""
+        return self._cut.is_set()
 
     async def wait_idle(self, grace: float) -> bool:
         """True once no request runs; False when ``grace`` ran out or the drain was cut first."""

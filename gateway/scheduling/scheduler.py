@@ -72,6 +72,21 @@ class LoadWatch(Protocol):
     def loaded(self, slot: ModelSlot) -> None: ...
 
 
+class Delegate(Protocol):
+    """Cluster mode (``gateway.fleet``): loads this gateway leaves to the fleet's leader. A delegated slot is
+    never loaded here: ``request`` asks the leader and returns once the slot is ready, mirrored from the
+    fleet's table (``Scheduler.mirror``), or raises the error a local load would (503 with Retry-After)."""
+
+    def delegates(self, slot: ModelSlot) -> bool: ...
+
+    async def request(self, slot: ModelSlot) -> None: ...
+
+    async def drained(self, slot: ModelSlot, timeout: float) -> bool:
+        """Wait until no other gateway has requests of ``slot`` running (they stop taking new ones once it
+        drains); False when ``timeout`` ran out first."""
+        ...
+
+
 class _Quiet:
     def load_finished(self, model: str, seconds: float, result: str) -> None:
         pass
@@ -125,6 +140,7 @@ class Scheduler:
         self._since: dict[ModelSlot, int] = {}  # loads under way, in the order they were asked for
         self._turns = 0
         self._idle_timers: dict[ModelSlot, asyncio.Task[None]] = {}
+        self.delegate: Delegate | None = None  # cluster mode: loads left to the fleet's leader
 
     # -- the request path --------------------------------------------------------------------------------
     async def acquire(self, slot: ModelSlot, timeout: float, priority: Priority = "interactive") -> Lease:
@@ -197,6 +213,15 @@ class Scheduler:
         up at its next decision, or is cancelled by ``cancel_load``)."""
         slot.retired = True
 
+    def abandon(self, slot: ModelSlot) -> None:
+        """Stop tracking ``slot`` without unloading it: its replicas run on for another gateway (cluster mode,
+        a leader handing over at shutdown). Its load and idle timer, if any, are cancelled."""
+        timer = self._idle_timers.pop(slot, None)
+        if timer is not None:
+            timer.cancel()
+        if self.slots.get(slot.name) is slot:
+            del self.slots[slot.name]
+
     def forget(self, slot: ModelSlot) -> None:
         """Stop tracking ``slot`` (a reload removed it, and it has unloaded)."""
         if self.slots.get(slot.name) is slot:
@@ -210,10 +235,26 @@ class Scheduler:
                 held[device] = held.get(device, 0) + n
         return held
 
+    def reserved(self) -> dict[str, int]:
+        """Of ``used``, the bytes per device held for loads under way: models loading, and memory an eviction
+        freed for a load that has not started yet."""
+        held = dict.fromkeys(self.budgets, 0)
+        loading = [s.claims for s in self.slots.values() if s.state is State.LOADING]
+        kept = [claims for s, claims in self._reserved.items() if s.state is State.UNLOADED]
+        for claims in (*loading, *kept):
+            for device, n in claims.items():
+                held[device] = held.get(device, 0) + n
+        return held
+
     # -- loads -------------------------------------------------------------------------------------------
     def load(self, slot: ModelSlot) -> asyncio.Task[None]:
         """The load task of ``slot``, started if none runs. Waiters share it; it outlives any one of them."""
         task = self._loads.get(slot)
+        if task is None and self.delegate is not None and self.delegate.delegates(slot):
+            # Not in the turns of local loads: it takes no memory here, so no local load waits for it.
+            task = asyncio.create_task(self.delegate.request(slot), name=f"ask:{slot.name}")
+            self._loads[slot] = task
+            task.add_done_callback(self._load_done(slot))
         if task is None:
             self._turns += 1
             self._since[slot] = self._turns
@@ -221,6 +262,29 @@ class Scheduler:
             self._loads[slot] = task
             task.add_done_callback(self._load_done(slot))
         return task
+
+    async def mirror(self, slot: ModelSlot, backends: list[Backend]) -> bool:
+        """Make ``slot`` ready with another gateway's replicas (cluster mode: the fleet's table says they
+        serve); False, with the backends stopped, when the slot is not unloaded or no longer served."""
+        async with self._decision:
+            if slot.state is not State.UNLOADED or slot.retired or self.slots.get(slot.name) is not slot:
+                await asyncio.gather(*(b.stop() for b in backends))
+                return False
+            slot.begin_mirror()
+        try:
+            await slot.start_with(backends)
+        except BaseException:
+            slot.load_cancelled()
+            raise
+        return True
+
+    async def take_over(self, slot: ModelSlot, placement: Sequence[Option]) -> None:
+        """A mirrored ``slot`` becomes this gateway's own (it leads the fleet now): it holds ``placement``
+        in the budgets, and its idle timer starts."""
+        async with self._decision:
+            slot.take_over(placement)
+            if slot.state is State.READY and slot.manifest.idle_ttl and slot not in self._idle_timers:
+                self._idle_timers[slot] = asyncio.create_task(self._idle_timer(slot), name=f"ttl:{slot.name}")
 
     def _load_done(self, slot: ModelSlot) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:
@@ -445,8 +509,13 @@ class Scheduler:
         return task
 
     async def _drain_and_unload(self, slot: ModelSlot, why: str, grace: float) -> None:
+        began = self._clock()
         if not await slot.wait_idle(grace):
             log.warning("%s: %d requests still running after %.0fs grace", slot.name, slot.in_flight, grace)
+        elif self.delegate is not None and not slot.cut_short:
+            left = grace - (self._clock() - began)  # the same grace covers the other gateways' requests
+            if left > 0 and not await self.delegate.drained(slot, left):
+                log.warning("%s: other gateways' requests still running after %.0fs grace", slot.name, grace)
         cancelled = await slot.finish_unload(
             ModelUnavailable(f"model '{slot.name}' was {why}", retry_after=1)
         )
