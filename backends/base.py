@@ -12,6 +12,8 @@ must never block it; engines that block (llama.cpp, the docker SDK) run in their
   active health checks call it on a timer while the model is loaded, beside the requests, holding no slot).
 - ``describe()``: what an operator may see about the replica (``ReplicaInfo``); cheap, synchronous, never
   raises, never does I/O.
+- ``phase`` (optional attribute): while ``start()`` runs, what it is doing, in an operator's words ("pulling
+  image", "starting process", "loading weights"...); None when it says nothing. Read with ``phase_of``.
 - ``forward(request)``: may run concurrently up to ``capacity`` times. It returns once the status and the
   first body chunk are known, so that a failure before the first byte is a proper error, not a broken 200.
   The caller must call ``close()`` on the response, in a ``finally``. HTTP backends hold it to the
@@ -99,6 +101,12 @@ class ReplicaInfo:
     kv_cache_usage: float | None = None  # 0..1, where the replica knows it without a request (in process)
     memory_bytes: int | None = None  # what the engine reports it allocated (in process); else see ``pid``
     in_process: bool = False  # runs in the gateway's own process: its memory is the gateway's RSS growth
+
+
+def phase_of(backend: object) -> str | None:
+    """What ``backend``'s start is doing now (its optional ``phase`` attribute); None when it does not say."""
+    phase = getattr(backend, "phase", None)
+    return phase if isinstance(phase, str) else None
 
 
 class BackendError(Exception):

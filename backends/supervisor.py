@@ -88,10 +88,18 @@ class Run(Ending, Protocol):
 class SupervisedReplica:
     """A replica whose runs are supervised. See ``backends.base`` for the interface it implements.
 
+    ``phase`` says what a start is doing (``backends.base``): the kind's own words while ``_launch_once``
+    runs (it may set them), then ``STARTING`` while the run does not answer yet and ``LOADING`` once its
+    health path answers, but not 200 yet (llama-server, vLLM: the weights are loading, or it warms up).
+
     ``exit_status`` says why its last run ended by itself (with the last log lines), and stays after a
     restart, so that an operator sees that a replica was restarted and why."""
 
+    STARTING = "starting"
+    LOADING = "loading weights"
+
     def __init__(self, label: str, capacity: int, load_timeout: float) -> None:
+        self.phase: str | None = None
         self._label = label
         self._capacity = capacity
         self._load_timeout = load_timeout
@@ -126,7 +134,11 @@ class SupervisedReplica:
         if self._healthy:
             return
         self._stopping = False
-        await self._launch()
+        self.phase = self.STARTING
+        try:
+            await self._launch()
+        finally:
+            self.phase = None
 
     async def _launch(self) -> None:
         for attempt in range(1, LAUNCH_ATTEMPTS + 1):
@@ -154,8 +166,10 @@ class SupervisedReplica:
             last_try = time.monotonic() >= deadline
             if run.exited.done():
                 raise await run.failure()
-            if await run.http.get(run.health_path, timeout=HEALTH_TIMEOUT) == 200:
+            status = await run.http.get(run.health_path, timeout=HEALTH_TIMEOUT)
+            if status == 200:
                 return
+            self.phase = self.LOADING if status else self.STARTING
             await asyncio.sleep(POLL_INTERVAL)  # poll interval of a health probe, not synchronisation
         raise UpstreamUnavailable(
             f"{self._label} not healthy after {self._load_timeout:.0f}s: {run.log.last()}"

@@ -6,17 +6,20 @@ busy model keeps serving while others wait instead of being swapped out for each
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.routing.fair_queue import Priority
 from gateway.scheduling.admission import OPEN, Activity, Admission, Policy, Waiting, admit
 from gateway.scheduling.lifecycle import Lease
 from gateway.scheduling.placement import HOST
 from gateway.scheduling.scheduler import Scheduler
 from tests.test_scheduler_property import Engines, SchedulerMachine, VirtualTime
 
+Arrival = tuple[int, float, float, Priority]  # model, gap after the previous arrival, hold, class
 SWAP_WAIT = 10.0
 POLICY = Policy("swap-aware", linger=0.5)
 
@@ -85,6 +88,7 @@ arrivals = st.lists(
         st.integers(0, 2),  # which model
         st.floats(0, 3, allow_nan=False),  # seconds after the previous arrival
         st.floats(0, 4, allow_nan=False),  # how long it holds its lease
+        st.sampled_from(["interactive", "batch"]),  # its priority class
     ),
     min_size=1,
     max_size=25,
@@ -111,9 +115,9 @@ class _Run:
         self.by_model: dict[int, list[float]] = {0: [], 1: [], 2: []}
         self.loads = 0
 
-    async def request(self, model: int, hold: float) -> None:
+    async def request(self, model: int, hold: float, priority: Priority = "interactive") -> None:
         began = self.time.now
-        lease: Lease = await self.scheduler.acquire(self.slots[model], timeout=10_000)
+        lease: Lease = await self.scheduler.acquire(self.slots[model], timeout=10_000, priority=priority)
         self.waits.append(self.time.now - began)
         self.by_model[model].append(self.time.now - began)
         await self.time.sleep(hold)
@@ -126,11 +130,11 @@ class _Run:
 
         self.loop.run_until_complete(turns())
 
-    def play(self, script: list[tuple[int, float, float]]) -> list[asyncio.Task[Any]]:
+    def play(self, script: Sequence[tuple[int, float, float] | Arrival]) -> list[asyncio.Task[Any]]:
         tasks = []
-        for model, gap, hold in script:
+        for model, gap, hold, *priority in script:
             self.advance(gap)
-            tasks.append(self.loop.create_task(self.request(model, hold)))
+            tasks.append(self.loop.create_task(self.request(model, hold, *priority)))
             self.settle()
         while not all(t.done() for t in tasks):
             due = [at for at, f in self.time._sleepers if not f.done()]
@@ -152,7 +156,9 @@ class _Run:
 
 @settings(max_examples=60, deadline=None)
 @given(script=arrivals)
-def test_every_request_gets_its_model_within_its_bound(script: list[tuple[int, float, float]]) -> None:
+def test_every_request_gets_its_model_within_its_bound(script: list[Arrival]) -> None:
+    """With both priority classes mixed: interactive requests drain batch-only models at once, and every
+    request, batch ones included, still gets its model within its bound."""
     run = _Run()
     try:
         tasks = run.play(script)
@@ -179,6 +185,41 @@ def test_a_busy_model_keeps_serving_while_another_waits() -> None:
         # cutting m0's request in flight); m0's requests that came while m1 was in were served after it.
         assert run.by_model[1] == [SWAP_WAIT]
         assert max(run.waits) <= SWAP_WAIT + 1e-6
+    finally:
+        run.loop.run_until_complete(run.scheduler.shutdown(grace=0))
+        run.loop.close()
+
+
+def test_an_interactive_request_does_not_wait_for_a_batch_flood() -> None:
+    """The scheduler passes the requests' classes to admission: m0 busy with batch work only is drained at
+    once for an interactive request for m1 (a batch one waits its bound); m0's flood gets it back after."""
+    for priority, waited in (("interactive", 0.0), ("batch", SWAP_WAIT)):
+        run = _Run()
+        try:
+            script: list[Arrival] = [(0, 0.0, 1.0, "batch")] + [(0, 1.1, 1.0, "batch")] * 20
+            script.insert(3, (1, 0.0, 1.0, priority))
+            tasks = run.play(script)
+            assert all(t.exception() is None for t in tasks)
+            assert run.by_model[1] == [waited], priority
+            assert run.slots[0].loads == 2 and run.slots[1].loads == 1  # one swap there and one back
+        finally:
+            run.loop.run_until_complete(run.scheduler.shutdown(grace=0))
+            run.loop.close()
+
+
+def test_an_interactive_load_goes_ahead_of_a_batch_load_waiting_its_turn() -> None:
+    """m0 busy with batch work; a batch request for m1 waits its turn; an interactive request for m2 that
+    comes after it does not wait behind m1's load (loads that must evict otherwise go first come, first
+    served), and m1's request still gets its model within its bound."""
+    run = _Run()
+    try:
+        script: list[Arrival] = [(0, 0.0, 1.0, "batch")] + [(0, 1.1, 1.0, "batch")] * 20
+        script.insert(3, (1, 0.0, 1.0, "batch"))
+        script.insert(5, (2, 0.0, 1.0, "interactive"))
+        tasks = run.play(script)
+        assert all(t.exception() is None for t in tasks)
+        assert run.by_model[2] == [0.0]
+        assert run.by_model[1][0] <= SWAP_WAIT + 1e-6 and max(run.waits) <= SWAP_WAIT + 1e-6, run.waits
     finally:
         run.loop.run_until_complete(run.scheduler.shutdown(grace=0))
         run.loop.close()

@@ -248,7 +248,9 @@ def slow_server(
 def test_load_shows_progress_line_by_line_and_logs_follow(slow_server: RunningGateway) -> None:
     out = ok(cli(slow_server.base_url, "load", "srv"))
     lines = out.splitlines()
-    assert lines[0] == "srv: loading"  # not a terminal: one line per state
+    # not a terminal: one line per state and phase of the load (the process sleeps before it listens)
+    assert lines[0] == "srv: loading (starting process)"
+    assert set(lines[1:-1]) <= {"srv: loading (loading weights)", "srv: ready"}, lines
     assert lines[-1].startswith("srv: ready, ") and "loaded in" in lines[-1]
 
     logs = ok(cli(slow_server.base_url, "logs", "srv"))
@@ -278,6 +280,21 @@ def test_load_shows_progress_line_by_line_and_logs_follow(slow_server: RunningGa
                 follow.kill()
 
 
+def test_admin_models_shows_the_phase_of_a_load(slow_server: RunningGateway) -> None:
+    """``load_phase`` in /admin/models while the model loads, as its kind says; none once it is ready."""
+    loading = threading.Thread(
+        target=lambda: httpx.post(f"{slow_server.base_url}/admin/models/srv/load", timeout=120).close()
+    )
+    loading.start()
+    try:
+        seen = wait_for(lambda: slow_server.model_state("srv")["load_phase"], "a phase of the load")
+        assert seen == "starting process"  # the wrapper sleeps before llama-server listens
+    finally:
+        loading.join(120)
+    model = slow_server.model_state("srv")
+    assert model["state"] == "ready" and model["load_phase"] is None
+
+
 def test_load_on_a_terminal_rewrites_one_line(slow_server: RunningGateway) -> None:
     main, child = pty.openpty()
     proc = subprocess.Popen(
@@ -300,7 +317,7 @@ def test_load_on_a_terminal_rewrites_one_line(slow_server: RunningGateway) -> No
     os.close(main)
     assert proc.wait(timeout=60) == 0
     wait_for(lambda: states(slow_server)["srv"] == "ready", "the load")
-    updates = [float(t) for t in re.findall(rb"\rsrv: loading (\d+\.\d)s\x1b\[K", seen)]
+    updates = [float(t) for t in re.findall(rb"\rsrv: loading (\d+\.\d)s \(starting process\)\x1b\[K", seen)]
     assert len(updates) >= 2 and updates == sorted(updates) and updates[0] >= 0.5  # every 0.5 s, in place
     final = seen.rsplit(b"\r\x1b[K", 1)[1]  # the progress line is cleared, then the result takes its place
     assert final.startswith(b"srv: ready, ")

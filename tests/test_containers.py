@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -474,3 +475,37 @@ def _gateway_process(
     wait_for(up, "the gateway process")
     assert proc.poll() is None, "the gateway process exited"
     return proc
+
+
+def test_admin_models_shows_the_phases_of_a_container_load(site: Site, tmp_path: Path) -> None:
+    """``load_phase`` while a container model loads: the container starts, and its server takes a while to
+    listen (a wrapper sleeps before llama-server starts, as a big image's entrypoint would)."""
+    wrappers = tmp_path / "app"
+    wrappers.mkdir()
+    server = wrappers / "llama-server"
+    server.write_text('#!/usr/bin/sh\nsleep 3\nLD_LIBRARY_PATH=/real exec /real/llama-server "$@"\n')
+    server.chmod(0o755)
+    volumes = ["/usr:/usr:ro", f"{site.bin_dir}:/real:ro", f"{wrappers}:/app:ro"]
+    gw = site.serve([site.llamacpp("slow", site.models["b"], n_ctx=512, engines=["e1"], volumes=volumes)])
+    loading = threading.Thread(
+        target=lambda: httpx.post(f"{gw.base_url}/admin/models/slow/load", timeout=180).close()
+    )
+    loading.start()
+    phases: list[str] = []
+
+    def look() -> bool:
+        model = gw.model_state("slow")
+        if model["load_phase"] and model["load_phase"] not in phases:
+            phases.append(model["load_phase"])
+        return bool(model["state"] == "ready" or model["last_error"])
+
+    try:
+        wait_for(look, "the load", deadline=180)
+    finally:
+        loading.join(180)
+    assert gw.model_state("slow")["state"] == "ready", gw.model_state("slow")["last_error"]
+    assert "waiting for the server to listen" in phases, phases
+    assert set(phases) <= {
+        "starting server container", "waiting for the server to listen", "loading weights / warming up"
+    }, phases  # fmt: skip
+    assert gw.model_state("slow")["load_phase"] is None

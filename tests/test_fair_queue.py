@@ -189,3 +189,51 @@ def test_a_key_over_its_concurrency_cap_gets_a_429(serve: Callable[..., RunningG
     assert refused.status_code == 429 and refused.headers["retry-after"], refused.text
     assert refused.json()["error"]["code"] == "key_concurrency_exceeded"
     assert first[0].status_code == 200 and other.status_code == 200 and again.status_code == 200
+
+
+def test_a_key_over_its_queue_cap_gets_a_429(serve: Callable[..., RunningGateway]) -> None:
+    """``key_max_queued``: a key with that many requests waiting (here for the one busy replica) has its
+    next request that would wait refused with a 429; another key's request still waits and is served."""
+    keys = {"bulk": "sk-bulk", "alice": "sk-alice"}
+    gw = serve(
+        [llama_manifest("m", SMOLLM2, backend={"n_threads": 1, "n_ctx": 1024})],
+        api_keys=keys,
+        admin_key="sk-admin",
+        key_max_queued={"bulk": 1},
+    )
+    bulk, alice = {"authorization": "Bearer sk-bulk"}, {"authorization": "Bearer sk-alice"}
+    short = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    long = {
+        **short,
+        "messages": [{"role": "user", "content": "Count the words: " + "one two three four " * 120}],
+        "max_tokens": 300,
+        "logit_bias": dict.fromkeys(SMOLLM2_ENDS, -100),
+    }
+    # served at once while the replica is free: never refused for the key's queue
+    assert httpx.post(f"{gw.base_url}/v1/chat/completions", json=short, headers=bulk, timeout=120).is_success
+    answers: list[httpx.Response] = []
+
+    def send(body: dict[str, Any], headers: dict[str, str]) -> threading.Thread:
+        def post() -> None:
+            answers.append(
+                httpx.post(f"{gw.base_url}/v1/chat/completions", json=body, headers=headers, timeout=300)
+            )
+
+        thread = threading.Thread(target=post)
+        thread.start()
+        return thread
+
+    running = send(long, bulk)  # takes the replica
+    wait_for(lambda: _admin_model(gw)["in_flight"] == 1, "bulk's first request to be under way")
+    waiting = send(short, bulk)  # waits for the replica: bulk's one queue place
+    wait_for(lambda: _queued(gw) == 1, "bulk's second request to wait")
+    with httpx.Client(base_url=gw.base_url, timeout=300) as http:
+        refused = http.post("/v1/chat/completions", json=short, headers=bulk)
+        other = send(short, alice)  # not held to bulk's cap: it waits
+        wait_for(lambda: _queued(gw) == 2, "alice's request to wait")
+        for t in (running, waiting, other):
+            t.join(300)
+        again = http.post("/v1/chat/completions", json=short, headers=bulk)  # its place came back
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1, refused.text
+    assert refused.json()["error"]["code"] == "key_queue_full"
+    assert [a.status_code for a in answers] == [200, 200, 200] and again.status_code == 200

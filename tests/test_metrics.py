@@ -208,3 +208,24 @@ def test_stats_line_for_active_models_only(
     for part in ("Avg generation throughput: ", " tokens/s, Running: ", " reqs, Waiting: ", "State: ready",
                  "Memory: "):  # fmt: skip
         assert part in line
+
+
+def test_queue_time_by_priority_class_and_key_name(
+    serve: Callable[..., RunningGateway], model_files: dict[str, Path]
+) -> None:
+    """``gateway_queue_wait_seconds``: one observation per served request, under its class (the key's,
+    lowered by X-Priority) and its key's name from the settings, never the key itself."""
+    keys = {"alice": "sk-alice", "bulk": "sk-bulk"}
+    gw = serve([llama_manifest("a", model_files["a"])], api_keys=keys, key_priorities={"bulk": "batch"})
+    body = {"model": "a", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    alice, bulk = {"authorization": "Bearer sk-alice"}, {"authorization": "Bearer sk-bulk"}
+    sent = [alice, alice, {**alice, "x-priority": "batch"}, bulk, bulk, {**bulk, "x-priority": "interactive"}]
+    with httpx.Client(base_url=gw.base_url, timeout=120) as client:
+        for headers in sent:
+            assert client.post("/v1/chat/completions", json=body, headers=headers).status_code == 200
+    name = "gateway_queue_wait_seconds_count"
+    m = settled(gw, lambda s: total(s, name) == len(sent))
+    counts = {(lab["priority"], lab["key"]): v for lab, v in m[name] if lab["model_name"] == "a"}
+    # a header may lower a request's class, never raise it
+    assert counts == {("interactive", "alice"): 2, ("batch", "alice"): 1, ("batch", "bulk"): 3}, counts
+    assert not any("sk-" in value for v in m.values() for lab, _ in v for value in lab.values())

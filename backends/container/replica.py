@@ -81,6 +81,8 @@ class _Started:
 
 
 class ContainerReplica(SupervisedReplica):
+    STARTING = "waiting for the server to listen"
+    LOADING = "loading weights / warming up"  # its health path answers, not 200 yet
     """One replica: a server container and any RPC worker containers. See ``backends.base``.
 
     ``server(rpc_addresses)`` gives the server container's spec once the workers' addresses are known."""
@@ -144,13 +146,20 @@ class ContainerReplica(SupervisedReplica):
             await self._end(started)
             raise
 
+    def _set_phase(self, phase: str) -> None:
+        """Called by the engine (from its thread, for a pull: a plain attribute write)."""
+        self.phase = phase
+
     async def _start_one(
         self, placed: Placed, role: str, deadline: float, started: _Started
     ) -> RunningContainer:
         name = container_name(self._model, role)
         remaining = max(1.0, deadline - time.monotonic())
         labels = self._labels(role, placed.engine)
-        container = await placed.engine.run_container(placed.run, name, labels, self._pull, remaining)
+        self.phase = f"starting {role} container"
+        container = await placed.engine.run_container(
+            placed.run, name, labels, self._pull, remaining, phase=self._set_phase
+        )
         # Tracked at once: a launch that fails or is cancelled later (another worker's, the server's)
         # removes every container that is up, this one included.
         started.containers.append(container)

@@ -18,7 +18,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from backends.docker.engine import DockerEngine
@@ -137,15 +137,22 @@ def _resolve(future: asyncio.Future[int | None], code: int | None) -> None:
 
 
 async def run_container(
-    engine: DockerEngine, spec: ContainerRun, name: str, labels: dict[str, str], pull: str, timeout: float
+    engine: DockerEngine,
+    spec: ContainerRun,
+    name: str,
+    labels: dict[str, str],
+    pull: str,
+    timeout: float,
+    phase: Callable[[str], None] | None = None,
 ) -> ManagedContainer:
-    """Create and start ``spec`` on ``engine``; returns once the engine has published its port."""
+    """Create and start ``spec`` on ``engine``; returns once the engine has published its port. ``phase``
+    hears "pulling image ..." when the image is pulled."""
     import docker.errors
     from docker.types import DeviceRequest
 
     await engine.ready()
 
-    await ensure_image(engine, spec.image, pull, timeout)
+    await ensure_image(engine, spec.image, pull, timeout, phase)
 
     kwargs = spec.run_kwargs("" if spec.public else engine.publish_ip)
     if "device_requests" in kwargs:
@@ -178,20 +185,28 @@ async def run_container(
     return ManagedContainer(engine, name, container, port)
 
 
-async def ensure_image(engine: DockerEngine, image: str, pull: str, timeout: float) -> None:
-    """The image on the engine: pulled when missing (``pull: missing``), never, or always."""
+async def ensure_image(
+    engine: DockerEngine, image: str, pull: str, timeout: float, phase: Callable[[str], None] | None = None
+) -> None:
+    """The image on the engine: pulled when missing (``pull: missing``), never, or always. ``phase`` hears
+    "pulling image" (from the engine's thread) when it is pulled."""
     import docker.errors
+
+    def pulling(client: Any) -> None:
+        if phase is not None:
+            phase(f"pulling image {image}")
+        client.images.pull(image)
 
     def get(client: Any) -> None:
         if pull == "always":
-            client.images.pull(image)
+            pulling(client)
             return
         try:
             client.images.get(image)
         except docker.errors.ImageNotFound:
             if pull == "never":
                 raise
-            client.images.pull(image)
+            pulling(client)
 
     try:
         await engine.call(get, f"getting image {image}", timeout, once=f"image:{image}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -132,8 +133,16 @@ class ContainerEngine(Protocol):
     async def ready(self) -> None: ...
 
     async def run_container(
-        self, run: ContainerRun, name: str, labels: dict[str, str], pull: str, timeout: float
-    ) -> RunningContainer: ...
+        self,
+        run: ContainerRun,
+        name: str,
+        labels: dict[str, str],
+        pull: str,
+        timeout: float,
+        phase: Callable[[str], None] | None = None,
+    ) -> RunningContainer:
+        """Create and start ``run``; ``phase`` hears what it is doing ("pulling image"), where it says."""
+        ...
 
     def start_watch(self, listener: HostListener) -> None: ...
 

@@ -96,6 +96,7 @@ class LlamaCppReplica:
         self._llama: Any = None
         self._jobs: set[Job] = set()
         self._allocated: int | None = None  # llama.cpp's own count: weights + context state, once loaded
+        self.phase: str | None = None  # while starting (backends.base)
 
     @property
     def capacity(self) -> int:
@@ -105,12 +106,15 @@ class LlamaCppReplica:
         if self._llama is not None:
             return
         loop = asyncio.get_running_loop()
+        self.phase = "loading weights"
         try:
             self._llama = await loop.run_in_executor(
                 self._executor, build_llama, self._spec, default_threads(self._spec)
             )
         except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError for bad files
             raise UpstreamError(f"llama.cpp could not load {self._spec.model.name}: {exc}") from exc
+        finally:
+            self.phase = None
         self._allocated = allocated_bytes(self._llama)
 
     async def stop(self) -> None:

@@ -179,6 +179,8 @@ class ProcessRun:
 
 
 class LlamaServerReplica(SupervisedReplica):
+    STARTING = "starting process"  # until it answers its health path (then: loading weights)
+
     def __init__(
         self, spec: LlamaServerBackend, label: str, binary: Path | None = None, names: Sequence[str] = ()
     ) -> None:

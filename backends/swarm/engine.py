@@ -23,7 +23,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -387,9 +387,16 @@ class SwarmNode:
         await self.swarm.ready()
 
     async def run_container(
-        self, run: ContainerRun, name: str, labels: dict[str, str], pull: str, timeout: float
+        self,
+        run: ContainerRun,
+        name: str,
+        labels: dict[str, str],
+        pull: str,
+        timeout: float,
+        phase: Callable[[str], None] | None = None,
     ) -> ServiceContainer:
-        """``pull`` is Swarm's to apply: each node pulls an image it lacks from the registry it names."""
+        """``pull`` is Swarm's to apply: each node pulls an image it lacks from the registry it names (the
+        service's start covers it, so ``phase`` hears nothing more than the replica's own)."""
         return await self.swarm.run_on(self.node, run, name, labels, timeout)
 
     def start_watch(self, listener: HostListener) -> None:

@@ -162,8 +162,8 @@ def _problem(p: dict[str, Any]) -> str:
 
 # -- load and pin, with progress -------------------------------------------------------------------------
 class Progress:
-    """What a slow call shows while it runs: on a terminal one line rewritten in place (state and seconds);
-    elsewhere (a pipe, a log file) one line per change of state."""
+    """What a slow call shows while it runs: on a terminal one line rewritten in place (state, seconds and
+    the load's phase); elsewhere (a pipe, a log file) one line per change of state or phase."""
 
     def __init__(self, name: str, out: TextIO) -> None:
         self.name = name
@@ -171,15 +171,17 @@ class Progress:
         self.tty = out.isatty()
         self.last: str | None = None
 
-    def show(self, state: str, elapsed: float) -> None:
+    def show(self, state: str, elapsed: float, phase: str | None = None) -> None:
+        """``phase``: what a load is doing (``load_phase`` in /admin/models), when it says."""
         if state == "unloaded":  # not begun yet, or failed: the call's own answer says which
             return
+        said = f" ({phase})" if phase else ""
         if self.tty:
-            self.out.write(f"\r{self.name}: {state} {elapsed:.1f}s\x1b[K")
+            self.out.write(f"\r{self.name}: {state} {elapsed:.1f}s{said}\x1b[K")
             self.out.flush()
-        elif state != self.last:
-            print(f"{self.name}: {state}", file=self.out, flush=True)
-        self.last = state
+        elif state + said != self.last:
+            print(f"{self.name}: {state}{said}", file=self.out, flush=True)
+        self.last = state + said
 
     def end(self) -> None:
         if self.tty and self.last is not None:
@@ -210,10 +212,10 @@ def with_progress(
     try:
         while not done.wait(POLL):
             try:
-                state = client.model(name)["state"]
+                model = client.model(name)
             except AdminError:
                 continue  # a missed look changes nothing: the call's own answer or failure ends the wait
-            progress.show(state, time.monotonic() - start)
+            progress.show(model["state"], time.monotonic() - start, model.get("load_phase"))
     finally:
         progress.end()
     if failed:

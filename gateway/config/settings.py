@@ -118,6 +118,12 @@ class Settings(BaseSettings):
         description="Requests an API key may have under way at once, waiting ones included, by key name "
         '(JSON), e.g. {"nightly-evals": 8}; beyond it a 429 with Retry-After. Keys not named: no cap.',
     )
+    key_max_queued: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Requests an API key may have waiting at once, across models, for a free replica or a "
+        'load, by key name (JSON), e.g. {"nightly-evals": 32}; beyond it a 429 (key_queue_full) with '
+        "Retry-After. Keys not named: no cap (each model's max_queue still holds).",
+    )
     key_priorities: dict[str, Literal["interactive", "batch"]] = Field(
         default_factory=dict,
         description='The priority class of API keys by name (JSON), e.g. {"nightly-evals": "batch"}; others '

@@ -97,6 +97,7 @@ def _progress(slot: ModelSlot, now: float) -> dict[str, Any]:
         "waiting_seconds": round(now - oldest, 3) if oldest is not None else None,
         "loading_seconds": round(loading, 3) if loading is not None else None,
         "load_eta_seconds": eta,
+        "load_phase": slot.load_phase,
     }
 
 

@@ -50,6 +50,7 @@ from gateway.http.edge import (
     _Send,
 )
 from gateway.http.errors import error_response, internal_error
+from gateway.http.key_limits import KeyLimits
 from gateway.http.relay import CancelOnDisconnect, ClientGone, SlowClient, Watchdog, relay
 from gateway.http.server_limits import ABORT
 from gateway.observability.metrics import Trace
@@ -114,7 +115,8 @@ class OpenAIRoutes:
         self.observe = gw.settings.metrics
         self.created = int(time.time())
         self.max_body = int(gw.settings.max_upstream_body_bytes)
-        self._by_key: dict[str, int] = {}  # requests under way per API key with a cap (key_max_concurrency)
+        settings = gw.settings
+        self.keys = KeyLimits(settings.key_max_concurrency, settings.key_max_queued)
 
     def endpoints(self) -> dict[str, Handler]:
         """The POST endpoints, by path: plain ASGI handlers."""
@@ -188,11 +190,12 @@ class OpenAIRoutes:
         model = ""
         status = 500
         trace: Trace | None = None
-        key = self._key_slot(scope)
+        who = self._who(scope)
+        key = self.keys.capped(who[0])
         counted = False
         try:
             if key is not None:
-                self._take_key_slot(key)
+                self.keys.begin(key)
                 counted = True
             raw = await _read_body(scope, receive, self.gw.settings.max_body_bytes)
             prepared = await front.prepare(raw, started)
@@ -200,7 +203,7 @@ class OpenAIRoutes:
             async with CancelOnDisconnect(receive):
                 await self._serve(
                     prepared.slot, prepared.request, Headers(scope=scope), response, trace,
-                    prepared.strip_usage, front, self._who(scope),
+                    prepared.strip_usage, front, who,
                 )  # fmt: skip
             status = trace.status
         except ClientGone:  # gone before the end, or just after it (then the answer was whole)
@@ -229,11 +232,11 @@ class OpenAIRoutes:
             await front.error(internal_error(scope["path"]))(scope, receive, send)
         finally:
             if counted and key is not None:
-                self._by_key[key] -= 1
+                self.keys.end(key)
             if self.observe:
                 if trace is None:  # refused before it had a model's trace: counted, and in the activity
                     trace = Trace(model or front.model, front.endpoint, started)
-                trace.status, trace.key = status, scope.get("state", {}).get("key_name", "")
+                trace.status, (trace.key, trace.priority) = status, who
                 self.gw.metrics.finished(trace, time.perf_counter())
 
     async def _serve(
@@ -248,12 +251,20 @@ class OpenAIRoutes:
         who: tuple[str, Priority] = ("", "interactive"),
     ) -> None:
         gw = self.gw
-        lease = await self._acquire(slot, request.stream, send, front)
+        place = self.keys.queue(who[0], slot)  # the key's count of waiting requests, until a replica takes it
+        try:
+            lease = await self._acquire(slot, request.stream, send, front, who[1])
+        except BaseException:
+            if place is not None:
+                place.leave()
+            raise
         slot = lease.slot  # a reload may have put a new version in its place while the request waited
         key = affinity_key(slot.manifest.affinity, request.body, headers)
 
         def scheduled() -> None:
             trace.scheduled = time.perf_counter()
+            if place is not None:
+                place.leave()
 
         timeouts = upstream_timeouts(slot.manifest.backend, gw.settings)
         # The upstream's own check of the total deadline (HTTP kinds) comes first; this timer is the backstop.
@@ -272,6 +283,8 @@ class OpenAIRoutes:
             )
         except BaseException:
             lease.release()
+            if place is not None:
+                place.leave()
             raise
         upstream.finished.add_done_callback(lambda _: lease.release())  # after dispatch's own (the replica)
         if send.early and upstream.status != 200:  # the stream has started: the failure goes in it
@@ -307,23 +320,6 @@ class OpenAIRoutes:
         if trace.status >= 500 and trace.first:
             self._upstream_error(slot.name, "mid_stream")
 
-    def _key_slot(self, scope: Scope) -> str | None:
-        """The name of the request's API key when that key has a concurrency cap; else None."""
-        name = scope.get("state", {}).get("key_name")
-        return name if name in self.gw.settings.key_max_concurrency else None
-
-    def _take_key_slot(self, key: str) -> None:
-        """Count the request against its key's cap (``key_max_concurrency``), or refuse it with a 429."""
-        cap = self.gw.settings.key_max_concurrency[key]
-        under_way = self._by_key.get(key, 0)
-        if under_way >= cap:
-            raise QueueFull(
-                f"API key '{key}' has {under_way} requests under way (its cap: {cap}, key_max_concurrency)",
-                retry_after=1,
-                code="key_concurrency_exceeded",
-            )
-        self._by_key[key] = under_way + 1
-
     def _who(self, scope: Scope) -> tuple[str, Priority]:
         """The API key's name and the request's priority class: the key's (``key_priorities``), lowered to
         batch by ``X-Priority: batch``; a header can never raise it."""
@@ -334,12 +330,14 @@ class OpenAIRoutes:
                 priority = "batch"
         return name, priority
 
-    async def _acquire(self, slot: ModelSlot, stream: bool, send: _Send, front: Front) -> Lease:
+    async def _acquire(
+        self, slot: ModelSlot, stream: bool, send: _Send, front: Front, priority: Priority = "interactive"
+    ) -> Lease:
         """A lease on ``slot`` (``Scheduler.acquire``). A streaming request that waits longer than the
         keep-alive interval for its model (a load, a swap) gets its stream started and a keep-alive line at
         each interval, so that proxies in between do not time it out; its first answer bytes follow once it
         is admitted. A quicker wait keeps the plain status codes (a 503 is a 503)."""
-        acquiring = self.gw.scheduler.acquire(slot, self.gw.settings.load_timeout)
+        acquiring = self.gw.scheduler.acquire(slot, self.gw.settings.load_timeout, priority)
         interval = self.gw.settings.stream_keepalive
         if not stream or not interval or slot.state is State.READY:
             return await acquiring

@@ -338,6 +338,10 @@ class AdminModel(BaseModel):
     load_eta_seconds: float | None = Field(
         description="while it loads: what is left by its last load's time (null before a first load)"
     )
+    load_phase: str | None = Field(
+        description='while it loads: what the load is doing, as its kind says ("pulling image ...", '
+        '"starting container", "starting process", "loading weights", "loading weights / warming up")'
+    )
     fits: bool = Field(description="false: it cannot fit in any budget, even with everything else unloaded")
     never_fits_reason: str | None
 

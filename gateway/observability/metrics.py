@@ -39,6 +39,8 @@ TOKEN_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5
 REQUEST_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
                            120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
 N_BUCKETS = (1, 2, 5, 10, 20)
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+                 120.0, 300.0, 600.0)  # fmt: skip
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
 
 FINISH_REASONS = ("stop", "length", "abort")
@@ -73,7 +75,8 @@ class Trace:
     finish_reasons: list[str] = field(default_factory=list)
     body: bytes | None = None  # a complete (non-streamed) body, read for usage in the batch
     gaps: list[float] = field(default_factory=list)  # between streamed chunks (inter-token latency)
-    key: str = ""  # the name of the API key it came with (the console's activity)
+    key: str = ""  # the API key's name from the settings ("" on an open gateway), never the key itself
+    priority: str = "interactive"  # the request's priority class
 
 
 class RequestSeries:
@@ -278,6 +281,13 @@ class Metrics:
             MODEL,
             LOAD_BUCKETS,
         )
+        self.queue_wait = h(
+            "gateway_queue_wait_seconds",
+            "Time from a request's arrival until a replica took it (waits for its model and for a replica), "
+            "by priority class and API key name (from the settings; empty on an open gateway).",
+            (*MODEL, "priority", "key"),
+            QUEUE_BUCKETS,
+        )
         self.loads = c("gateway_model_loads_total", "Model loads by result.", (*MODEL, "result"))
         self.evictions = c("gateway_model_evictions_total", "Model unloads by reason.", (*MODEL, "reason"))
         self.memory_budget = g(
@@ -370,6 +380,9 @@ class Metrics:
             self.count_request(trace.model, trace.endpoint, trace.status)
             if trace.engine is not None:
                 self.series(trace.model, trace.engine).record(trace, ended)
+            if trace.scheduled:
+                wait = self.queue_wait.labels(trace.model, trace.priority, trace.key)
+                wait.observe(trace.scheduled - trace.arrived)
         if pending and self.activity is not None:
             self.activity.traced(pending, time.perf_counter())
 

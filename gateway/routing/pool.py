@@ -134,6 +134,17 @@ class Pool:
     def outstanding(self) -> int:
         return sum(r.outstanding for r in self.replicas)
 
+    def would_wait(self) -> bool:
+        """A request now would queue: others wait already, or no replica ``_pick`` may take has room."""
+        if self.queued:
+            return True
+        now = time.monotonic()
+        in_rotation = [r.healthy(now) for r in self.replicas]
+        if not any(in_rotation):  # panic routing, as in _pick
+            in_rotation = [not r.ejected(now) for r in self.replicas]
+        replicas = zip(self.replicas, in_rotation, strict=True)
+        return not any(ok and r.outstanding < r.backend.capacity for r, ok in replicas)
+
     def _pick(self, preferred: int | None = None) -> Replica | None:
         now = time.monotonic()
         in_rotation = [r.healthy(now) for r in self.replicas]

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from backends.base import Backend
+from backends.base import Backend, phase_of
 from backends.errors import GatewayError
 from backends.kinds import MakeBackends
 from gateway.config.manifest import ModelManifest
@@ -102,9 +102,15 @@ class ModelSlot:
         self.retired = False  # a reload replaced or removed it: it never loads again
         self._waiting = 0  # requests waiting for the model itself (its load, its drain)
         self._wait_starts: list[float] = []  # when each of them began to wait (at most max_queue + 1)
+        # Interactive work, for swap-aware admission (``interactive_work``): requests waiting for the model,
+        # leases held (a request queued for a replica holds its lease already), and the last one served.
+        self._interactive_waits = 0
+        self._interactive_leases = 0
+        self.last_interactive = float("-inf")
         self._none_waiting = asyncio.Event()
         self._none_waiting.set()
         self.pool: Pool | None = None
+        self._starting: list[Backend] = []  # the replicas a load under way starts (for ``load_phase``)
         self._checks: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._idle = asyncio.Event()
@@ -151,16 +157,19 @@ class ModelSlot:
         leases as soon as they run: until then, it was loaded for them and must not be evicted."""
         return self._waiting
 
-    def wait_begins(self) -> float:
-        """A request begins to wait for the model; returns its start, to give back to ``wait_ends``."""
+    def wait_begins(self, interactive: bool = True) -> float:
+        """A request (of the interactive class, or batch) begins to wait for the model; returns its start,
+        to give back to ``wait_ends``."""
         self._waiting += 1
+        self._interactive_waits += interactive
         self._none_waiting.clear()
         began = self._clock()
         self._wait_starts.append(began)
         return began
 
-    def wait_ends(self, began: float) -> None:
+    def wait_ends(self, began: float, interactive: bool = True) -> None:
         self._waiting -= 1
+        self._interactive_waits -= interactive
         self._wait_starts.remove(began)
         if self._waiting == 0:
             self._none_waiting.set()
@@ -169,6 +178,17 @@ class ModelSlot:
     def oldest_wait(self) -> float | None:
         """When the request that has waited longest for the model began to wait (None: none waits)."""
         return min(self._wait_starts, default=None)
+
+    @property
+    def interactive_waiting(self) -> bool:
+        """An interactive request is among those waiting for the model itself."""
+        return self._interactive_waits > 0
+
+    def interactive_work(self, now: float, linger: float) -> bool:
+        """Some of the model's work is interactive: a request waiting for it, one holding a lease (in flight
+        or queued for a replica), or one that ended within ``linger`` (its client's next is on its way)."""
+        held = self._interactive_waits > 0 or self._interactive_leases > 0
+        return held or now - self.last_interactive < linger
 
     async def waiters_served(self) -> None:
         """Returns once no request waits for the model itself (they have their leases, or gave up)."""
@@ -227,11 +247,14 @@ class ModelSlot:
 
     async def start_with(self, backends: list[Backend]) -> None:
         """``start`` with the replicas given (made for the placement, or mirrored from the fleet's table)."""
+        self._starting = backends
         try:
             results = await asyncio.gather(*(b.start() for b in backends), return_exceptions=True)
         except BaseException:
             await asyncio.shield(asyncio.gather(*(b.stop() for b in backends), return_exceptions=True))
             raise
+        finally:
+            self._starting = []
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             await asyncio.gather(*(b.stop() for b in backends))
@@ -241,6 +264,14 @@ class ModelSlot:
         self.failure = None
         self.last_used = self._clock()
         self._move(State.LOADING, State.READY)
+
+    @property
+    def load_phase(self) -> str | None:
+        """While it loads, what its load is doing: the phase of the first replica still starting that says
+        (``backends.base.phase_of``); "starting" when none says."""
+        if self.state is not State.LOADING:
+            return None
+        return next((p for b in self._starting if (p := phase_of(b)) is not None), "starting")
 
     def load_failed(self, message: str, backoff: float) -> Failure:
         """Back to UNLOADED; requests fail fast until ``retry_at`` (doubling per failure, up to a minute)."""
@@ -346,16 +377,22 @@ class ModelSlot:
         return self._checks
 
     # -- leases ------------------------------------------------------------------------------------------
-    def lease(self) -> Lease:
+    def lease(self, interactive: bool = True) -> Lease:
         assert self.state is State.READY and self.pool is not None
         self.in_flight += 1
         self._idle.clear()
         self.last_used = self._clock()
-        return Lease(self, self.pool)
+        if interactive:
+            self._interactive_leases += 1
+            self.last_interactive = self.last_used
+        return Lease(self, self.pool, interactive)
 
-    def _return(self) -> None:
+    def _return(self, interactive: bool) -> None:
         self.in_flight -= 1
         self.last_used = self._clock()
+        if interactive:
+            self._interactive_leases -= 1
+            self.last_interactive = self.last_used
         if self.in_flight == 0:
             self._idle.set()
 
@@ -363,12 +400,13 @@ class ModelSlot:
 class Lease:
     """Held from the moment a request is admitted to a ready model until its response is finished."""
 
-    def __init__(self, slot: ModelSlot, pool: Pool) -> None:
+    def __init__(self, slot: ModelSlot, pool: Pool, interactive: bool = True) -> None:
         self.slot = slot
         self.pool = pool
+        self.interactive = interactive  # the request's priority class (swap-aware admission)
         self._released = False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self.slot._return()
+            self.slot._return(self.interactive)

@@ -41,6 +41,7 @@ from backends.errors import (
     ModelUnavailable,
     QueueFull,
 )
+from gateway.routing.fair_queue import Priority
 from gateway.scheduling.admission import Activity, Admission, Policy, Waiting, admit
 from gateway.scheduling.explain import Plan, explain
 from gateway.scheduling.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
@@ -142,28 +143,30 @@ class Scheduler:
         self.delegate: Delegate | None = None  # cluster mode: loads left to the fleet's leader
 
     # -- the request path --------------------------------------------------------------------------------
-    async def acquire(self, slot: ModelSlot, timeout: float) -> Lease:
+    async def acquire(self, slot: ModelSlot, timeout: float, priority: Priority = "interactive") -> Lease:
         """A lease on ``slot`` once it is ready, loading it if needed. A request that has to wait for the
         model (a load, a drain) takes a place in the model's queue, the same ``max_queue`` places as the
         requests waiting for a free replica: when they are all taken, 429 with Retry-After. One request
-        may always wait for a load, even with ``max_queue: 0``: the one that asks for the model."""
+        may always wait for a load, even with ``max_queue: 0``: the one that asks for the model.
+        ``priority``: the request's class, which swap-aware admission weighs (``_admission``)."""
+        interactive = priority == "interactive"
         if slot.state is State.READY:
-            return slot.lease()
+            return slot.lease(interactive)
         waiting = slot.queued
         if waiting >= max(slot.max_queue, 1):
             raise QueueFull(
                 f"model '{slot.name}' has {waiting} requests waiting (max_queue={slot.max_queue})",
                 retry_after=max(1.0, slot.load_seconds or 1.0),  # they wait for its load: about that long
             )
-        began = slot.wait_begins()
+        began = slot.wait_begins(interactive)
         try:
-            lease = await self._until_ready(slot, timeout)
+            lease = await self._until_ready(slot, timeout, interactive)
         finally:
-            slot.wait_ends(began)
+            slot.wait_ends(began, interactive)
         self.events.waited_for_model(lease.slot.name, self._clock() - began)
         return lease
 
-    async def _until_ready(self, slot: ModelSlot, timeout: float) -> Lease:
+    async def _until_ready(self, slot: ModelSlot, timeout: float, interactive: bool = True) -> Lease:
         deadline = self._clock() + timeout
         while True:
             if slot.state is State.UNLOADED and slot.replaced_by is not None:  # a reload changed it
@@ -173,7 +176,7 @@ class Scheduler:
             if slot.state is State.UNLOADED and slot.removed:
                 raise ModelNotFound(slot.name)
             if slot.state is State.READY:
-                return slot.lease()
+                return slot.lease(interactive)
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise ModelUnavailable(
@@ -414,25 +417,38 @@ class Scheduler:
         await self._sleep(max(delay, 0.0))  # a timer, not synchronisation
 
     def _admission(self, slot: ModelSlot, residents: list[Resident]) -> Admission:
-        """Which busy residents ``slot``'s load must leave alone for now (``admission``)."""
-        wait = slot.manifest.max_swap_wait
-        target = Waiting(slot.oldest_wait, self.max_swap_wait if wait is None else wait)
+        """Which busy residents ``slot``'s load must leave alone for now (``admission``), the requests'
+        classes included: a resident busy with batch work only does not hold up an interactive request."""
+        now, linger = self._clock(), self.policy.linger
+        target = Waiting(slot.oldest_wait, self._swap_wait(slot), slot.interactive_waiting)
         slots = self.slots
         activity = [
-            Activity(r.name, r.in_flight, slots[r.name].queued, r.last_used)
+            Activity(r.name, r.in_flight, s.queued, r.last_used, s.interactive_work(now, linger))
             for r in residents
-            if r.evictable and r.name in slots
+            if r.evictable and (s := slots.get(r.name)) is not None
         ]
-        return admit(target, activity, self._clock(), self.policy)
+        return admit(target, activity, now, self.policy)
 
     def _older_loads(self, slot: ModelSlot) -> list[asyncio.Task[None]]:
-        """The load tasks asked for before ``slot``'s that still wait for their memory."""
+        """The load tasks asked for before ``slot``'s that still wait for their memory, except those that
+        let it go first (``_yields``)."""
         mine = self._since.get(slot, 0)
-        return [
-            self._loads[s]
-            for s, turn in self._since.items()
-            if turn < mine and s.state is State.UNLOADED and s in self._loads
-        ]
+        now = self._clock()
+        older = [s for s, turn in self._since.items() if turn < mine and s.state is State.UNLOADED]
+        return [self._loads[s] for s in older if s in self._loads and not self._yields(s, slot, now)]
+
+    def _yields(self, older: ModelSlot, slot: ModelSlot, now: float) -> bool:
+        """Priorities among loads that must evict: one that only batch requests wait for lets a load that an
+        interactive request waits for go first, until its own oldest request has waited its
+        ``max_swap_wait`` (then it is first again: batch work is delayed, never starved)."""
+        if self.policy.mode == "fifo" or older.interactive_waiting or not slot.interactive_waiting:
+            return False
+        oldest = older.oldest_wait
+        return oldest is not None and now < oldest + self._swap_wait(older)
+
+    def _swap_wait(self, slot: ModelSlot) -> float:
+        wait = slot.manifest.max_swap_wait
+        return self.max_swap_wait if wait is None else wait
 
     def residents(self, excluding: ModelSlot | None = None) -> list[Resident]:
         """The models holding memory now, as the placement sees them, and the memory kept for loads that
