@@ -48,7 +48,7 @@ class _Baseline:
 
 class Footprints:
     """Measures loaded models and learns their peaks. The scheduler calls ``starting`` and ``loaded`` around
-    each load (``scheduler.LoadWatch``); the background loop calls ``sample``."""
+    each load (``gateway.scheduling.hooks.LoadWatch``); the background loop calls ``sample``."""
 
     def __init__(self, store: LearnedStore, margin: float, kinds: Kinds, hosts: Hosts) -> None:
         self.store = store
@@ -59,7 +59,7 @@ class Footprints:
         self._order = 0
         self._warned: set[str] = set()  # versions whose peak over the estimate was logged
 
-    # -- scheduler.LoadWatch -------------------------------------------------------------------------------
+    # -- hooks.LoadWatch -------------------------------------------------------------------------------------
     def starting(self, slot: ModelSlot) -> None:
         rss = resident_bytes(os.getpid())
         self._order += 1

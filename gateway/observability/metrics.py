@@ -401,7 +401,7 @@ class Metrics:
     def upstream_error(self, model: str, kind: str) -> None:
         self.upstream_errors.labels(model, kind).inc()
 
-    # -- the scheduler's events (gateway.scheduling.scheduler.Events)
+    # -- the scheduler's events (gateway.scheduling.hooks.Events)
     # -------------------------------------------------
     def load_finished(self, model: str, seconds: float, result: str) -> None:
         self.loads.labels(model, result).inc()

@@ -30,7 +30,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from backends.base import Backend
 from backends.errors import (
@@ -44,64 +43,11 @@ from backends.errors import (
 from gateway.routing.fair_queue import Priority
 from gateway.scheduling.admission import Activity, Admission, Policy, Waiting, admit
 from gateway.scheduling.explain import Plan, explain
+from gateway.scheduling.hooks import Delegate, Events, LoadWatch, Quiet
 from gateway.scheduling.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
 from gateway.scheduling.placement import DoesNotFit, Fits, Option, Resident, plan
 
 log = logging.getLogger(__name__)
-
-
-class Events(Protocol):
-    """What the scheduler reports as it happens (the metrics implement it)."""
-
-    def load_finished(self, model: str, seconds: float, result: str) -> None:
-        """``result``: success, failure or cancelled."""
-
-    def evicted(self, model: str, reason: str) -> None:
-        """``reason``: lru, swap, ttl, admin, failure, reload or host-down."""
-
-    def waited_for_model(self, model: str, seconds: float) -> None:
-        """A request was admitted after waiting ``seconds`` for its model (a load, a swap, a drain)."""
-
-
-class LoadWatch(Protocol):
-    """What sees each load from just before its engines start to just after they are ready (the memory
-    footprint's measurement, ``gateway.observability.footprint``). Both are cheap and never raise."""
-
-    def starting(self, slot: ModelSlot) -> None: ...
-
-    def loaded(self, slot: ModelSlot) -> None: ...
-
-
-class Delegate(Protocol):
-    """Cluster mode (``gateway.fleet``): loads this gateway leaves to the fleet's leader. A delegated slot is
-    never loaded here: ``request`` asks the leader and returns once the slot is ready, mirrored from the
-    fleet's table (``Scheduler.mirror``), or raises the error a local load would (503 with Retry-After)."""
-
-    def delegates(self, slot: ModelSlot) -> bool: ...
-
-    async def request(self, slot: ModelSlot) -> None: ...
-
-    async def drained(self, slot: ModelSlot, timeout: float) -> bool:
-        """Wait until no other gateway has requests of ``slot`` running (they stop taking new ones once it
-        drains); False when ``timeout`` ran out first."""
-        ...
-
-
-class _Quiet:
-    def load_finished(self, model: str, seconds: float, result: str) -> None:
-        pass
-
-    def waited_for_model(self, model: str, seconds: float) -> None:
-        pass
-
-    def evicted(self, model: str, reason: str) -> None:
-        pass
-
-    def starting(self, slot: ModelSlot) -> None:
-        pass
-
-    def loaded(self, slot: ModelSlot) -> None:
-        pass
 
 
 class Scheduler:
@@ -122,8 +68,8 @@ class Scheduler:
         """``clock`` and ``sleep`` drive the idle timers and the swap waits (a test gives them a virtual
         time). ``policy`` and ``max_swap_wait`` (the default of a model's own): swap-aware admission.
         ``watch``: sees each load start and end (to measure what it took)."""
-        self.events: Events = events or _Quiet()
-        self.watch: LoadWatch = watch or _Quiet()
+        self.events: Events = events or Quiet()
+        self.watch: LoadWatch = watch or Quiet()
         self.slots = {s.name: s for s in slots}
         self.budgets = dict(budgets)  # per device (gateway.scheduling.placement)
         self.drain_grace = drain_grace
