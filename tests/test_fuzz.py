@@ -52,7 +52,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from gateway.config.settings import Settings
-from gateway.http.openapi import OPERATIONS, Op, build_document
+from gateway.http.openapi import build_document
+from gateway.http.openapi_ops import OPERATIONS, Op
 from tests.conftest import RunningGateway, free_port, llama_manifest, write_manifests
 
 CHAT, EMBED = "smollm2", "text-embedding-3-small"
