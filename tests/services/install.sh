@@ -18,6 +18,6 @@ fi
 if command -v systemctl >/dev/null && systemctl is-active --quiet docker 2>/dev/null; then
   systemctl stop docker docker.socket || true
 fi
-etcd --version | head -1
+etcd --version  # its whole output: `| head -1` can end it with SIGPIPE, which pipefail makes a failure
 dockerd --version
 chromium --version
