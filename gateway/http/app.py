@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from backends.docker.interface import ContainerEngine
 from backends.errors import GatewayError
 from gateway.config.settings import Settings
 from gateway.control.build import build_gateway
@@ -75,57 +76,71 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
         return error_response(internal_error(request.url.path))
 
 
+async def _start(gateway: Gateway, settings: Settings) -> list[ContainerEngine]:
+    """The lifespan's start: the engines' cleanups and watches, the fleet's first turn, the background loops.
+    Returns the engines in use, for ``_stop``."""
+    engines = gateway.engines_in_use()
+    for engine in engines:  # before any container of this run starts (DockerEngine.ready waits for it)
+        engine.start_cleanup()
+        engine.start_watch(gateway.host_loss)  # hosts going down and coming back (a swarm's nodes)
+    node = gateway.fleet
+    if node is not None:  # joined (or the store's failure logged) before pinned loads and requests
+        await node.tick()
+    gateway.scheduler.start_background()
+    background = gateway.background
+    timers.start(
+        background,
+        gateway.metrics,
+        gateway.scheduler,
+        settings.stats_interval if settings.metrics else 0,
+        settings.engine_scrape_interval if settings.metrics else 0,
+    )
+    charts = timers.sample_series(gateway.series, gateway.metrics, gateway.scheduler)
+    background.every("console-series", gateway.series.interval, charts)
+    sched, footprints = gateway.scheduler, gateway.footprints
+    background.every("footprint", FOOTPRINT_INTERVAL, lambda: footprints.sample([*sched.slots.values()]))
+    if settings.watch:
+        seen = await asyncio.to_thread(snapshot, settings.manifests)  # file I/O, off the loop
+        background.every("manifest-watch", WATCH_INTERVAL, watch(gateway, seen))
+    on_sighup(gateway)
+    if node is not None:
+        background.every("fleet", FLEET_TICK, node.tick)
+    log.info(
+        "serving %d models (%d manifest problems), memory budget %s",
+        len(gateway.registry.slots),
+        len(gateway.manifests.problems),
+        ", ".join(f"{d} {b / 2**20:.0f} MiB" for d, b in gateway.scheduler.budgets.items()),
+    )
+    return engines
+
+
+async def _stop(gateway: Gateway, engines: list[ContainerEngine]) -> None:
+    """The lifespan's end, in order: background loops, host watches, the fleet's hand-over, the models,
+    the fleet's lease, the footprints, the engines, the response store."""
+    node = gateway.fleet
+    await gateway.background.stop()
+    await gateway.host_loss.close()
+    if node is not None:
+        await node.hand_over()
+    await gateway.scheduler.shutdown()
+    if node is not None:
+        await node.close()
+    gateway.footprints.store.flush()  # the peaks' last rises, under the write step
+    for engine in engines:
+        await engine.close()
+    gateway.responses.close()
+
+
 def build_app(settings: Settings, gw: Gateway | None = None) -> ASGIApp:
     gateway = gw or build_gateway(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engines = gateway.engines_in_use()
-        for engine in engines:  # before any container of this run starts (DockerEngine.ready waits for it)
-            engine.start_cleanup()
-            engine.start_watch(gateway.host_loss)  # hosts going down and coming back (a swarm's nodes)
-        node = gateway.fleet
-        if node is not None:  # joined (or the store's failure logged) before pinned loads and requests
-            await node.tick()
-        gateway.scheduler.start_background()
-        background = gateway.background
-        timers.start(
-            background,
-            gateway.metrics,
-            gateway.scheduler,
-            settings.stats_interval if settings.metrics else 0,
-            settings.engine_scrape_interval if settings.metrics else 0,
-        )
-        charts = timers.sample_series(gateway.series, gateway.metrics, gateway.scheduler)
-        background.every("console-series", gateway.series.interval, charts)
-        sched, footprints = gateway.scheduler, gateway.footprints
-        background.every("footprint", FOOTPRINT_INTERVAL, lambda: footprints.sample([*sched.slots.values()]))
-        if settings.watch:
-            seen = await asyncio.to_thread(snapshot, settings.manifests)  # file I/O, off the loop
-            background.every("manifest-watch", WATCH_INTERVAL, watch(gateway, seen))
-        on_sighup(gateway)
-        if node is not None:
-            background.every("fleet", FLEET_TICK, node.tick)
-        log.info(
-            "serving %d models (%d manifest problems), memory budget %s",
-            len(gateway.registry.slots),
-            len(gateway.manifests.problems),
-            ", ".join(f"{d} {b / 2**20:.0f} MiB" for d, b in gateway.scheduler.budgets.items()),
-        )
+        engines = await _start(gateway, settings)
         try:
             yield
         finally:
-            await background.stop()
-            await gateway.host_loss.close()
-            if node is not None:
-                await node.hand_over()
-            await gateway.scheduler.shutdown()
-            if node is not None:
-                await node.close()
-            gateway.footprints.store.flush()  # the peaks' last rises, under the write step
-            for engine in engines:
-                await engine.close()
-            gateway.responses.close()
+            await _stop(gateway, engines)
 
     async def health(request: Request) -> Response:
         failing = gateway.background.failing()
