@@ -155,23 +155,27 @@ def test_a_flooding_key_and_a_batch_flood_do_not_push_others_back(
     assert sorted(finished) == sorted([*(f"flood{i}" for i in range(FLOOD)), "late"])  # all served
 
 
-def test_a_key_over_its_concurrency_cap_gets_a_429(serve: Callable[..., RunningGateway]) -> None:
+BULK, ALICE = {"authorization": "Bearer sk-bulk"}, {"authorization": "Bearer sk-alice"}
+SHORT = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+# A long prompt and a long answer (the ends of a turn are never sampled): under way for seconds.
+LONG = {
+    **SHORT,
+    "messages": [{"role": "user", "content": "Count the words: " + "one two three four " * 120}],
+    "max_tokens": 300,
+    "logit_bias": dict.fromkeys(SMOLLM2_ENDS, -100),
+}
+
+
+def _capped_gateway(serve: Callable[..., RunningGateway], **caps: Any) -> RunningGateway:
+    """One in-process SmolLM2 (one slot), keys ``bulk`` and ``alice``, and the per-key ``caps`` settings."""
     keys = {"bulk": "sk-bulk", "alice": "sk-alice"}
-    gw = serve(
-        [llama_manifest("m", SMOLLM2, backend={"n_threads": 1, "n_ctx": 1024})],
-        api_keys=keys,
-        admin_key="sk-admin",
-        key_max_concurrency={"bulk": 1},
-    )
-    bulk, alice = {"authorization": "Bearer sk-bulk"}, {"authorization": "Bearer sk-alice"}
-    short = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
-    # A long prompt and a long answer (the ends of a turn are never sampled): under way for seconds.
-    long = {
-        **short,
-        "messages": [{"role": "user", "content": "Count the words: " + "one two three four " * 120}],
-        "max_tokens": 300,
-        "logit_bias": dict.fromkeys(SMOLLM2_ENDS, -100),
-    }
+    manifest = llama_manifest("m", SMOLLM2, backend={"n_threads": 1, "n_ctx": 1024})
+    return serve([manifest], api_keys=keys, admin_key="sk-admin", **caps)
+
+
+def test_a_key_over_its_concurrency_cap_gets_a_429(serve: Callable[..., RunningGateway]) -> None:
+    gw = _capped_gateway(serve, key_max_concurrency={"bulk": 1})
+    bulk, alice, short, long = BULK, ALICE, SHORT, LONG
     assert httpx.post(f"{gw.base_url}/v1/chat/completions", json=short, headers=alice, timeout=120).is_success
     first: list[httpx.Response] = []
     thread = threading.Thread(
@@ -194,21 +198,8 @@ def test_a_key_over_its_concurrency_cap_gets_a_429(serve: Callable[..., RunningG
 def test_a_key_over_its_queue_cap_gets_a_429(serve: Callable[..., RunningGateway]) -> None:
     """``key_max_queued``: a key with that many requests waiting (here for the one busy replica) has its
     next request that would wait refused with a 429; another key's request still waits and is served."""
-    keys = {"bulk": "sk-bulk", "alice": "sk-alice"}
-    gw = serve(
-        [llama_manifest("m", SMOLLM2, backend={"n_threads": 1, "n_ctx": 1024})],
-        api_keys=keys,
-        admin_key="sk-admin",
-        key_max_queued={"bulk": 1},
-    )
-    bulk, alice = {"authorization": "Bearer sk-bulk"}, {"authorization": "Bearer sk-alice"}
-    short = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
-    long = {
-        **short,
-        "messages": [{"role": "user", "content": "Count the words: " + "one two three four " * 120}],
-        "max_tokens": 300,
-        "logit_bias": dict.fromkeys(SMOLLM2_ENDS, -100),
-    }
+    gw = _capped_gateway(serve, key_max_queued={"bulk": 1})
+    bulk, alice, short, long = BULK, ALICE, SHORT, LONG
     # served at once while the replica is free: never refused for the key's queue
     assert httpx.post(f"{gw.base_url}/v1/chat/completions", json=short, headers=bulk, timeout=120).is_success
     answers: list[httpx.Response] = []
