@@ -97,7 +97,7 @@ def one_round(
         for url in ENGINES.values():
             client = docker.DockerClient(base_url=url, timeout=60)
             label = f"llm-gateway.instance={fleet.label}"
-            for c in client.containers.list(all=True, filters={"label": label}):
+            for c in client.containers.list(all=True, sparse=True, filters={"label": label}):
                 c.remove(force=True)
             client.close()
 

@@ -66,7 +66,9 @@ def fleet(etcd: EtcdCluster, site: Site, tmp_path: Path) -> Iterator[Fleet]:
     yield f
     f.stop()
     for c in site.clients.values():  # what a test left (it failed half way): only this fleet's
-        for container in c.containers.list(all=True, filters={"label": f"llm-gateway.instance={f.label}"}):
+        for container in c.containers.list(
+            all=True, sparse=True, filters={"label": f"llm-gateway.instance={f.label}"}
+        ):
             container.remove(force=True)
 
 
@@ -269,7 +271,8 @@ def test_the_leader_going_away_under_streaming_load_loses_no_request(
     assert (after[0].attrs.get("StartedAt") or after[0].attrs.get("Created")) == started
     assert new.model("a")["state"] == "ready"
     wait_for(
-        lambda: not e1.containers.list(all=True, filters={"id": unclaimed.id}), "the unclaimed one removed"
+        lambda: not e1.containers.list(all=True, sparse=True, filters={"id": unclaimed.id}),
+        "the unclaimed one removed",
     )
     foreign.reload()  # never touched: not this fleet's
     foreign.remove(force=True)

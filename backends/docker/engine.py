@@ -192,11 +192,18 @@ class DockerEngine:
         label = f"{LABEL_INSTANCE}={self.instance}"
 
         def remove(client: Any) -> list[str]:
+            import docker.errors
+
             gone = []
-            for container in client.containers.list(all=True, filters={"label": label}):
-                if container.labels.get(LABEL_RUN) != self.run:
+            # sparse: no inspect per container (one removed between the listing and the inspect fails it)
+            for container in client.containers.list(all=True, sparse=True, filters={"label": label}):
+                if (container.attrs.get("Labels") or {}).get(LABEL_RUN) == self.run:
+                    continue
+                try:
                     container.remove(force=True)
-                    gone.append(container.name)
+                except docker.errors.NotFound:
+                    continue  # removed meanwhile (by another gateway of the fleet)
+                gone.append(str(container.attrs["Names"][0]).lstrip("/"))
             return gone
 
         try:
