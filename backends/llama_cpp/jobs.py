@@ -12,6 +12,7 @@ Functions here block for as long as the engine computes; they must only run on t
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import threading
 import time
@@ -126,8 +127,11 @@ def _sampling_kwargs(body: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + _compact(obj).encode() + b"\n\n"
 
 
 def _streamed(chunks: Iterator[dict[str, Any]], cancelled: threading.Event) -> Iterator[dict[str, Any]]:
@@ -169,8 +173,14 @@ class _Framer:
         }
 
     def chunk(self, choice: dict[str, Any]) -> None:
+        # Per token: only the choice is encoded; the envelope's bytes (the same in every chunk) are made once.
+        self.job.emit(self._head + _compact(choice).encode() + b"]}\n\n")
+
+    @functools.cached_property
+    def _head(self) -> bytes:
         obj = "chat.completion.chunk" if self.kind == "chat.completion" else "text_completion"
-        self.job.emit(_sse(self._envelope([choice], obj)))
+        whole = _sse(self._envelope([], obj))  # b'data: {..."choices":[]}\n\n'
+        return whole[: -len(b"]}\n\n")]
 
     def finish(self) -> None:
         if self.stream:
