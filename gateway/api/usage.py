@@ -16,10 +16,21 @@ from backends.errors import GatewayError
 
 _FINISH = re.compile(rb'"finish_reason":\s*"(\w+)"')
 _USAGE = re.compile(rb'"usage":\s*\{')
+# The two counts first, in the order vLLM and OpenAI write them or sorted (llama-server): read by one match;
+# anything else takes the general scan (``_parse_usage_scan``).
+_COUNTS = re.compile(
+    rb'"usage":\s*\{\s*(?:"prompt_tokens":\s*(\d+),\s*"completion_tokens":\s*(\d+)'
+    rb'|"completion_tokens":\s*(\d+),\s*"prompt_tokens":\s*(\d+))'
+)
+_CACHED = b'"cached_tokens"'
+_NUMBER = re.compile(rb'"cached_tokens":\s*(\d+)')
 _NUMBERS = re.compile(rb'"(prompt_tokens|completion_tokens|cached_tokens)":\s*(\d+)')
 _EMPTY_CHOICES = re.compile(rb'"choices":\s*\[\]')
 _EVENT_END = b"\n\n"
 _DONE = b"data: [DONE]\n\n"
+_USAGE_KEY = b'"usage"'
+_FINISH_SET = b'"finish_reason":"'
+_FINISH_SET_SPACED = b'"finish_reason": "'
 _USAGE_WINDOW = 512
 _MARKERS = re.compile(rb'"(?:finish_reason": ?"|usage"|error")')
 _ERROR_EVENT = b'data: {"error":'
@@ -35,7 +46,23 @@ class Usage:
 
 def parse_usage(data: bytes, start: int = 0) -> Usage | None:
     """The usage object at or after ``start`` (the position of its ``"usage"`` key), if any. A usage object
-    is small: its numbers are looked for in the next few hundred bytes only, in one pass."""
+    is small: its numbers are looked for in the next few hundred bytes only. The common shapes (the two
+    counts first, in either order) are read by one match; ``cached_tokens`` by one search after them."""
+    counts = _COUNTS.match(data, start)
+    if counts is None:
+        return _parse_usage_scan(data, start)
+    prompt, completion, completion2, prompt2 = counts.groups()
+    usage = (
+        Usage(int(prompt), int(completion)) if prompt is not None else Usage(int(prompt2), int(completion2))
+    )
+    window = data.find(b"{", start) + 1 + _USAGE_WINDOW  # as the scan's window: from the object's brace
+    at = data.find(_CACHED, counts.end(), window)
+    if at != -1 and (cached := _NUMBER.match(data, at)) is not None and cached.end() <= window:
+        usage.cached_tokens = int(cached.group(1))
+    return usage
+
+
+def _parse_usage_scan(data: bytes, start: int) -> Usage | None:
     match = _USAGE.search(data, start)
     if match is None:
         return None
@@ -61,14 +88,21 @@ class StreamReader:
     """Reads an SSE response as it passes: its usage, finish reasons and a final error, and, with
     ``strip_usage``, takes the usage event (the one with empty ``choices``) out of what goes on.
 
-    This runs per chunk, so the common chunk costs one suffix test and, when stripping, one substring
-    search: finish reasons, usage and errors come at the end of a stream, and the last ``TAIL`` chunks are
-    read closely once it has ended (``close``). With several choices (``every_chunk``), which finish at
-    different points, every chunk is read. A chunk that holds whole events passes on as the very same bytes
-    object. A chunk that ends inside an event is held back until that event is complete (the upstream's
-    next read, normally of the same write), so that no event is read in two halves."""
+    A stream has hundreds of chunks, so a chunk costs as little as can be: finish reasons, usage and errors
+    come at the end of a stream, so the last ``TAIL`` chunks are kept (``keep``) and read once it has ended
+    (``close``), joined, so that an event cut in two is read whole. The relay's loop
+    (``gateway.http.relay``) keeps a chunk itself, without calling ``feed``, when nothing in it needs more:
+    always when not stripping; when stripping, a chunk that ends a line, holds no ``"usage"`` key and comes
+    while nothing is held back (``holding``). ``feed`` is the general path: a chunk that ends inside a line
+    is held back until its event is complete (the upstream's next read, normally of the same write), so
+    that a usage event is never cut in two; a chunk that holds whole events passes on as the very same
+    bytes object. With several choices (``every_chunk``), which finish at different points, every chunk
+    goes through ``feed`` and is read as it passes."""
 
     TAIL = 8
+
+    __slots__ = ("_closed", "_held", "_tail", "done", "error_status", "every_chunk", "finish_reasons", "keep",
+                 "strip_usage", "usage")  # fmt: skip
 
     def __init__(self, strip_usage: bool, every_chunk: bool = False) -> None:
         self.strip_usage = strip_usage
@@ -80,6 +114,12 @@ class StreamReader:
         self._closed = False
         self._held = b""
         self._tail: deque[bytes] = deque(maxlen=self.TAIL)
+        self.keep = self._tail.append  # note a chunk that passes untouched (the relay's fast path)
+
+    @property
+    def holding(self) -> bool:
+        """The start of an event is held back, waiting for its end: the next chunk goes through ``feed``."""
+        return bool(self._held)
 
     def feed(self, chunk: bytes) -> bytes:
         """The bytes to send on now (empty while an incomplete event is held back)."""
@@ -87,11 +127,11 @@ class StreamReader:
             chunk = self._whole_events(chunk)
             if not chunk:
                 return chunk
-        if chunk.endswith(_DONE):
-            self.done = True
-        if self.strip_usage and chunk.rfind(b'"usage"') != -1:  # rfind: 2.4x faster than ``in`` here
+        if self.strip_usage and chunk.rfind(_USAGE_KEY) != -1:  # rfind: 2.4x faster than ``in`` here
             chunk = self._take_usage(chunk)
         if self.every_chunk:
+            if chunk.endswith(_DONE):
+                self.done = True
             self._read(chunk)
         else:
             self._tail.append(chunk)
@@ -105,8 +145,7 @@ class StreamReader:
         self._closed = True
         held, self._held = self._held, b""
         if not self.every_chunk:
-            for chunk in (*self._tail, held):
-                self._read(chunk)
+            self._read_end(b"".join(self._tail) + held)
         self._tail.clear()
         return held
 
@@ -124,14 +163,35 @@ class StreamReader:
         return chunk
 
     def _take_usage(self, chunk: bytes) -> bytes:
-        at = chunk.find(b'"usage"')
+        at = chunk.find(_USAGE_KEY)
         usage = parse_usage(chunk, at)
         if usage is None:
             return chunk
-        stripped = _without_usage_event(chunk, at)
+        stripped = _without_usage_event(chunk, at, self._tail[-1] if self._tail else b"")
         if stripped is not chunk:
             self.usage = usage
         return stripped
+
+    def _read_end(self, text: bytes) -> None:
+        """The end of a stream of one choice (its last chunks, joined), searched from its end: its finish
+        reason (the last that is not null), its usage (unless the stripped usage event gave it: that one is
+        the stream's final count) and an error event."""
+        if text.rfind(_DONE) != -1:
+            self.done = True
+        at = text.rfind(_FINISH_SET)  # a string value (not null), written compact or with one space
+        at = text.rfind(_FINISH_SET_SPACED) if at == -1 else max(at, text.find(_FINISH_SET_SPACED, at))
+        if at != -1 and (found := _FINISH.match(text, at)) is not None:
+            self.finish_reasons.append(found.group(1).decode())
+        if self.usage is None:
+            at = text.rfind(_USAGE_KEY)
+            while at != -1:  # a ``"usage"`` key may also hold null
+                if (usage := parse_usage(text, at)) is not None:
+                    self.usage = usage
+                    break
+                at = text.rfind(_USAGE_KEY, 0, at)
+        at = text.rfind(_ERROR_EVENT)
+        if at != -1:
+            self.error_status = _error_status(text, at)
 
     def _read(self, chunk: bytes) -> None:
         # One scan for the three rare things (a finish reason that is not null, a usage object, an error).
@@ -141,28 +201,40 @@ class StreamReader:
             return
         start = marker.start()
         self.finish_reasons.extend(m.decode() for m in _FINISH.findall(chunk, start))
-        at = chunk.find(b'"usage"', start)
+        at = chunk.find(_USAGE_KEY, start)
         if at != -1 and (usage := parse_usage(chunk, at)) is not None:
             self.usage = usage
-        if _ERROR_EVENT in chunk:
-            self.error_status = _error_status(chunk)
+        at = chunk.find(_ERROR_EVENT)
+        if at != -1:
+            self.error_status = _error_status(chunk, at)
 
 
-def _without_usage_event(chunk: bytes, at: int) -> bytes:
+def _without_usage_event(chunk: bytes, at: int, before: bytes = b"") -> bytes:
     """``chunk`` (whole events) without the event that contains position ``at``, if that event is a usage
-    event (empty ``choices``); a server that reports usage on its last choice keeps that event."""
+    event (empty ``choices``); a server that reports usage on its last choice keeps that event. ``before``:
+    the chunk that went out before this one. The relay passes a chunk that ends a line without calling
+    ``feed``, so this one may begin with the blank line that ends the event before (it stays), or, with an
+    upstream that writes ``event:`` or ``id:`` lines, inside the usage event: that one then goes on whole (a
+    well-formed event the client did not ask for, rather than half of one)."""
     start = chunk.rfind(_EVENT_END, 0, at)
-    start = 0 if start == -1 else start + 2
+    if start != -1:
+        start += 2
+    elif not before or before.endswith(_EVENT_END):
+        start = 0
+    elif before.endswith(b"\n") and chunk[:1] == b"\n":
+        start = 1
+    else:
+        return chunk
     end = chunk.find(_EVENT_END, at) + 2
     if _EMPTY_CHOICES.search(chunk, start, end) is None:
         return chunk
     return chunk[:start] + chunk[end:]
 
 
-def _error_status(chunk: bytes) -> int:
-    """The HTTP status an in-stream error event stands for, from its ``code`` (502 when it is not one of the
-    gateway's own: an engine's error)."""
-    match = _ERROR_CODE.search(chunk, chunk.find(_ERROR_EVENT))
+def _error_status(chunk: bytes, at: int) -> int:
+    """The HTTP status the in-stream error event at ``at`` stands for, from its ``code`` (502 when it is not
+    one of the gateway's own: an engine's error)."""
+    match = _ERROR_CODE.search(chunk, at)
     return ERROR_STATUS.get(match.group(1).decode() if match else "", 502)
 
 

@@ -365,10 +365,17 @@ def _check_endpoint(slot: ModelSlot, endpoint: Endpoint, name: str) -> None:
         raise InvalidRequest(f"model '{name}' serves {what}; it cannot answer /v1/{endpoint}", param="model")
 
 
+class _Added(dict[str, Any]):
+    """The ``stream_options`` the gateway put in a body that had none (``ask_for_usage``)."""
+
+
 def ask_for_usage(data: dict[str, Any]) -> bool:
     """Ask the backend for the stream's usage (``stream_options.include_usage``) if the client did not; True
     when the gateway asked, so the usage event must be taken out again before the client sees it."""
     options = data.get("stream_options")
+    if options is None and "stream_options" not in data:  # the usual case
+        data["stream_options"] = _Added(include_usage=True)
+        return True
     if isinstance(options, dict) and options.get("include_usage") is True:
         return False
     data["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
@@ -376,11 +383,12 @@ def ask_for_usage(data: dict[str, Any]) -> bool:
 
 
 def with_usage(raw: bytes, body: dict[str, Any]) -> bytes:
-    """The client's bytes asking for usage too. When it sent no ``stream_options`` (the usual case), the
-    option goes in front of its own bytes, which stay as they were; otherwise the body is encoded again."""
-    start = raw.find(b"{")
-    if start != -1 and body["stream_options"] == {"include_usage": True} and b'"stream_options"' not in raw:
-        return raw[: start + 1] + INCLUDE_USAGE + raw[start + 1 :]
+    """The client's bytes asking for usage too. When it sent no ``stream_options`` (the usual case; a key
+    the gateway reads is never in a body twice, ``decode``), the option goes in front of its own bytes,
+    which stay as they were: no search through them, no copy but one; otherwise the body is encoded again."""
+    if type(body["stream_options"]) is _Added:
+        start = 0 if raw[:1] == b"{" else raw.find(b"{")
+        return b"".join((raw[: start + 1], INCLUDE_USAGE, memoryview(raw)[start + 1 :]))
     return json.dumps(body).encode()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 from starlette.types import Message, Receive, Send
 
@@ -119,8 +120,8 @@ class CancelOnDisconnect:
 
 async def relay(upstream: UpstreamResponse, send: Send, trace: Trace | None, strip_usage: bool) -> None:
     """Send the upstream's response on as it arrives. With a ``trace`` (metrics on), note on it when the
-    first bytes went out, the gaps between chunks, and what the response said about itself (usage, finish
-    reasons, a final error); the arithmetic is done later, in a batch (``Metrics.flush``)."""
+    first bytes went out, the gaps between pieces, and what the response said about itself (usage, finish
+    reasons, a final error); the rest is done later, in a batch (``Metrics.flush``)."""
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in upstream.headers.items()]
     await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
     if "content-length" in upstream.headers:  # a complete body (not a stream): one write, no chunked framing
@@ -136,29 +137,56 @@ async def relay(upstream: UpstreamResponse, send: Send, trace: Trace | None, str
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
-    reader = StreamReader(strip_usage, every_chunk=trace.n > 1)
-    feed, clock, gaps = reader.feed, time.perf_counter, trace.gaps  # locals: this loop runs per chunk
-    last = 0.0
+    await _relay_traced(upstream.body, send, trace, StreamReader(strip_usage, every_chunk=trace.n > 1))
+
+
+async def _relay_traced(body: AsyncIterator[bytes], send: Send, trace: Trace, reader: StreamReader) -> None:
+    """A stream with metrics on. Per chunk this is the whole of their cost (bench/README.md, issue 16): a
+    clock read and the gap since the piece before (the first "gap" is the wait for the first piece: it
+    gives ``trace.first`` and is dropped), the chunk kept for the end of the stream (a deque's append), and,
+    when the gateway strips the usage event it asked for, a test of the chunk's last byte and one substring
+    search. Only a chunk that may hold the usage event, or that ends inside a line while stripping, goes
+    through ``StreamReader.feed`` (``StreamReader`` says why that is enough)."""
+    gaps = trace.gaps
+    gap, clock, keep, feed = gaps.append, time.perf_counter, reader.keep, reader.feed
+    strip = reader.strip_usage
+    held = False  # reader.holding, read again after each ``feed``
     ended = False
+    began = last = clock()
     try:
-        async for chunk in upstream.body:
-            out = feed(chunk)
-            if not out:
-                continue
-            now = clock()
-            if last:
-                gaps.append(now - last)
-            else:
-                trace.first = now
-            last = now
-            await send({"type": "http.response.body", "body": out, "more_body": True})
+        if reader.every_chunk:  # several choices: each chunk is read as it passes
+            async for chunk in body:
+                if chunk := feed(chunk):
+                    now = clock()
+                    gap(now - last)
+                    last = now
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        else:
+            async for chunk in body:
+                if strip and (held or not chunk or chunk[-1] != 10 or chunk.rpartition(USAGE_KEY)[1]):
+                    chunk = feed(chunk)
+                    held = reader.holding
+                    if not chunk:
+                        continue
+                else:
+                    keep(chunk)
+                now = clock()
+                gap(now - last)
+                last = now
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": reader.close(), "more_body": False})
         ended = True
     finally:
         # Also when the client left: one that has had ``[DONE]`` may close before the upstream has ended,
         # and its response was complete all the same.
         reader.close()
+        if gaps:
+            trace.first = began + gaps[0]
+            del gaps[0]
         trace.usage, trace.finish_reasons = reader.usage, reader.finish_reasons
         trace.completed = reader.error_status is None and (reader.done or ended)
         if reader.error_status is not None:
             trace.status = reader.error_status
+
+
+USAGE_KEY = b'"usage"'  # rpartition: a one-argument method, cheaper to call than rfind (bench/README.md)

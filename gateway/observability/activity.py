@@ -14,10 +14,9 @@ depth and its requests in flight, and each device's memory held; it keeps the la
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -40,6 +39,7 @@ class Trace(Protocol):
     key: str
     usage: Usage | None
     gaps: list[float]
+    ended: float
 
 
 class Entry(NamedTuple):
@@ -90,46 +90,73 @@ class Activity:
 
     def __init__(self, size: int = DEFAULT_SIZE, clock: Callable[[], float] = time.time) -> None:
         self.size = size
-        self._entries: deque[Entry] = deque(maxlen=size)
-        self._ids = itertools.count(1)
+        self._entries: deque[_Raw] = deque(maxlen=size)
+        self._next = 1  # the next entry's number
         self._clock = clock
 
-    def traced(self, traces: Iterable[tuple[Trace, float]], perf_now: float) -> None:
-        """Finished requests (a trace and when its last byte went out, on ``time.perf_counter``'s clock, as
-        is ``perf_now``), their usage read already."""
+    def traced(self, traces: Sequence[Trace], perf_now: float) -> None:
+        """Finished requests (``ended``: when the last byte went out, on ``time.perf_counter``'s clock, as is
+        ``perf_now``), their usage read already. What an entry needs is kept as it is, in a tuple (one per
+        request, built in one comprehension); the entry is worked out when it is read, which is rarer."""
         if not self.size:
             return
         offset = self._clock() - perf_now  # perf_counter time to Unix time
-        for t, ended in traces:
-            usage = t.usage
-            prompt = completion = None
-            rate = None
-            if usage is not None:
-                prompt, completion = usage.prompt_tokens, usage.completion_tokens
-                rate = decode_rate(completion, bool(t.gaps), t.first, t.scheduled or t.arrived, ended)
-            self._entries.append(
-                Entry(
-                    next(self._ids),
-                    t.arrived + offset,
+        start = self._next
+        self._next += len(traces)
+        self._entries.extend(
+            [
+                (
+                    i,
+                    offset,
+                    t.arrived,
                     t.model,
                     t.endpoint,
                     t.key,
                     t.status,
-                    ended - t.arrived,
-                    prompt,
-                    completion,
-                    (t.first - t.arrived) if t.first else None,
-                    rate,
+                    t.ended,
+                    t.usage,
+                    t.first,
+                    t.scheduled,
+                    bool(t.gaps),
                 )
-            )
+                for i, t in enumerate(traces, start)
+            ]
+        )
 
     def since(self, after: int = 0, limit: int | None = None) -> list[Entry]:
         """The entries numbered above ``after``, oldest first; the newest ``limit`` of them."""
-        found = [e for e in self._entries if e.id > after]
-        return found[-limit:] if limit else found
+        found = [e for e in self._entries if e[0] > after]
+        return [_entry(*e) for e in (found[-limit:] if limit else found)]
 
     def __iter__(self) -> Iterator[Entry]:
-        return iter(self._entries)
+        return (_entry(*e) for e in self._entries)
+
+
+_Raw = tuple[int, float, float, str, str, str, int, float, Usage | None, float, float, bool]
+
+
+def _entry(
+    id: int,
+    offset: float,
+    arrived: float,
+    model: str,
+    endpoint: str,
+    key: str,
+    status: int,
+    ended: float,
+    usage: Usage | None,
+    first: float,
+    scheduled: float,
+    streamed: bool,
+) -> Entry:
+    prompt = completion = rate = None
+    if usage is not None:
+        prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        rate = decode_rate(completion, streamed, first, scheduled or arrived, ended)
+    ttft = (first - arrived) if first else None
+    return Entry(
+        id, arrived + offset, model, endpoint, key, status, ended - arrived, prompt, completion, ttft, rate
+    )
 
 
 @dataclass(frozen=True)

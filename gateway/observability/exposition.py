@@ -14,7 +14,7 @@ declared models, their replicas, fixed enums), never taken from a request.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from typing import Generic, TypeVar
 
@@ -81,11 +81,34 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += times
         self.sum += value * times
 
-    def observe_all(self, values: list[float]) -> None:
-        """``observe`` each of ``values``: one call for a batch (the gaps of a stream)."""
+    def observe_many(self, values: list[float] | list[int]) -> None:
+        """``observe`` each of ``values`` (a batch's, a stream's gaps), sorting them (``observe_sorted``)."""
+        values.sort()
+        self.observe_sorted(values)
+
+    def observe_sorted(self, values: Sequence[float]) -> None:
+        """``observe`` each of ``values``, given in ascending order: one binary search per bucket from the
+        smallest value's to the largest's, not one per value (a 64-chunk stream's 63 gaps cost 10.9 us one by
+        one, bench/README.md), and one update when they share a bucket."""
+        n = len(values)
+        if not n:
+            return
         counts, bounds = self.counts, self.bounds
-        for value in values:
-            counts[bisect_left(bounds, value)] += 1
+        last = len(bounds)
+        i = bisect_left(bounds, values[0])  # no value is in a lower bucket
+        if i == last or values[-1] <= bounds[i]:
+            counts[i] += n
+        else:
+            done = 0  # values counted so far: those <= bounds[i - 1]
+            while i < last:
+                upto = bisect_right(values, bounds[i], done)  # values <= bounds[i]
+                counts[i] += upto - done
+                done = upto
+                if done == n:
+                    break
+                i += 1
+            else:
+                counts[last] += n - done  # above every bound: +Inf
         self.sum += sum(values)
 
     @property
