@@ -14,7 +14,9 @@ older commit), one after the other, on the same machine: the first row block is 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -38,7 +40,8 @@ LOG_LEVEL = "warning"
 class Tally:
     answers: int = 0
     errors: dict[str, int] = field(default_factory=dict)
-    longest: float = 0.0
+    longest: float = 0.0  # the longest request, whole
+    first: float = 0.0  # the longest time to a streamed request's first token (its admission, load, prefill)
 
 
 def write_manifests(directory: Path) -> None:
@@ -69,19 +72,41 @@ def serve(
     raise RuntimeError("the gateway did not come up")
 
 
-def client(base: str, model: str, until: float, tally: Tally, lock: threading.Lock) -> None:
+def first_token(response: httpx.Response, began: float) -> float:
+    """Read a streamed chat completion to its end; the seconds from ``began`` to its first token (the first
+    event with content or a finish reason: the SSE comments sent while the request waits do not count)."""
+    first = None
+    for line in response.iter_lines():
+        if first is None and line.startswith("data: {"):
+            choices = json.loads(line[len("data: ") :]).get("choices") or [{}]
+            if choices[0].get("delta", {}).get("content") or choices[0].get("finish_reason"):
+                first = time.monotonic() - began
+    return first if first is not None else time.monotonic() - began
+
+
+def client(
+    base: str, model: str, until: float, tally: Tally, lock: threading.Lock, stream: bool = False
+) -> None:
     body = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}
+    if stream:
+        body["stream"] = True
     with httpx.Client(timeout=60) as http:
         while time.monotonic() < until:
             began = time.monotonic()
+            first = 0.0
             try:
-                status = http.post(f"{base}/v1/chat/completions", json=body).status_code
-                outcome = "ok" if status == 200 else str(status)
+                with http.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
+                    if response.status_code == 200 and stream:
+                        first = first_token(response, began)
+                    else:
+                        response.read()
+                outcome = "ok" if response.status_code == 200 else str(response.status_code)
             except httpx.HTTPError as exc:
                 outcome = type(exc).__name__
             waited = time.monotonic() - began
             with lock:
                 tally.longest = max(tally.longest, waited)
+                tally.first = max(tally.first, first)
                 if outcome == "ok":
                     tally.answers += 1
                 else:
@@ -89,7 +114,13 @@ def client(base: str, model: str, until: float, tally: Tally, lock: threading.Lo
                     time.sleep(0.2)  # an error is answered at once: do not spin on it
 
 
-def run(root: Path, seconds: float, port: int, env: dict[str, str] | None = None) -> list[list[str]]:
+def run(
+    root: Path, seconds: float, port: int, env: dict[str, str] | None = None, stream: bool = False
+) -> list[list[str]]:
+    """Per model: the checkout, model, answers, errors, longest request s, loads; with ``stream``, also the
+    longest time to a first token s, the gateway's own count of waits for the model itself over 10 s (the
+    default ``max_swap_wait``; ``gateway_model_wait_seconds``, whose buckets end at 10 s and 20 s), and its
+    last load's seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         write_manifests(Path(tmp))
         proc = serve(root, Path(tmp), port, env)
@@ -99,7 +130,7 @@ def run(root: Path, seconds: float, port: int, env: dict[str, str] | None = None
             lock = threading.Lock()
             until = time.monotonic() + seconds
             threads = [
-                threading.Thread(target=client, args=(base, m, until, tallies[m], lock))
+                threading.Thread(target=client, args=(base, m, until, tallies[m], lock, stream))
                 for m in MODELS
                 for _ in range(CLIENTS)
             ]
@@ -108,6 +139,7 @@ def run(root: Path, seconds: float, port: int, env: dict[str, str] | None = None
             for t in threads:
                 t.join()
             models = {m["name"]: m for m in httpx.get(f"{base}/admin/models", timeout=30).json()["models"]}
+            metrics = httpx.get(f"{base}/metrics", timeout=30).text
         finally:
             proc.terminate()
             proc.wait(30)
@@ -115,8 +147,24 @@ def run(root: Path, seconds: float, port: int, env: dict[str, str] | None = None
     for m in MODELS:
         t = tallies[m]
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(t.errors.items())) or "0"
-        rows.append([str(root), m, str(t.answers), errors, f"{t.longest:.1f}", str(models[m]["loads"])])
+        row = [str(root), m, str(t.answers), errors, f"{t.longest:.1f}", str(models[m]["loads"])]
+        if stream:
+            row += [f"{t.first:.1f}", str(waits_over(metrics, m, 10.0)), str(models[m]["load_seconds"])]
+        rows.append(row)
     return rows
+
+
+def waits_over(metrics: str, model: str, bound: float) -> int:
+    """How many requests for ``model`` waited for the model itself longer than ``bound`` (a bucket's bound),
+    by the gateway's ``gateway_model_wait_seconds`` histogram."""
+
+    def sample(name: str, le: str = "") -> float:
+        labels = f'model_name="{model}"' + (f',le="{le}"' if le else "")
+        found = re.search(rf"^{name}{{{labels}}} (\S+)$", metrics, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+    total = sample("gateway_model_wait_seconds_count")
+    return round(total - sample("gateway_model_wait_seconds_bucket", f"{bound:.1f}"))
 
 
 def main() -> None:

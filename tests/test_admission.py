@@ -1,23 +1,37 @@
 """Swap-aware admission: the pure rule (``gateway.scheduling.admission``), and the real ``Scheduler`` on a
 virtual clock under arbitrary arrivals of requests for models that do not fit together: every request gets
-its model within its ``max_swap_wait`` (loads and drains take no virtual time here), none starves, and a
-busy model keeps serving while others wait instead of being swapped out for each request."""
+its model within its ``max_swap_wait`` (where loads and drains take no virtual time), none starves, and a
+busy model keeps serving while others wait instead of being swapped out for each request. With loads and
+drains that take virtual time, closed-loop clients of three models still get theirs within
+``max_swap_wait`` plus the error of the drain estimates (the turn comes early by the swap's expected time).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.routing.fair_queue import Priority
-from gateway.scheduling.admission import OPEN, Activity, Admission, Policy, Waiting, admit
-from gateway.scheduling.lifecycle import Lease
+from gateway.scheduling.admission import (
+    DUE_WITHIN,
+    OPEN,
+    Activity,
+    Admission,
+    Policy,
+    Waiting,
+    admit,
+    busy,
+    expected_drain,
+    turn_due,
+)
+from gateway.scheduling.lifecycle import Lease, ModelSlot
 from gateway.scheduling.placement import HOST
 from gateway.scheduling.scheduler import Scheduler
-from tests.test_scheduler_property import Engines, SchedulerMachine, VirtualTime
+from tests.test_scheduler_property import Engines, FakeBackend, SchedulerMachine, VirtualTime
 
 Arrival = tuple[int, float, float, Priority]  # model, gap after the previous arrival, hold, class
 SWAP_WAIT = 10.0
@@ -54,31 +68,64 @@ def test_interactive_requests_do_not_wait_for_a_batch_flood() -> None:
     assert admit(batch, [flood, mixed], 100.0, POLICY).protected == {"flood", "mixed"}
 
 
+def test_the_turn_comes_early_by_the_swap_it_takes() -> None:
+    """A load expected to take 1 s beside a resident whose requests in flight are expected to take 2 s to
+    end: the turn comes 3 s before the bound, so that the request has its model at the bound; never before
+    the floor (half the bound), however long the swap; earlier for a load queued behind it."""
+    busy = Activity("a", in_flight=2, queued=0, last_used=99.0, drain=2.0)
+    target = Waiting(oldest=90.0, max_swap_wait=SWAP_WAIT, load=1.0)
+    assert turn_due(target, 2.0, POLICY) == 97.0
+    assert admit(target, [busy], 96.9, POLICY) == Admission(frozenset({"a"}), 97.0)
+    assert admit(target, [busy], 97.0, POLICY) == OPEN
+    slow = Waiting(oldest=90.0, max_swap_wait=SWAP_WAIT, load=30.0)
+    assert turn_due(slow, 2.0, POLICY) == 95.0  # the floor: 90 + 10 * 0.5
+    # a load queued behind it keeps its bound if this one's turn begins by 98, before the residents' drain
+    queued = Waiting(oldest=90.0, max_swap_wait=SWAP_WAIT, load=1.0, behind=(98.0,))
+    assert turn_due(queued, 2.0, POLICY) == 96.0
+    assert expected_drain(3, 0.5, grace=30.0) == 1.5 and expected_drain(3, 0.5, grace=1.0) == 1.0
+    assert expected_drain(3, None, grace=30.0) == 0.0  # no request has ended yet: nothing to go by
+
+
 @given(
     start=st.floats(0, 1000),
     wait=st.floats(0.1, 100),
     elapsed=st.floats(0, 200),
     residents=st.lists(
-        st.tuples(st.integers(0, 3), st.integers(0, 3), st.floats(0, 1200), st.booleans()), max_size=4
+        st.tuples(st.integers(0, 3), st.integers(0, 3), st.floats(0, 1200), st.booleans(), st.floats(0, 50)),
+        max_size=4,
     ),
     interactive=st.booleans(),
+    load=st.floats(0, 50),
+    behind=st.lists(st.floats(0, 1300), max_size=3),
 )
 def test_the_answer_never_outlives_the_bound(
     start: float,
     wait: float,
     elapsed: float,
-    residents: list[tuple[int, int, float, bool]],
+    residents: list[tuple[int, int, float, bool, float]],
     interactive: bool,
+    load: float,
+    behind: list[float],
 ) -> None:
     now = start + elapsed
-    activity = [Activity(f"r{i}", f, q, min(u, now), c) for i, (f, q, u, c) in enumerate(residents)]
-    answer = admit(Waiting(start, wait, interactive), activity, now, POLICY)
+    activity = [Activity(f"r{i}", f, q, min(u, now), c, d) for i, (f, q, u, c, d) in enumerate(residents)]
+    target = Waiting(start, wait, interactive, load, tuple(behind))
+    answer = admit(target, activity, now, POLICY)
     if now >= start + wait:
         assert answer == OPEN
     if answer.protected:
         assert answer.recheck_at is not None and now <= answer.recheck_at <= start + wait
     if interactive:  # a batch-only resident never holds up a model an interactive request waits for
         assert not answer.protected & {r.name for r in activity if not r.interactive}
+    # the turn comes early by the swap's expected time (the drain of the busy residents it would evict and
+    # its own load), never before the floor: until then a busy resident keeps serving
+    eligible = [r for r in activity if busy(r, now, POLICY.linger) and (r.interactive or not interactive)]
+    if eligible:
+        drain = max(r.drain for r in eligible)
+        own = start + wait - (load + drain)
+        due = max(min([own, *(b - drain for b in behind)]), start + POLICY.floor * wait)
+        assert (answer == OPEN) == (now >= due - DUE_WITHIN)
+        assert due >= start + POLICY.floor * wait
 
 
 # --- the real scheduler, on a virtual clock ------------------------------------------------------------
@@ -95,25 +142,49 @@ arrivals = st.lists(
 )
 
 
+class _SlowBackend(FakeBackend):
+    """A fake engine whose start takes ``seconds`` of virtual time (a load that takes time)."""
+
+    def __init__(self, model: str, engines: Engines, owner: ModelSlot, time: VirtualTime, seconds: float):
+        super().__init__(model, engines, owner)
+        self.time, self.seconds = time, seconds
+
+    async def start(self) -> None:
+        await self.time.sleep(self.seconds)
+        await super().start()
+
+
 class _Run:
     """Three models under a budget that holds one; requests arrive at virtual times and hold their lease
-    for a while; the loop runs until nothing can move, then the clock jumps to the next thing due."""
+    for a while; the loop runs until nothing can move, then the clock jumps to the next thing due.
 
-    def __init__(self) -> None:
+    ``loads``: each model's load time (virtual seconds; none: loads take no time), and ``drain_grace``: with
+    one, a drain waits for the evicted model's requests to end (up to that grace); without, it cuts them at
+    once."""
+
+    def __init__(self, loads: Sequence[float] = (), drain_grace: float = 0.0) -> None:
         self.machine = SchedulerMachine()  # its fake engines, virtual clock and slots
         self.loop = self.machine.loop
         self.time: VirtualTime = self.machine.time
         self.slots = [self.machine.make_slot(f"m{i}", 600, False) for i in range(3)]
-        for slot in self.slots:
+        for i, slot in enumerate(self.slots):
             slot.max_queue = 100  # every request of a script waits: none is refused for a full queue
+            if loads:
+                slot._make_backends = self._slow(slot, loads[i])
         self.machine.engines = Engines()
         self.scheduler = Scheduler(
-            self.slots, {HOST: 1000}, drain_grace=0, load_failure_backoff=0,
+            self.slots, {HOST: 1000}, drain_grace=drain_grace, load_failure_backoff=0,
             clock=self.time.clock, sleep=self.time.sleep, policy=POLICY, max_swap_wait=SWAP_WAIT,
         )  # fmt: skip
         self.waits: list[float] = []
         self.by_model: dict[int, list[float]] = {0: [], 1: [], 2: []}
         self.loads = 0
+
+    def _slow(self, slot: ModelSlot, seconds: float) -> Callable[[object], list[Any]]:
+        def make(_: object) -> list[Any]:
+            return [_SlowBackend(slot.name, self.machine.engines, slot, self.time, seconds)]
+
+        return make
 
     async def request(self, model: int, hold: float, priority: Priority = "interactive") -> None:
         began = self.time.now
@@ -136,11 +207,16 @@ class _Run:
             self.advance(gap)
             tasks.append(self.loop.create_task(self.request(model, hold, *priority)))
             self.settle()
+        self.finish(tasks)
+        return tasks
+
+    def finish(self, tasks: Sequence[asyncio.Task[Any]]) -> None:
+        """Run until ``tasks`` are done, the clock jumping to the next thing due each time nothing moves."""
+        self.settle()
         while not all(t.done() for t in tasks):
             due = [at for at, f in self.time._sleepers if not f.done()]
             assert due, "requests wait with nothing due: a request starved"
             self.advance(min(due) - self.time.now)
-        return tasks
 
     def advance(self, seconds: float) -> None:
         """Move the clock in steps no longer than any timer, running the loop after each."""
@@ -220,6 +296,58 @@ def test_an_interactive_load_goes_ahead_of_a_batch_load_waiting_its_turn() -> No
         assert all(t.exception() is None for t in tasks)
         assert run.by_model[2] == [0.0]
         assert run.by_model[1][0] <= SWAP_WAIT + 1e-6 and max(run.waits) <= SWAP_WAIT + 1e-6, run.waits
+    finally:
+        run.loop.run_until_complete(run.scheduler.shutdown(grace=0))
+        run.loop.close()
+
+
+clients = st.tuples(
+    st.lists(st.sampled_from(["interactive", "batch"]), max_size=2),  # each model's clients, by class
+    st.lists(st.sampled_from(["interactive", "batch"]), max_size=2),
+    st.lists(st.sampled_from(["interactive", "batch"]), max_size=2),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    clients=clients,
+    holds=st.lists(st.floats(0.05, 1.5), min_size=1, max_size=8),  # each request's time in service, in turn
+    thinks=st.lists(st.floats(0, 0.3), min_size=1, max_size=4),  # a client's pause before its next request
+    loads=st.lists(st.floats(0.2, 1.0), min_size=3, max_size=3),  # each model's load time
+)
+def test_closed_loop_clients_get_their_model_within_the_bound_when_swaps_take_time(
+    clients: tuple[list[Priority], ...], holds: list[float], thinks: list[float], loads: list[float]
+) -> None:
+    """Closed-loop clients of three models (as ``bench/swap_thrash.py``'s), for a virtual minute, with loads
+    that take their time and drains that wait for the evicted model's requests in flight (a drain grace
+    of a minute). A turn comes early by the swap's expected time (the load measured before, the drain from
+    the requests in flight at their measured pace), so every request has its model within
+    ``max_swap_wait`` plus the error of the drain estimates: a request's time in service for each of the
+    (at most two) drains before it, and a recheck's ``linger``. Each model is loaded once first, so that
+    its load time is known (before, the longest measured stands in)."""
+    run = _Run(loads, drain_grace=60.0)
+    try:
+        run.play([(0, 0.0, 0.0), (1, 0.0, 0.0), (2, 0.0, 0.0)])  # each model loaded once
+        run.waits.clear()
+        end = run.time.now + 60.0
+
+        async def client(model: int, k: int, priority: Priority) -> None:
+            i = k
+            while run.time.now < end:
+                await run.request(model, holds[i % len(holds)], priority)
+                await run.time.sleep(thinks[i % len(thinks)])
+                i += 1
+
+        tasks = [
+            run.loop.create_task(client(model, k, priority))
+            for model, classes in enumerate(clients)
+            for k, priority in enumerate(classes)
+        ]
+        run.finish(tasks)
+        for task in tasks:
+            assert task.exception() is None, task.exception()
+        slack = 2 * max(holds) + POLICY.linger
+        assert max(run.waits, default=0.0) <= SWAP_WAIT + slack, (max(run.waits), slack)
     finally:
         run.loop.run_until_complete(run.scheduler.shutdown(grace=0))
         run.loop.close()

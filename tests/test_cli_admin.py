@@ -333,3 +333,14 @@ def test_load_on_a_terminal_rewrites_one_line(slow_server: RunningGateway) -> No
     assert len(updates) >= 2 and updates == sorted(updates) and updates[0] >= 0.5  # every 0.5 s, in place
     final = seen.rsplit(b"\r\x1b[K", 1)[1]  # the progress line is cleared, then the result takes its place
     assert final.startswith(b"srv: ready, ")
+
+
+def test_a_second_load_shows_what_is_left_by_the_last_load_time(slow_server: RunningGateway) -> None:
+    """Once a model has loaded, its next load's progress says about how long is left (``load_eta_seconds``
+    in /admin/models, from its last load time); its first load has nothing to go by."""
+    first = ok(cli(slow_server.base_url, "load", "srv")).splitlines()
+    assert "left" not in first[0], first
+    ok(cli(slow_server.base_url, "unload", "srv"))
+    again = ok(cli(slow_server.base_url, "load", "srv")).splitlines()
+    assert re.fullmatch(r"srv: loading \(starting process, about \d+s left\)", again[0]), again
+    assert again[-1].startswith("srv: ready, ")

@@ -162,8 +162,9 @@ def _problem(p: dict[str, Any]) -> str:
 
 # -- load and pin, with progress -------------------------------------------------------------------------
 class Progress:
-    """What a slow call shows while it runs: on a terminal one line rewritten in place (state, seconds and
-    the load's phase); elsewhere (a pipe, a log file) one line per change of state or phase."""
+    """What a slow call shows while it runs: on a terminal one line rewritten in place (state, seconds, the
+    load's phase and what is left of it by the model's last load time); elsewhere (a pipe, a log file) one
+    line per change of state or phase."""
 
     def __init__(self, name: str, out: TextIO) -> None:
         self.name = name
@@ -171,17 +172,22 @@ class Progress:
         self.tty = out.isatty()
         self.last: str | None = None
 
-    def show(self, state: str, elapsed: float, phase: str | None = None) -> None:
-        """``phase``: what a load is doing (``load_phase`` in /admin/models), when it says."""
+    def show(self, state: str, elapsed: float, phase: str | None = None, eta: float | None = None) -> None:
+        """``phase``: what a load is doing (``load_phase`` in /admin/models), when it says; ``eta``: the
+        seconds left by the model's last load time (``load_eta_seconds``), when it has loaded before."""
         if state == "unloaded":  # not begun yet, or failed: the call's own answer says which
             return
-        said = f" ({phase})" if phase else ""
+        left = None
+        if eta is not None:
+            left = f"about {eta:.0f}s left" if eta >= 0.5 else "past its last load's time"
+        parts = [part for part in (phase, left) if part]
+        said = f" ({', '.join(parts)})" if parts else ""
         if self.tty:
             self.out.write(f"\r{self.name}: {state} {elapsed:.1f}s{said}\x1b[K")
             self.out.flush()
-        elif state + said != self.last:
+        elif f"{state} {phase}" != self.last:
             print(f"{self.name}: {state}{said}", file=self.out, flush=True)
-        self.last = state + said
+        self.last = f"{state} {phase}"
 
     def end(self) -> None:
         if self.tty and self.last is not None:
@@ -215,7 +221,8 @@ def with_progress(
                 model = client.model(name)
             except AdminError:
                 continue  # a missed look changes nothing: the call's own answer or failure ends the wait
-            progress.show(model["state"], time.monotonic() - start, model.get("load_phase"))
+            elapsed = time.monotonic() - start
+            progress.show(model["state"], elapsed, model.get("load_phase"), model.get("load_eta_seconds"))
     finally:
         progress.end()
     if failed:

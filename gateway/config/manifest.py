@@ -55,6 +55,14 @@ class ModelManifest(BaseModel):
         "it needs (swap-aware admission); then it gets its turn. Default: the gateway's max_swap_wait.",
     )
     max_queue: int | None = Field(None, ge=0, description="Default: the gateway's max_queue.")
+    interactive_reserve: int | None = Field(
+        None,
+        ge=0,
+        description="Slots (summed over the replicas: instances, --parallel slots, max_num_seqs, "
+        "max_concurrency) kept for interactive requests: batch ones may hold all but this many at once, "
+        "and always at least one, so a model with one slot keeps none. Default: the gateway's "
+        "interactive_reserve (1).",
+    )
     health_check_interval: Duration = Field(
         10.0,
         description="While loaded, probe each replica's health this often; a failed probe takes the replica "

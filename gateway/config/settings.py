@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     max_swap_wait: Duration = Field(
         10.0, description="Default of a model's max_swap_wait (swap-aware admission), in seconds."
     )
+    interactive_reserve: int = Field(
+        1,
+        ge=0,
+        description="Default of a model's interactive_reserve: slots of a model with several kept for "
+        "interactive requests (batch ones may hold the rest, and always at least one).",
+    )
     load_failure_backoff: Duration = Field(5.0, description="First wait before retrying a failed load.")
     api_key: SecretStr | None = Field(None, description="One key for /v1 and /admin (earlier versions).")
     api_keys: dict[str, SecretStr] = Field(

@@ -73,6 +73,7 @@ def describe(slot: ModelSlot, now: float, never_fits: str | None = None) -> dict
         "measured_bytes": sum(measured) if measured else None,
         "in_flight": slot.in_flight,
         "queued": slot.queued,
+        "interactive_reserve": slot.interactive_reserve,
         "replicas": replicas,
         "idle_seconds": round(now - slot.last_used, 3) if slot.last_used else None,
         "idle_ttl": slot.manifest.idle_ttl,

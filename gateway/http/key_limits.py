@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from backends.errors import QueueFull
+from gateway.routing.fair_queue import Priority
 from gateway.scheduling.lifecycle import ModelSlot, State
 
 
@@ -44,14 +45,15 @@ class KeyLimits:
         self._under_way[key] -= 1
 
     # -- requests waiting --------------------------------------------------------------------------------
-    def queue(self, key: str, slot: ModelSlot) -> QueuePlace | None:
+    def queue(self, key: str, slot: ModelSlot, priority: Priority = "interactive") -> QueuePlace | None:
         """A waiting place of ``key``'s for a request for ``slot`` (None when the key has no queue cap), or a
-        429 when the key has ``key_max_queued`` requests waiting and this one would wait too."""
+        429 when the key has ``key_max_queued`` requests waiting and this one (of ``priority``'s class)
+        would wait too."""
         cap = self.max_queued.get(key)
         if cap is None:
             return None
         queued = self._queued.get(key, 0)
-        if queued >= cap and would_wait(slot):
+        if queued >= cap and would_wait(slot, priority):
             raise QueueFull(
                 f"API key '{key}' has {queued} requests waiting (its cap: {cap}, key_max_queued)",
                 retry_after=retry_after(slot),
@@ -79,9 +81,10 @@ class QueuePlace:
             self._limits._queued[self._key] -= 1
 
 
-def would_wait(slot: ModelSlot) -> bool:
-    """A request for ``slot`` now would wait: for its load or drain, or for a free replica."""
-    return slot.state is not State.READY or slot.pool is None or slot.pool.would_wait()
+def would_wait(slot: ModelSlot, priority: Priority = "interactive") -> bool:
+    """A request of ``priority``'s class for ``slot`` now would wait: for its load or drain, or for a free
+    replica."""
+    return slot.state is not State.READY or slot.pool is None or slot.pool.would_wait(priority)
 
 
 def retry_after(slot: ModelSlot) -> float:

@@ -251,7 +251,7 @@ class OpenAIRoutes:
         who: tuple[str, Priority] = ("", "interactive"),
     ) -> None:
         gw = self.gw
-        place = self.keys.queue(who[0], slot)  # the key's count of waiting requests, until a replica takes it
+        place = self.keys.queue(who[0], slot, who[1])  # the key's waiting requests, until a replica takes it
         try:
             lease = await self._acquire(slot, request.stream, send, front, who[1])
         except BaseException:

@@ -325,6 +325,10 @@ class AdminModel(BaseModel):
     measured_bytes: int | None
     in_flight: int
     queued: int
+    interactive_reserve: int = Field(
+        description="slots kept for interactive requests (its manifest's, else the gateway's default); "
+        "batch ones may hold the rest, and always at least one"
+    )
     replicas: list[AdminReplica]
     idle_seconds: float | None
     idle_ttl: float | None

@@ -94,7 +94,7 @@ async def dispatch(
         try:
             response = await replica.backend.forward(sent)
         except UpstreamUnavailable as err:
-            pool.release(replica, failed=True)
+            pool.release(replica, failed=True, priority=priority)
             pool.answered(replica, first_byte_by)
             upstream_error(pool.model, err.code or "upstream_unavailable")
             log.warning("model %s replica %d failed before answering: %s", pool.model, replica.index, err)
@@ -106,18 +106,18 @@ async def dispatch(
         except BaseException:
             # The backend has let go (or, cancelled mid-prompt, stops at its next token; an in-process
             # replica runs one job at a time, so the next request simply starts after it).
-            pool.release(replica)
+            pool.release(replica, priority=priority)
             pool.answered(replica, first_byte_by)
             raise
         else:
             pool.answered(replica, first_byte_by)
             replica.served += 1
-            response.finished.add_done_callback(partial(_finished, pool, replica))
+            response.finished.add_done_callback(partial(_finished, pool, replica, priority))
             return replica, response
 
 
-def _finished(pool: Pool, replica: Replica, ended: asyncio.Future[bool]) -> None:
-    pool.release(replica, failed=not replica_did_its_part(ended))
+def _finished(pool: Pool, replica: Replica, priority: Priority, ended: asyncio.Future[bool]) -> None:
+    pool.release(replica, failed=not replica_did_its_part(ended), priority=priority)
 
 
 def upstream_timeouts(spec: object, settings: Settings) -> Timeouts:

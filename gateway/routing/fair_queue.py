@@ -9,6 +9,14 @@ API keys, then arrival. A data structure with no I/O; the clock's reading comes 
   each (deficit round robin with a quantum of one request, as every request costs one replica slot). A key
   that floods a model waits behind its own requests, not in front of everyone else's: another key's request
   is at most one turn per waiting key away from a replica.
+- **Capacity kept for interactive work** (``interactive_reserve``): on a model with several slots (replicas,
+  or slots of one engine: llama-server's ``--parallel``, vLLM's ``max_num_seqs``), batch requests may hold
+  at most ``batch_limit`` of them at once, so that a batch flood leaves ``reserve`` slots free and an
+  interactive request that comes is served at once instead of waiting for a batch request to end (a slot
+  taken cannot be taken back: nothing is preempted). Interactive requests may use every slot. The reserve
+  never shuts batch work out: batch may always hold at least one slot (``batch_limit``), and a queue whose
+  next batch request may not start yet serves its interactive ones (``FairQueue.take``). Batch requests
+  still age ahead of interactive ones for the slots they may use, so they are slowed, never starved.
 """
 
 from __future__ import annotations
@@ -20,6 +28,15 @@ from typing import Generic, Literal, TypeVar
 Priority = Literal["interactive", "batch"]
 PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 T = TypeVar("T")
+
+
+def batch_limit(capacity: int, reserve: int) -> int:
+    """How many of a model's ``capacity`` slots (those in rotation, summed over its replicas) batch requests
+    may hold at once: all but ``reserve``, and at least one (so a reserve as large as the model, or a
+    replica out of rotation, never shuts batch work out). A model with one slot keeps none back."""
+    if capacity <= 0:
+        return 0
+    return max(capacity - max(reserve, 0), 1)
 
 
 class _Class(Generic[T]):
@@ -72,17 +89,29 @@ class FairQueue(Generic[T]):
         self._classes[priority].push(key, now, item)
         self._count += 1
 
-    def pop(self, now: float) -> T | None:
-        """The next live item, or None when none waits."""
+    def pop(self, now: float, batch: bool = True) -> T | None:
+        """The next live item, or None when none waits (``take`` without the class)."""
+        taken = self.take(now, batch)
+        return None if taken is None else taken[0]
+
+    def take(self, now: float, batch: bool = True) -> tuple[T, Priority] | None:
+        """The next live item and its class, or None when none waits. ``batch`` False: a batch request may not
+        start now (batch holds all the slots it may, ``batch_limit``): the next interactive item, even behind
+        an aged batch one (the free slot is not left idle), or None when only batch items wait."""
         while self._count:
-            item = self._classes[self._next_class(now)].pop()
+            priority = self._next_class(now, batch)
+            if priority is None:
+                return None
+            item = self._classes[priority].pop()
             self._count -= 1
             if not self._dead(item):
-                return item
+                return item, priority
         return None
 
-    def _next_class(self, now: float) -> Priority:
+    def _next_class(self, now: float, batch_allowed: bool = True) -> Priority | None:
         interactive, batch = self._classes["interactive"], self._classes["batch"]
+        if not batch_allowed or not batch.lines:
+            return "interactive" if interactive.lines else None
         if not interactive.lines:
             return "batch"
         oldest_batch = batch.oldest()
@@ -90,8 +119,10 @@ class FairQueue(Generic[T]):
             return "batch"
         return "interactive"
 
-    def items(self) -> list[T]:
-        return [item for c in self._classes.values() for line in c.lines.values() for _, item in line]
+    def items(self, priority: Priority | None = None) -> list[T]:
+        """The items waiting (of ``priority``'s class only, when given), dead ones included."""
+        classes = self._classes.values() if priority is None else [self._classes[priority]]
+        return [item for c in classes for line in c.lines.values() for _, item in line]
 
     def compact(self) -> None:
         """Forget dead items (bounds the memory of requests that gave up while others kept waiting)."""

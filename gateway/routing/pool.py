@@ -2,7 +2,10 @@
 
 The choice of replica is ``balancing.choose`` (pure); this module owns the counts and the waiting. A request
 that finds every replica full waits here, in the gateway, never in the engine. Freed capacity is handed
-directly to the oldest waiter, so a newcomer cannot overtake the queue.
+directly to the next waiter in the queue's order (``fair_queue``), so a newcomer cannot overtake the queue.
+Batch requests hold at most ``fair_queue.batch_limit`` of the slots in rotation at once: the rest
+(``reserve``, the model's ``interactive_reserve``) stay free for interactive requests, which a batch flood
+then never makes wait.
 
 A replica leaves the rotation three ways, and ``Replica`` holds the (pure) rules for them:
 
@@ -39,7 +42,7 @@ from backends.base import Backend
 from backends.engine_stats import EngineStats
 from backends.errors import GatewayError, ModelUnavailable, QueueFull
 from gateway.routing.balancing import ReplicaView, choose
-from gateway.routing.fair_queue import FairQueue, Priority
+from gateway.routing.fair_queue import FairQueue, Priority, batch_limit
 
 BATCH_AGING = 30.0  # seconds a batch request waits before it goes ahead of interactive ones (fair_queue)
 
@@ -118,10 +121,14 @@ class Pool:
         max_queue: int,
         rng: random.Random,
         aging: float = BATCH_AGING,
+        reserve: int = 0,
     ) -> None:
+        """``reserve``: slots kept for interactive requests (``fair_queue.batch_limit``)."""
         self.model = model
         self.replicas = [Replica(i, b) for i, b in enumerate(backends)]
         self.max_queue = max_queue
+        self.reserve = reserve
+        self.batch = 0  # slots held by batch requests
         self._rng = rng
         # by priority class, then by API key in turns, then FIFO (gateway.routing.fair_queue)
         self._waiters: FairQueue[asyncio.Future[Replica]] = FairQueue(aging, _done)
@@ -134,22 +141,35 @@ class Pool:
     def outstanding(self) -> int:
         return sum(r.outstanding for r in self.replicas)
 
-    def would_wait(self) -> bool:
-        """A request now would queue: others wait already, or no replica ``_pick`` may take has room."""
-        if self.queued:
-            return True
+    def would_wait(self, priority: Priority = "interactive") -> bool:
+        """A request of ``priority``'s class now would queue: others that go first wait already, no replica
+        ``_pick`` may take has room, or (batch) batch requests hold every slot they may."""
         now = time.monotonic()
-        in_rotation = [r.healthy(now) for r in self.replicas]
-        if not any(in_rotation):  # panic routing, as in _pick
-            in_rotation = [not r.ejected(now) for r in self.replicas]
-        replicas = zip(self.replicas, in_rotation, strict=True)
+        if priority == "batch" and (self.queued or not self.batch_may_start(now)):
+            return True
+        if any(not w.done() for w in self._waiters.items("interactive")):
+            return True
+        replicas = zip(self.replicas, self._in_rotation(now), strict=True)
         return not any(ok and r.outstanding < r.backend.capacity for r, ok in replicas)
+
+    def _in_rotation(self, now: float) -> list[bool]:
+        """Which replicas ``_pick`` may choose: the healthy ones, else (panic routing: only probes may have
+        taken them out, module docstring) those not ejected."""
+        in_rotation = [r.healthy(now) for r in self.replicas]
+        if not any(in_rotation):
+            in_rotation = [not r.ejected(now) for r in self.replicas]
+        return in_rotation
+
+    def batch_may_start(self, now: float) -> bool:
+        """A batch request may take a slot now: batch requests hold fewer than ``batch_limit`` of the slots in
+        rotation."""
+        ok = self._in_rotation(now)
+        capacity = sum(r.backend.capacity for r, on in zip(self.replicas, ok, strict=True) if on)
+        return self.batch < batch_limit(capacity, self.reserve)
 
     def _pick(self, preferred: int | None = None) -> Replica | None:
         now = time.monotonic()
-        in_rotation = [r.healthy(now) for r in self.replicas]
-        if not any(in_rotation):  # panic routing: only probes may have taken them out (module docstring)
-            in_rotation = [not r.ejected(now) for r in self.replicas]
+        in_rotation = self._in_rotation(now)
         views = [
             ReplicaView(r.index, r.outstanding, r.backend.capacity, ok)
             for r, ok in zip(self.replicas, in_rotation, strict=True)
@@ -169,12 +189,14 @@ class Pool:
         priority: Priority = "interactive",
     ) -> Replica:
         """A replica with a free slot, waiting up to ``timeout`` in the queue's order (``fair_queue``: the
-        priority class, then the API key's turn, then arrival). The caller must release it."""
-        if not len(self._waiters):
+        priority class, then the API key's turn, then arrival; a batch request also for batch's share of
+        the slots). The caller must release it with the same ``priority``."""
+        now = time.monotonic()
+        if not len(self._waiters) and (priority == "interactive" or self.batch_may_start(now)):
             replica = self._pick(preferred)
             if replica is not None:
+                self.batch += priority == "batch"
                 return replica
-        now = time.monotonic()
         if all(r.ejected(now) for r in self.replicas):
             raise ModelUnavailable(
                 f"every replica of '{self.model}' is failing; retry shortly",
@@ -200,7 +222,7 @@ class Pool:
                 waiter.cancel()
                 self._forget_gone()
             elif not waiter.cancelled() and waiter.exception() is None:
-                self.release(waiter.result())  # handed a replica just as we were cancelled
+                self.release(waiter.result(), priority=priority)  # handed one just as we were cancelled
             raise
         if not done:
             waiter.cancel()
@@ -210,10 +232,12 @@ class Pool:
             )
         return waiter.result()
 
-    def release(self, replica: Replica, failed: bool = False) -> None:
-        """Give the slot back. ``failed`` (connection error, 5xx, a stream broken mid-response) ejects the
-        replica for a cooldown that doubles with each consecutive failure; a success ends the streak."""
+    def release(self, replica: Replica, failed: bool = False, priority: Priority = "interactive") -> None:
+        """Give the slot back (``priority``: the class it was acquired with). ``failed`` (connection error,
+        5xx, a stream broken mid-response) ejects the replica for a cooldown that doubles with each
+        consecutive failure; a success ends the streak."""
         replica.outstanding -= 1
+        self.batch -= priority == "batch"
         if failed:
             now = time.monotonic()
             replica.request_failed(now)
@@ -261,10 +285,12 @@ class Pool:
             replica = self._pick()
             if replica is None:
                 return
-            waiter = self._waiters.pop(now)
-            if waiter is None:  # only requests that gave up were left
+            taken = self._waiters.take(now, batch=self.batch_may_start(now))
+            if taken is None:  # only requests that gave up were left, or batch ones that must wait
                 replica.outstanding -= 1
                 return
+            waiter, priority = taken
+            self.batch += priority == "batch"
             waiter.set_result(replica)
 
     def _forget_gone(self) -> None:

@@ -60,6 +60,7 @@ class IllegalTransition(RuntimeError):
 
 
 MAX_BACKOFF = 60.0
+PACE_WEIGHT = 0.2  # the weight of the latest request in ``ModelSlot.pace`` (an exponential moving average)
 
 
 @dataclass
@@ -78,9 +79,11 @@ class ModelSlot:
         max_queue: int,
         clock: Callable[[], float] = time.monotonic,
         budget: Budgeted | None = None,
+        interactive_reserve: int = 0,
     ) -> None:
         """``budget``: the figure ``demand`` was asked for (``gateway.scheduling.learned``); None where a test
-        gives a demand of its own."""
+        gives a demand of its own. ``interactive_reserve``: slots of its pool kept for interactive requests
+        (``gateway.routing.fair_queue.batch_limit``)."""
         self.manifest = manifest
         self.name = manifest.name
         self.demand = demand
@@ -88,6 +91,7 @@ class ModelSlot:
         self.placement: tuple[Option, ...] = ()  # chosen while the model holds memory
         self.pinned = manifest.pinned
         self.max_queue = max_queue
+        self.interactive_reserve = interactive_reserve
         self._make_backends = make_backends
         self._clock = clock
         self.state = State.UNLOADED
@@ -107,6 +111,10 @@ class ModelSlot:
         self._interactive_waits = 0
         self._interactive_leases = 0
         self.last_interactive = float("-inf")
+        # How fast its work drains (``pace``): busy seconds per request that ended, from ``_paced_from`` (when
+        # it became busy, or the last request ended) to each end; None until a request has ended.
+        self.pace: float | None = None
+        self._paced_from = 0.0
         self._none_waiting = asyncio.Event()
         self._none_waiting.set()
         self.pool: Pool | None = None
@@ -259,7 +267,9 @@ class ModelSlot:
         if errors:
             await asyncio.gather(*(b.stop() for b in backends))
             raise errors[0]
-        self.pool = Pool(self.name, backends, self.max_queue, random.Random())
+        self.pool = Pool(
+            self.name, backends, self.max_queue, random.Random(), reserve=self.interactive_reserve
+        )
         self._checks = start_checks(self.pool, self.manifest.health_check_interval)
         self.failure = None
         self.last_used = self._clock()
@@ -379,6 +389,8 @@ class ModelSlot:
     # -- leases ------------------------------------------------------------------------------------------
     def lease(self, interactive: bool = True) -> Lease:
         assert self.state is State.READY and self.pool is not None
+        if self.in_flight == 0:
+            self._paced_from = self._clock()  # busy from now
         self.in_flight += 1
         self._idle.clear()
         self.last_used = self._clock()
@@ -390,6 +402,8 @@ class ModelSlot:
     def _return(self, interactive: bool) -> None:
         self.in_flight -= 1
         self.last_used = self._clock()
+        took, self._paced_from = self.last_used - self._paced_from, self.last_used
+        self.pace = took if self.pace is None else self.pace + PACE_WEIGHT * (took - self.pace)
         if interactive:
             self._interactive_leases -= 1
             self.last_interactive = self.last_used

@@ -97,5 +97,8 @@ def make_slot(
         kind.factory(Model(m.name, tuple(m.aliases)), m.backend, hosts),
         m.max_queue if m.max_queue is not None else settings.max_queue,
         budget=budget,
+        interactive_reserve=(
+            m.interactive_reserve if m.interactive_reserve is not None else settings.interactive_reserve
+        ),
     )
     return slot, source

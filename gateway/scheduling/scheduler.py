@@ -41,11 +41,12 @@ from backends.errors import (
     QueueFull,
 )
 from gateway.routing.fair_queue import Priority
-from gateway.scheduling.admission import Activity, Admission, Policy, Waiting, admit
+from gateway.scheduling.admission import Policy
 from gateway.scheduling.explain import Plan, explain
 from gateway.scheduling.hooks import Delegate, Events, LoadWatch, Quiet
 from gateway.scheduling.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
 from gateway.scheduling.placement import DoesNotFit, Fits, Option, Resident, plan
+from gateway.scheduling.turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Scheduler:
         self._turns = 0
         self._idle_timers: dict[ModelSlot, asyncio.Task[None]] = {}
         self.delegate: Delegate | None = None  # cluster mode: loads left to the fleet's leader
+        self.turns = Turns(self.slots, self._since, self.policy, max_swap_wait, drain_grace)
 
     # -- the request path --------------------------------------------------------------------------------
     async def acquire(self, slot: ModelSlot, timeout: float, priority: Priority = "interactive") -> Lease:
@@ -94,7 +96,7 @@ class Scheduler:
         model (a load, a drain) takes a place in the model's queue, the same ``max_queue`` places as the
         requests waiting for a free replica: when they are all taken, 429 with Retry-After. One request
         may always wait for a load, even with ``max_queue: 0``: the one that asks for the model.
-        ``priority``: the request's class, which swap-aware admission weighs (``_admission``)."""
+        ``priority``: the request's class, which swap-aware admission weighs (``Turns.admission``)."""
         interactive = priority == "interactive"
         if slot.state is State.READY:
             return slot.lease(interactive)
@@ -265,7 +267,7 @@ class Scheduler:
         if slot.state is not State.UNLOADED or slot.retired or self.slots.get(slot.name) is not slot:
             return None
         residents = self.residents(excluding=slot)
-        admission = self._admission(slot, residents)
+        admission = self.turns.admission(slot, residents, self._clock())
         guarded = [replace(r, evictable=False) if r.name in admission.protected else r for r in residents]
         decision = plan(slot.name, slot.demand, guarded, self.budgets)
         if isinstance(decision, Fits) and not decision.evict:
@@ -362,39 +364,13 @@ class Scheduler:
     async def _after(self, delay: float) -> None:
         await self._sleep(max(delay, 0.0))  # a timer, not synchronisation
 
-    def _admission(self, slot: ModelSlot, residents: list[Resident]) -> Admission:
-        """Which busy residents ``slot``'s load must leave alone for now (``admission``), the requests'
-        classes included: a resident busy with batch work only does not hold up an interactive request."""
-        now, linger = self._clock(), self.policy.linger
-        target = Waiting(slot.oldest_wait, self._swap_wait(slot), slot.interactive_waiting)
-        slots = self.slots
-        activity = [
-            Activity(r.name, r.in_flight, s.queued, r.last_used, s.interactive_work(now, linger))
-            for r in residents
-            if r.evictable and (s := slots.get(r.name)) is not None
-        ]
-        return admit(target, activity, now, self.policy)
-
     def _older_loads(self, slot: ModelSlot) -> list[asyncio.Task[None]]:
         """The load tasks asked for before ``slot``'s that still wait for their memory, except those that
-        let it go first (``_yields``)."""
+        let it go first (``Turns.yields``)."""
         mine = self._since.get(slot, 0)
         now = self._clock()
         older = [s for s, turn in self._since.items() if turn < mine and s.state is State.UNLOADED]
-        return [self._loads[s] for s in older if s in self._loads and not self._yields(s, slot, now)]
-
-    def _yields(self, older: ModelSlot, slot: ModelSlot, now: float) -> bool:
-        """Priorities among loads that must evict: one that only batch requests wait for lets a load that an
-        interactive request waits for go first, until its own oldest request has waited its
-        ``max_swap_wait`` (then it is first again: batch work is delayed, never starved)."""
-        if self.policy.mode == "fifo" or older.interactive_waiting or not slot.interactive_waiting:
-            return False
-        oldest = older.oldest_wait
-        return oldest is not None and now < oldest + self._swap_wait(older)
-
-    def _swap_wait(self, slot: ModelSlot) -> float:
-        wait = slot.manifest.max_swap_wait
-        return self.max_swap_wait if wait is None else wait
+        return [self._loads[s] for s in older if s in self._loads and not self.turns.yields(s, slot, now)]
 
     def residents(self, excluding: ModelSlot | None = None) -> list[Resident]:
         """The models holding memory now, as the placement sees them, and the memory kept for loads that
