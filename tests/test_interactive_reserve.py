@@ -176,7 +176,6 @@ def test_an_interactive_request_beside_a_batch_flood_is_served_at_once(
     )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
-            during = _model(gw)
             with lock:
                 events.append("interactive first token")
             break
@@ -186,6 +185,8 @@ def test_an_interactive_request_beside_a_batch_flood_is_served_at_once(
         t.join(600)
     # admitted at once: both slots held, the batch requests behind it all still queued, and its first token
     # came before any batch answer ended (with one slot it would have waited for the one in service)
-    assert _held(during) == 2 and during["queued"] == FLOOD - 1, during
+    # A snapshot of the slots at that moment raced with a batch request ending (CI, loaded): the order is
+    # the proof. Without the reserve both slots would be batch's, and the first token would come after one
+    # of them ended.
     assert events[0] == "interactive first token", events
     assert sorted(events[1:]) == [f"batch {i} length" for i in range(FLOOD)], events  # all served
