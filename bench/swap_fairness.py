@@ -54,12 +54,13 @@ def write_manifests(directory: Path) -> None:
 
 
 def serve(
-    root: Path, manifests: Path, port: int, env: dict[str, str] | None = None
+    root: Path, manifests: Path, port: int, env: dict[str, str] | None = None, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
+    """``llm-gateway serve`` on ``port``, once its /health answers; its log to ``log`` if given."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--manifests", str(manifests), "--port", str(port),
          "--memory-budget", "400MiB", "--log-level", LOG_LEVEL],
-        cwd=root, env={**os.environ, **(env or {})},
+        cwd=root, env={**os.environ, **(env or {})}, stderr=None if log is None else log.open("wb"),
     )  # fmt: skip
     end = time.monotonic() + 120
     while time.monotonic() < end:
@@ -118,12 +119,13 @@ def run(
     root: Path, seconds: float, port: int, env: dict[str, str] | None = None, stream: bool = False
 ) -> list[list[str]]:
     """Per model: the checkout, model, answers, errors, longest request s, loads; with ``stream``, also the
-    longest time to a first token s, the gateway's own count of waits for the model itself over 10 s (the
-    default ``max_swap_wait``; ``gateway_model_wait_seconds``, whose buckets end at 10 s and 20 s), and its
-    last load's seconds."""
+    longest time to a first token s, the gateway's count of waits for the model itself past swap-aware
+    admission's bound (``gateway_model_wait_past_bound_total``: its ``max_swap_wait`` plus its load), and
+    its last load's seconds. The gateway's log goes to a file in the run's folder."""
     with tempfile.TemporaryDirectory() as tmp:
         write_manifests(Path(tmp))
-        proc = serve(root, Path(tmp), port, env)
+        log = Path(tmp) / "gateway.log"
+        proc = serve(root, Path(tmp), port, env, log)
         base = f"http://127.0.0.1:{port}"
         try:
             tallies = {m: Tally() for m in MODELS}
@@ -149,22 +151,12 @@ def run(
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(t.errors.items())) or "0"
         row = [str(root), m, str(t.answers), errors, f"{t.longest:.1f}", str(models[m]["loads"])]
         if stream:
-            row += [f"{t.first:.1f}", str(waits_over(metrics, m, 10.0)), str(models[m]["load_seconds"])]
+            series = f'gateway_model_wait_past_bound_total{{model_name="{m}"}}'
+            past = re.search(rf"^{re.escape(series)} (\S+)$", metrics, re.MULTILINE)
+            count = str(round(float(past.group(1)))) if past else "0"
+            row += [f"{t.first:.1f}", count, str(models[m]["load_seconds"])]
         rows.append(row)
     return rows
-
-
-def waits_over(metrics: str, model: str, bound: float) -> int:
-    """How many requests for ``model`` waited for the model itself longer than ``bound`` (a bucket's bound),
-    by the gateway's ``gateway_model_wait_seconds`` histogram."""
-
-    def sample(name: str, le: str = "") -> float:
-        labels = f'model_name="{model}"' + (f',le="{le}"' if le else "")
-        found = re.search(rf"^{name}{{{labels}}} (\S+)$", metrics, re.MULTILINE)
-        return float(found.group(1)) if found else 0.0
-
-    total = sample("gateway_model_wait_seconds_count")
-    return round(total - sample("gateway_model_wait_seconds_bucket", f"{bound:.1f}"))
 
 
 def main() -> None:

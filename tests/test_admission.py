@@ -9,9 +9,11 @@ drains that take virtual time, closed-loop clients of three models still get the
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,9 +30,10 @@ from gateway.scheduling.admission import (
     expected_drain,
     turn_due,
 )
+from gateway.scheduling.hooks import Quiet
 from gateway.scheduling.lifecycle import Lease, ModelSlot
 from gateway.scheduling.placement import HOST
-from gateway.scheduling.scheduler import Scheduler
+from gateway.scheduling.scheduler import BOUND_LOG_EVERY, Scheduler
 from tests.test_scheduler_property import Engines, FakeBackend, SchedulerMachine, VirtualTime
 
 Arrival = tuple[int, float, float, Priority]  # model, gap after the previous arrival, hold, class
@@ -348,6 +351,44 @@ def test_closed_loop_clients_get_their_model_within_the_bound_when_swaps_take_ti
             assert task.exception() is None, task.exception()
         slack = 2 * max(holds) + POLICY.linger
         assert max(run.waits, default=0.0) <= SWAP_WAIT + slack, (max(run.waits), slack)
+    finally:
+        run.loop.run_until_complete(run.scheduler.shutdown(grace=0))
+        run.loop.close()
+
+
+def test_a_wait_past_the_bound_is_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Swap-aware admission promises a model within ``max_swap_wait`` plus one load; a wait past that (the
+    swap's estimates were off) is counted (the metrics) and logged with its numbers, at most once a minute
+    per model; first-come order promises no bound, and counts and logs nothing."""
+    run = _Run()
+    past: list[str] = []
+
+    class Recorder(Quiet):
+        def waited_past_bound(self, model: str) -> None:
+            past.append(model)
+
+    try:
+        scheduler, slot = run.scheduler, run.slots[0]
+        scheduler.events = Recorder()
+        slot.load_seconds = 0.5
+        with caplog.at_level(logging.WARNING, logger="gateway.scheduling.scheduler"):
+            scheduler._check_bound(slot, SWAP_WAIT + 0.5)  # at the bound: kept
+            assert not past and not caplog.records
+            scheduler._check_bound(slot, SWAP_WAIT + 0.75)
+            scheduler._check_bound(slot, SWAP_WAIT + 2)  # the same minute: counted, not logged again
+            assert past == ["m0", "m0"]
+            assert [r.getMessage() for r in caplog.records] == [
+                f"model m0: a request waited {SWAP_WAIT + 0.75:.2f} s for it, past its max_swap_wait of "
+                f"{SWAP_WAIT:g} s plus its load of 0.50 s (gateway_model_wait_past_bound_total counts them)"
+            ]
+            run.time.advance(BOUND_LOG_EVERY)
+            scheduler._check_bound(slot, SWAP_WAIT + 3)
+            assert len(past) == 3 and len(caplog.records) == 2
+            past.clear()
+            caplog.clear()
+            scheduler.policy = Policy(mode="fifo")
+            scheduler._check_bound(slot, SWAP_WAIT * 10)
+            assert not past and not caplog.records
     finally:
         run.loop.run_until_complete(run.scheduler.shutdown(grace=0))
         run.loop.close()

@@ -311,6 +311,12 @@ class Metrics:
             MODEL,
             LOAD_BUCKETS,
         )
+        self.model_wait_past_bound = c(
+            "gateway_model_wait_past_bound_total",
+            "Requests that waited for their model longer than swap-aware admission's bound (its "
+            "max_swap_wait plus its load): the estimates of a swap's time were off.",
+            MODEL,
+        )
         self.queue_wait = h(
             "gateway_queue_wait_seconds",
             "Time from a request's arrival until a replica took it (waits for its model and for a replica), "
@@ -447,6 +453,9 @@ class Metrics:
 
     def waited_for_model(self, model: str, seconds: float) -> None:
         self.model_wait.labels(model).observe(seconds)
+
+    def waited_past_bound(self, model: str) -> None:
+        self.model_wait_past_bound.labels(model).inc()
 
     def evicted(self, model: str, reason: str) -> None:
         self.evictions.labels(model, reason).inc()

@@ -21,6 +21,9 @@ class Events(Protocol):
     def waited_for_model(self, model: str, seconds: float) -> None:
         """A request was admitted after waiting ``seconds`` for its model (a load, a swap, a drain)."""
 
+    def waited_past_bound(self, model: str) -> None:
+        """That wait was longer than swap-aware admission's bound (``max_swap_wait`` plus the load)."""
+
 
 class LoadWatch(Protocol):
     """What sees each load from just before its engines start to just after they are ready (the memory
@@ -51,6 +54,9 @@ class Quiet:
         pass
 
     def waited_for_model(self, model: str, seconds: float) -> None:
+        pass
+
+    def waited_past_bound(self, model: str) -> None:
         pass
 
     def evicted(self, model: str, reason: str) -> None:

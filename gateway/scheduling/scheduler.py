@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -49,6 +50,8 @@ from gateway.scheduling.placement import DoesNotFit, Fits, Option, Resident, pla
 from gateway.scheduling.turns import Turns
 
 log = logging.getLogger(__name__)
+
+BOUND_LOG_EVERY = 60.0  # seconds between two warnings of waits past swap-aware admission's bound, per model
 
 
 class Scheduler:
@@ -86,6 +89,7 @@ class Scheduler:
         self._reserved: dict[ModelSlot, Mapping[str, int]] = {}  # memory evicted for a load, kept for it
         self._since: dict[ModelSlot, int] = {}  # loads under way, in the order they were asked for
         self._turns = 0
+        self._bound_logged: dict[str, float] = {}  # when a wait past the bound was last logged, per model
         self._idle_timers: dict[ModelSlot, asyncio.Task[None]] = {}
         self.delegate: Delegate | None = None  # cluster mode: loads left to the fleet's leader
         self.turns = Turns(self.slots, self._since, self.policy, max_swap_wait, drain_grace)
@@ -111,8 +115,30 @@ class Scheduler:
             lease = await self._until_ready(slot, timeout, interactive)
         finally:
             slot.wait_ends(began, interactive)
-        self.events.waited_for_model(lease.slot.name, self._clock() - began)
+        waited = self._clock() - began
+        self.events.waited_for_model(lease.slot.name, waited)
+        self._check_bound(lease.slot, waited)
         return lease
+
+    def _check_bound(self, slot: ModelSlot, waited: float) -> None:
+        """Swap-aware admission promises a request its model within its ``max_swap_wait`` plus one load. A
+        wait past that (the estimates of the swap's time were off) is counted, and logged with its numbers
+        at most once a minute per model (``BOUND_LOG_EVERY``: with a bound too tight for the loads, every
+        request could be one)."""
+        if self.policy.mode == "fifo":
+            return
+        bound, load = self.turns.swap_wait(slot), slot.load_seconds or 0.0
+        if waited <= bound + load:
+            return
+        self.events.waited_past_bound(slot.name)
+        now = self._clock()
+        if now >= self._bound_logged.get(slot.name, -math.inf) + BOUND_LOG_EVERY:
+            self._bound_logged[slot.name] = now
+            log.warning(
+                "model %s: a request waited %.2f s for it, past its max_swap_wait of %g s plus its load of "
+                "%.2f s (gateway_model_wait_past_bound_total counts them)",
+                slot.name, waited, bound, load,
+            )  # fmt: skip
 
     async def _until_ready(self, slot: ModelSlot, timeout: float, interactive: bool = True) -> Lease:
         deadline = self._clock() + timeout

@@ -1,12 +1,13 @@
 """When a waiting model's turn comes: the inputs of swap-aware admission (``gateway.scheduling.admission``,
 the pure rule) read from the models' slots, for the scheduler.
 
-What a swap is expected to take comes from what the models measured: a model's load (its last load's time;
-before its first, the longest any model's took), a resident's drain (its requests in flight at its pace,
-``ModelSlot.pace``, at most the drain grace), and the loads queued behind one (each waits for that swap, then
-evicts the model it brought in). A turn then comes early enough for its oldest request, and theirs, to have
-their models within their ``max_swap_wait``. Priorities among loads that must evict (``yields``) weigh the
-same times. No I/O: it reads the slots' figures; the scheduler owns the slots and the order of the loads.
+What a swap is expected to take comes from what the models measured: a model's load (its last load's time),
+a resident's drain (its requests in flight at its pace, ``ModelSlot.pace``, at most the drain grace), and the
+loads queued behind one (each waits for that swap, then evicts the model it brought in). A model that has not
+loaded, or served, here yet is expected to be as slow as the slowest that has. A turn then comes early
+enough for its oldest request, and theirs, to have their models within their ``max_swap_wait``. Priorities
+among loads that must evict (``yields``) weigh the same times. No I/O: it reads the slots' figures; the
+scheduler owns the slots and the order of the loads.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ def expected_load(slot: ModelSlot, slots: Iterable[ModelSlot]) -> float:
     if slot.load_seconds is not None:
         return slot.load_seconds
     return max((s.load_seconds for s in slots if s.load_seconds is not None), default=0.0)
+
+
+def pace(slot: ModelSlot, slots: Iterable[ModelSlot]) -> float | None:
+    """``slot``'s pace (busy seconds per request that ended); before any of its requests has ended, the
+    slowest of ``slots``' (None before any)."""
+    if slot.pace is not None:
+        return slot.pace
+    return max((s.pace for s in slots if s.pace is not None), default=None)
 
 
 class Turns:
@@ -52,7 +61,7 @@ class Turns:
         """Which busy residents ``slot``'s load must leave alone for now (``admission.admit``), the requests'
         classes included (a resident busy with batch work only does not hold up an interactive request),
         and the time a swap is expected to take: ``slot``'s load and the residents' drains."""
-        linger = self.policy.linger
+        linger, slots = self.policy.linger, list(self.slots.values())
         activity = [
             Activity(
                 r.name,
@@ -60,7 +69,7 @@ class Turns:
                 s.queued,
                 r.last_used,
                 s.interactive_work(now, linger),
-                expected_drain(s.in_flight, s.pace, self.grace),
+                expected_drain(s.in_flight, pace(s, slots), self.grace),
             )
             for r in residents
             if r.evictable and (s := self.slots.get(r.name)) is not None
@@ -82,7 +91,8 @@ class Turns:
         behind = []
         before, ahead = slot, load  # the model each one evicts, and the seconds from this turn to its load
         for other in (s for s in later if s.state is State.UNLOADED):
-            ahead += expected_drain(before.waiting, before.pace, self.grace) + expected_load(other, slots)
+            ahead += expected_drain(before.waiting, pace(before, slots), self.grace)
+            ahead += expected_load(other, slots)
             if other.oldest_wait is not None:
                 behind.append(other.oldest_wait + self.swap_wait(other) - ahead)
             before = other
@@ -99,9 +109,13 @@ class Turns:
         if older.oldest_wait is None:
             return False
         slots = list(self.slots.values())
-        swap = expected_load(slot, slots) + expected_drain(slot.waiting, slot.pace, self.grace)
+        swap = expected_load(slot, slots) + expected_drain(slot.waiting, pace(slot, slots), self.grace)
         busiest = max(
-            (expected_drain(s.in_flight, s.pace, self.grace) for s in slots if s.state is State.READY),
+            (
+                expected_drain(s.in_flight, pace(s, slots), self.grace)
+                for s in slots
+                if s.state is State.READY
+            ),
             default=0.0,
         )
         return now + swap < turn_due(self.waiting(older), busiest, self.policy)
