@@ -380,6 +380,7 @@ class Metrics:
         for kind in UPSTREAM_ERRORS:
             self.upstream_errors.labels(model, kind)
         self.queue_rejections.labels(model)
+        self.model_wait_past_bound.labels(model)
         self.series(model, "0")
 
     def forget(self, model: str) -> None:
