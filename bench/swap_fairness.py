@@ -145,6 +145,9 @@ def run(
         finally:
             proc.terminate()
             proc.wait(30)
+        for line in log.read_text(errors="replace").splitlines():
+            if "past its max_swap_wait" in line:  # the gateway's own numbers of a wait past the bound
+                print(line)
     rows = []
     for m in MODELS:
         t = tallies[m]

@@ -38,7 +38,7 @@ from tests.test_scheduler_property import Engines, FakeBackend, SchedulerMachine
 
 Arrival = tuple[int, float, float, Priority]  # model, gap after the previous arrival, hold, class
 SWAP_WAIT = 10.0
-POLICY = Policy("swap-aware", linger=0.5)
+POLICY = Policy("swap-aware", linger=0.5, margin=0.0)  # the rule exactly; the margin is tested apart
 
 
 def test_a_busy_resident_is_protected_until_the_bound() -> None:
@@ -85,6 +85,10 @@ def test_the_turn_comes_early_by_the_swap_it_takes() -> None:
     # a load queued behind it keeps its bound if this one's turn begins by 98, before the residents' drain
     queued = Waiting(oldest=90.0, max_swap_wait=SWAP_WAIT, load=1.0, behind=(98.0,))
     assert turn_due(queued, 2.0, POLICY) == 96.0
+    # The margin for the estimates' errors: a twentieth of max_swap_wait earlier, the floor still the floor.
+    spare = Policy("swap-aware", margin=0.05)
+    assert turn_due(target, 2.0, spare) == 96.5 and turn_due(queued, 2.0, spare) == 95.5
+    assert turn_due(slow, 2.0, spare) == 95.0
     assert expected_drain(3, 0.5, grace=30.0) == 1.5 and expected_drain(3, 0.5, grace=1.0) == 1.0
     assert expected_drain(3, None, grace=30.0) == 0.0  # no request has ended yet: nothing to go by
 

@@ -45,6 +45,10 @@ from typing import Literal
 Mode = Literal["swap-aware", "fifo"]
 LINGER = 0.5  # seconds after its last request that a model still counts as busy (a client's next request)
 FLOOR = 0.5  # a turn comes no earlier than this fraction of max_swap_wait, however long a swap may take
+# A turn comes this fraction of max_swap_wait before the estimates say it must: loads and drains measured on
+# a busy machine vary from one to the next (bench/swap_thrash.py saw one wait in a thousand past the bound
+# without it).
+MARGIN = 0.05
 # A turn due within this many seconds is due now: a timer set for the rest could wake before it (the rest is
 # a difference of floats), and asking again at once would wait for it again.
 DUE_WITHIN = 1e-6
@@ -55,6 +59,7 @@ class Policy:
     mode: Mode = "swap-aware"
     linger: float = LINGER
     floor: float = FLOOR
+    margin: float = MARGIN
 
 
 @dataclass(frozen=True)
@@ -107,11 +112,12 @@ def expected_drain(in_flight: int, pace: float | None, grace: float) -> float:
 def turn_due(target: Waiting, drain: float, policy: Policy) -> float:
     """When ``target``'s turn comes (``target.oldest`` set): early enough for the residents' ``drain`` and its
     own load to end within ``max_swap_wait``, and for the loads queued behind it to keep theirs
-    (``target.behind``); never before ``policy.floor`` of its ``max_swap_wait``."""
+    (``target.behind``), with ``policy.margin`` of its ``max_swap_wait`` to spare for the estimates' errors;
+    never before ``policy.floor`` of its ``max_swap_wait``."""
     assert target.oldest is not None
     wait, drain = target.max_swap_wait, max(drain, 0.0)
     own = target.oldest + wait - (max(target.load, 0.0) + drain)
-    latest = min([own, *(later - drain for later in target.behind)])
+    latest = min([own, *(later - drain for later in target.behind)]) - policy.margin * wait
     return max(latest, target.oldest + policy.floor * wait)
 
 
