@@ -396,3 +396,30 @@ def test_a_wait_past_the_bound_is_counted_and_logged(caplog: pytest.LogCaptureFi
     finally:
         run.loop.run_until_complete(run.scheduler.shutdown(grace=0))
         run.loop.close()
+
+
+def test_a_client_switching_models_does_not_wait_for_its_own_linger() -> None:
+    """The linger keeps a model a moment after its last request, for its client's next one. When that
+    client is the one now asking for another model (one client switching models: an agent, a person), the
+    switch happens at once; a request from another client still waits out the linger (a closed-loop client
+    of the resident may be about to send)."""
+    for asker, waited in (("same", 0.0), ("other", POLICY.linger - 0.1)):
+        run = _Run()
+        try:
+
+            async def switch() -> float:
+                lease = await run.scheduler.acquire(run.slots[0], timeout=100, client=("127.0.0.1", 1))
+                lease.release()
+                await run.time.sleep(0.1)
+                began = run.time.now
+                client = ("127.0.0.1", 1) if asker == "same" else ("127.0.0.1", 2)
+                (await run.scheduler.acquire(run.slots[1], timeout=100, client=client)).release()
+                return run.time.now - began
+
+            task = run.loop.create_task(switch())
+            run.finish([task])
+            assert abs(task.result() - waited) < 1e-6, (asker, task.result())
+            assert run.slots[1].loads == 1 and run.slots[0].loads == 1
+        finally:
+            run.loop.run_until_complete(run.scheduler.shutdown(grace=0))
+            run.loop.close()

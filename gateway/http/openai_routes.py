@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Hashable
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -203,7 +204,7 @@ class OpenAIRoutes:
             async with CancelOnDisconnect(receive):
                 await self._serve(
                     prepared.slot, prepared.request, Headers(scope=scope), response, trace,
-                    prepared.strip_usage, front, who,
+                    prepared.strip_usage, front, who, _peer(scope),
                 )  # fmt: skip
             status = trace.status
         except ClientGone:  # gone before the end, or just after it (then the answer was whole)
@@ -249,11 +250,13 @@ class OpenAIRoutes:
         strip_usage: bool,
         front: Front,
         who: tuple[str, Priority] = ("", "interactive"),
+        peer: Hashable | None = None,
     ) -> None:
+        """``peer``: the client's connection (host, port), where known."""
         gw = self.gw
         place = self.keys.queue(who[0], slot, who[1])  # the key's waiting requests, until a replica takes it
         try:
-            lease = await self._acquire(slot, request.stream, send, front, who[1])
+            lease = await self._acquire(slot, request.stream, send, front, who[1], peer)
         except BaseException:
             if place is not None:
                 place.leave()
@@ -331,13 +334,19 @@ class OpenAIRoutes:
         return name, priority
 
     async def _acquire(
-        self, slot: ModelSlot, stream: bool, send: _Send, front: Front, priority: Priority = "interactive"
+        self,
+        slot: ModelSlot,
+        stream: bool,
+        send: _Send,
+        front: Front,
+        priority: Priority = "interactive",
+        peer: Hashable | None = None,
     ) -> Lease:
         """A lease on ``slot`` (``Scheduler.acquire``). A streaming request that waits longer than the
         keep-alive interval for its model (a load, a swap) gets its stream started and a keep-alive line at
         each interval, so that proxies in between do not time it out; its first answer bytes follow once it
         is admitted. A quicker wait keeps the plain status codes (a 503 is a 503)."""
-        acquiring = self.gw.scheduler.acquire(slot, self.gw.settings.load_timeout, priority)
+        acquiring = self.gw.scheduler.acquire(slot, self.gw.settings.load_timeout, priority, peer)
         interval = self.gw.settings.stream_keepalive
         if not stream or not interval or slot.state is State.READY:
             return await acquiring
@@ -355,6 +364,13 @@ class OpenAIRoutes:
     def _upstream_error(self, model: str, kind: str) -> None:
         if self.observe:
             self.gw.metrics.upstream_error(model, kind)
+
+
+def _peer(scope: Scope) -> Hashable | None:
+    """The client's connection, (host, port), as the server gives it (None where it does not): a client
+    that switches models is known by it (``Scheduler.acquire``)."""
+    client = scope.get("client")
+    return tuple(client) if client else None
 
 
 def _check_endpoint(slot: ModelSlot, endpoint: Endpoint, name: str) -> None:

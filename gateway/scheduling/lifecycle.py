@@ -22,7 +22,7 @@ import enum
 import functools
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 from backends.base import Backend, phase_of
@@ -106,6 +106,8 @@ class ModelSlot:
         self.retired = False  # a reload replaced or removed it: it never loads again
         self._waiting = 0  # requests waiting for the model itself (its load, its drain)
         self._wait_starts: list[float] = []  # when each of them began to wait (at most max_queue + 1)
+        self._waiting_clients: list[Hashable] = []  # the clients they came from, where known (as many)
+        self.last_client: Hashable | None = None  # the client of the request that ended last, where known
         # Interactive work, for swap-aware admission (``interactive_work``): requests waiting for the model,
         # leases held (a request queued for a replica holds its lease already), and the last one served.
         self._interactive_waits = 0
@@ -165,20 +167,24 @@ class ModelSlot:
         leases as soon as they run: until then, it was loaded for them and must not be evicted."""
         return self._waiting
 
-    def wait_begins(self, interactive: bool = True) -> float:
-        """A request (of the interactive class, or batch) begins to wait for the model; returns its start,
-        to give back to ``wait_ends``."""
+    def wait_begins(self, interactive: bool = True, client: Hashable | None = None) -> float:
+        """A request (of the interactive class, or batch; from ``client``, its connection, where known)
+        begins to wait for the model; returns its start, to give back to ``wait_ends``."""
         self._waiting += 1
         self._interactive_waits += interactive
         self._none_waiting.clear()
         began = self._clock()
         self._wait_starts.append(began)
+        if client is not None:
+            self._waiting_clients.append(client)
         return began
 
-    def wait_ends(self, began: float, interactive: bool = True) -> None:
+    def wait_ends(self, began: float, interactive: bool = True, client: Hashable | None = None) -> None:
         self._waiting -= 1
         self._interactive_waits -= interactive
         self._wait_starts.remove(began)
+        if client is not None:
+            self._waiting_clients.remove(client)
         if self._waiting == 0:
             self._none_waiting.set()
 
@@ -186,6 +192,10 @@ class ModelSlot:
     def oldest_wait(self) -> float | None:
         """When the request that has waited longest for the model began to wait (None: none waits)."""
         return min(self._wait_starts, default=None)
+
+    def waited_for_by(self, client: Hashable | None) -> bool:
+        """A request from ``client`` waits for the model itself."""
+        return client is not None and client in self._waiting_clients
 
     @property
     def interactive_waiting(self) -> bool:
@@ -387,7 +397,7 @@ class ModelSlot:
         return self._checks
 
     # -- leases ------------------------------------------------------------------------------------------
-    def lease(self, interactive: bool = True) -> Lease:
+    def lease(self, interactive: bool = True, client: Hashable | None = None) -> Lease:
         assert self.state is State.READY and self.pool is not None
         if self.in_flight == 0:
             self._paced_from = self._clock()  # busy from now
@@ -397,11 +407,12 @@ class ModelSlot:
         if interactive:
             self._interactive_leases += 1
             self.last_interactive = self.last_used
-        return Lease(self, self.pool, interactive)
+        return Lease(self, self.pool, interactive, client)
 
-    def _return(self, interactive: bool) -> None:
+    def _return(self, interactive: bool, client: Hashable | None = None) -> None:
         self.in_flight -= 1
         self.last_used = self._clock()
+        self.last_client = client
         took, self._paced_from = self.last_used - self._paced_from, self.last_used
         self.pace = took if self.pace is None else self.pace + PACE_WEIGHT * (took - self.pace)
         if interactive:
@@ -414,13 +425,16 @@ class ModelSlot:
 class Lease:
     """Held from the moment a request is admitted to a ready model until its response is finished."""
 
-    def __init__(self, slot: ModelSlot, pool: Pool, interactive: bool = True) -> None:
+    def __init__(
+        self, slot: ModelSlot, pool: Pool, interactive: bool = True, client: Hashable | None = None
+    ) -> None:
         self.slot = slot
         self.pool = pool
         self.interactive = interactive  # the request's priority class (swap-aware admission)
+        self.client = client  # the connection it came on, where known (swap-aware admission's linger)
         self._released = False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self.slot._return(self.interactive)
+            self.slot._return(self.interactive, self.client)

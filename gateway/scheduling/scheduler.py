@@ -29,7 +29,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from backends.base import Backend
@@ -95,26 +95,34 @@ class Scheduler:
         self.turns = Turns(self.slots, self._since, self.policy, max_swap_wait, drain_grace)
 
     # -- the request path --------------------------------------------------------------------------------
-    async def acquire(self, slot: ModelSlot, timeout: float, priority: Priority = "interactive") -> Lease:
+    async def acquire(
+        self,
+        slot: ModelSlot,
+        timeout: float,
+        priority: Priority = "interactive",
+        client: Hashable | None = None,
+    ) -> Lease:
         """A lease on ``slot`` once it is ready, loading it if needed. A request that has to wait for the
         model (a load, a drain) takes a place in the model's queue, the same ``max_queue`` places as the
         requests waiting for a free replica: when they are all taken, 429 with Retry-After. One request
         may always wait for a load, even with ``max_queue: 0``: the one that asks for the model.
-        ``priority``: the request's class, which swap-aware admission weighs (``Turns.admission``)."""
+        ``priority``: the request's class, which swap-aware admission weighs (``Turns.admission``);
+        ``client``: the connection it came on, where known (a model whose last request came from the client
+        that now waits for another is not kept for that client's next request: ``Turns.admission``)."""
         interactive = priority == "interactive"
         if slot.state is State.READY:
-            return slot.lease(interactive)
+            return slot.lease(interactive, client)
         waiting = slot.queued
         if waiting >= max(slot.max_queue, 1):
             raise QueueFull(
                 f"model '{slot.name}' has {waiting} requests waiting (max_queue={slot.max_queue})",
                 retry_after=max(1.0, slot.load_seconds or 1.0),  # they wait for its load: about that long
             )
-        began = slot.wait_begins(interactive)
+        began = slot.wait_begins(interactive, client)
         try:
-            lease = await self._until_ready(slot, timeout, interactive)
+            lease = await self._until_ready(slot, timeout, interactive, client)
         finally:
-            slot.wait_ends(began, interactive)
+            slot.wait_ends(began, interactive, client)
         waited = self._clock() - began
         self.events.waited_for_model(lease.slot.name, waited)
         self._check_bound(lease.slot, waited)
@@ -140,7 +148,9 @@ class Scheduler:
                 slot.name, waited, bound, load,
             )  # fmt: skip
 
-    async def _until_ready(self, slot: ModelSlot, timeout: float, interactive: bool = True) -> Lease:
+    async def _until_ready(
+        self, slot: ModelSlot, timeout: float, interactive: bool = True, client: Hashable | None = None
+    ) -> Lease:
         deadline = self._clock() + timeout
         while True:
             if slot.state is State.UNLOADED and slot.replaced_by is not None:  # a reload changed it
@@ -150,7 +160,7 @@ class Scheduler:
             if slot.state is State.UNLOADED and slot.removed:
                 raise ModelNotFound(slot.name)
             if slot.state is State.READY:
-                return slot.lease(interactive)
+                return slot.lease(interactive, client)
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise ModelUnavailable(

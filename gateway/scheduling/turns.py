@@ -60,19 +60,22 @@ class Turns:
     def admission(self, slot: ModelSlot, residents: Sequence[Resident], now: float) -> Admission:
         """Which busy residents ``slot``'s load must leave alone for now (``admission.admit``), the requests'
         classes included (a resident busy with batch work only does not hold up an interactive request),
-        and the time a swap is expected to take: ``slot``'s load and the residents' drains."""
+        and the time a swap is expected to take: ``slot``'s load and the residents' drains. A resident with
+        no work whose last request came from a client that now waits for ``slot`` is not kept for that
+        client's next request (the linger): its next request is this one (one client switching models)."""
         linger, slots = self.policy.linger, list(self.slots.values())
         activity = [
             Activity(
                 r.name,
                 r.in_flight,
                 s.queued,
-                r.last_used,
-                s.interactive_work(now, linger),
+                float("-inf") if switched else r.last_used,
+                not switched and s.interactive_work(now, linger),
                 expected_drain(s.in_flight, pace(s, slots), self.grace),
             )
             for r in residents
             if r.evictable and (s := self.slots.get(r.name)) is not None
+            for switched in (s.in_flight == 0 and s.queued == 0 and slot.waited_for_by(s.last_client),)
         ]
         return admit(self.waiting(slot), activity, now, self.policy)
 
