@@ -3,18 +3,26 @@ reading of usage out of responses, and the engines' expositions."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import re
 import subprocess
+from collections.abc import AsyncIterator
+from typing import Any
 
-from hypothesis import given
+import pytest
+from hypothesis import example, given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from backends.base import UpstreamResponse
 from backends.engine_stats import delta, parse, slots_usage
-from gateway.api.usage import StreamReader, read_body
-from gateway.observability.exposition import buckets_1_2_5
-from gateway.observability.metrics import Metrics, Trace
+from gateway.api.usage import StreamReader, Usage, _parse_usage_scan, parse_usage, read_body
+from gateway.http.openai_routes import ask_for_usage, with_usage
+from gateway.http.relay import relay
+from gateway.observability.exposition import Histogram, buckets_1_2_5
+from gateway.observability.metrics import TOKEN_LATENCY_BUCKETS, Metrics, RequestSeries, Trace
 
 LLAMA_SERVER_METRICS = """# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.
 # TYPE llamacpp:prompt_tokens_total counter
@@ -194,3 +202,304 @@ def test_kv_cache_use_from_llama_servers_slots() -> None:
     ]  # fmt: skip
     assert slots_usage(slots) == 256 / 2048
     assert slots_usage([]) is None and slots_usage({"error": "x"}) is None
+
+
+# -- the relay with metrics on: its per-chunk path, against the whole stream cut anywhere ----------------
+def _relayed(
+    pieces: list[bytes], strip: bool, n: int = 1, gone_after: int | None = None
+) -> tuple[bytes, list[bytes], Trace]:
+    """What the client gets (all of it, and each piece sent) and the trace, for an upstream's ``pieces``;
+    ``gone_after``: the client leaves after that many pieces (a send fails)."""
+
+    async def run() -> tuple[bytes, list[bytes], Trace]:
+        async def body() -> AsyncIterator[bytes]:
+            for piece in pieces:
+                yield piece
+
+        sent: list[bytes] = []
+
+        async def send(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                if gone_after is not None and len(sent) == gone_after:
+                    raise OSError("the client is gone")
+                sent.append(message["body"])
+
+        finished = asyncio.get_running_loop().create_future()
+        upstream = UpstreamResponse(
+            200, {"content-type": "text/event-stream"}, body(), lambda: None, finished
+        )
+        trace = Trace("m", "chat/completions", arrived=1.0, n=n)
+        try:
+            await relay(upstream, send, trace, strip)
+        except OSError:
+            return b"".join(sent), sent, trace
+        return b"".join(sent), sent[:-1], trace
+
+    return asyncio.run(run())
+
+
+@given(st.lists(st.integers(1, len(STREAM) - 1), max_size=12), st.booleans())
+@example(cuts=[STREAM.index(USAGE) - 1], strip=True)  # between the two newlines that end the event before
+@example(cuts=[STREAM.index(USAGE) + 10], strip=True)  # inside the usage event
+def test_the_relay_strips_only_the_usage_event_however_the_stream_is_cut(
+    cuts: list[int], strip: bool
+) -> None:
+    bounds = [0, *sorted(set(cuts)), len(STREAM)]
+    out, pieces, trace = _relayed([STREAM[a:b] for a, b in itertools.pairwise(bounds)], strip)
+    assert out == (STREAM.replace(USAGE, b"") if strip else STREAM)
+    assert trace.usage is not None and (trace.usage.prompt_tokens, trace.usage.completion_tokens) == (31, 3)
+    assert trace.finish_reasons == ["length"] and trace.completed
+    assert (
+        trace.first > 0 and len(trace.gaps) == len([p for p in pieces if p]) - 1
+    )  # one per piece after the first
+    assert all(g >= 0 for g in trace.gaps)
+
+
+def test_empty_pieces_pass_as_they_came() -> None:
+    for strip in (True, False):
+        out, _, trace = _relayed([b"", CONTENT[0], b"", FINISH, USAGE, b"", DONE], strip=strip)
+        assert out == CONTENT[0] + FINISH + (b"" if strip else USAGE) + DONE and trace.completed
+
+
+def test_the_relay_reads_every_chunk_of_several_choices() -> None:
+    events = [_event({"choices": [{"index": i, "delta": {}, "finish_reason": "stop"}]}) for i in range(2)]
+    out, _, trace = _relayed([CONTENT[0], events[0], CONTENT[1], events[1], USAGE, DONE], strip=True, n=2)
+    assert out == CONTENT[0] + events[0] + CONTENT[1] + events[1] + DONE
+    assert trace.finish_reasons == ["stop", "stop"] and trace.usage is not None and trace.completed
+
+
+def test_a_usage_event_begun_in_a_chunk_already_sent_goes_on_whole() -> None:
+    """An upstream that names its events: a chunk may end after a usage event's ``event:`` line. Half an
+    event would break the client's stream; the whole event, unasked for, does not."""
+    named = b"event: chunk\n" + USAGE
+    out, _, trace = _relayed([CONTENT[0] + FINISH + b"event: chunk\n", USAGE + DONE], strip=True)
+    assert out == CONTENT[0] + FINISH + named + DONE
+    assert (
+        trace.usage is not None and trace.usage.completion_tokens == 3 and trace.finish_reasons == ["length"]
+    )
+    out, _, _ = _relayed([CONTENT[0] + FINISH, named + DONE], strip=True)  # the event whole in one chunk
+    assert out == CONTENT[0] + FINISH + DONE
+
+
+def test_a_client_gone_before_done_is_not_complete_and_an_error_event_gives_its_status() -> None:
+    pieces = [CONTENT[0], CONTENT[1], FINISH, USAGE, DONE]
+    _, _, trace = _relayed(pieces, strip=True, gone_after=1)
+    assert not trace.completed and trace.usage is None and trace.finish_reasons == []
+    _, _, trace = _relayed(pieces, strip=True, gone_after=3)  # gone once [DONE] has passed: complete
+    assert trace.completed and trace.usage is not None and trace.finish_reasons == ["length"]
+    error = b'data: {"error":{"message":"x","type":"server_error","code":"model_unavailable"}}\n\n'
+    _, _, trace = _relayed([CONTENT[0], error], strip=True)
+    assert trace.status == 503 and not trace.completed
+
+
+# -- histograms: a batch of values counts as the values one by one --------------------------------------
+@given(
+    st.lists(
+        st.one_of(st.floats(0, 200, allow_nan=False), st.sampled_from(TOKEN_LATENCY_BUCKETS)), max_size=80
+    )
+)
+def test_observing_many_values_at_once_counts_as_one_by_one(values: list[float]) -> None:
+    one, many = Histogram("", TOKEN_LATENCY_BUCKETS), Histogram("", TOKEN_LATENCY_BUCKETS)
+    for value in values:
+        one.observe(value)
+    many.observe_many(list(values))
+    assert many.counts == one.counts
+    assert many.sum == pytest.approx(one.sum)
+
+
+# -- a batch of finished requests records what each one records alone -----------------------------------
+def record_one(m: Metrics, t: Trace) -> None:
+    """One request, as ``Metrics.flush`` recorded each before the batch became column by column."""
+    m.count_request(t.model, t.endpoint, t.status)
+    if t.engine is not None:
+        s: RequestSeries = m.series(t.model, t.engine)
+        if t.body is not None:
+            t.usage, t.finish_reasons = read_body(t.body, t.n)
+        for gap in t.gaps:
+            s.itl.observe(gap)
+        ended = t.ended
+        started, first = t.scheduled or ended, t.first or ended
+        s.e2e.observe(ended - t.arrived)
+        s.queue.observe(started - t.arrived)
+        s.inference.observe(ended - started)
+        s.prefill.observe(first - started)
+        s.decode.observe(ended - first)
+        if t.first:
+            s.ttft.observe(t.first - t.arrived)
+        s.n.observe(t.n)
+        if t.max_tokens is not None:
+            s.max_tokens.observe(t.max_tokens)
+        if t.usage is not None:
+            s.prompt.inc(t.usage.prompt_tokens)
+            s.gen.inc(t.usage.completion_tokens)
+            s.prompt_hist.observe(t.usage.prompt_tokens)
+            s.gen_hist.observe(t.usage.completion_tokens)
+            s.max_gen.observe(t.usage.completion_tokens)
+            if t.usage.completion_tokens > 1:
+                s.tpot.observe((ended - first) / (t.usage.completion_tokens - 1))
+        if not t.completed:
+            s.success["abort"].inc()
+        elif t.status == 200:
+            for reason in t.finish_reasons or ("stop",):
+                (s.success.get(reason) or s.success["stop"]).inc()
+    if t.scheduled:
+        m.queue_wait.labels(t.model, t.priority, t.key).observe(t.scheduled - t.arrived)
+
+
+seconds = st.floats(0.0, 100.0, allow_nan=False)
+
+
+@st.composite
+def traces(draw: st.DrawFn) -> dict[str, Any]:
+    arrived = draw(seconds)
+    scheduled = draw(st.sampled_from([0.0, arrived + draw(seconds)]))
+    first = draw(st.sampled_from([0.0, max(arrived, scheduled) + draw(seconds)]))
+    fields: dict[str, Any] = {
+        "model": draw(st.sampled_from(["a", "b"])),
+        "arrived": arrived,
+        "n": draw(st.sampled_from([1, 1, 2])),
+        "max_tokens": draw(st.sampled_from([None, 1, 64, 5000])),
+        "scheduled": scheduled,
+        "first": first,
+        "status": draw(st.sampled_from([200, 200, 499, 502, 429])),
+        "engine": draw(st.sampled_from([None, "0", "1"])),
+        "completed": draw(st.booleans()),
+        "finish_reasons": draw(
+            st.lists(st.sampled_from(["stop", "length", "tool_calls", "abort"]), max_size=2)
+        ),
+        "gaps": draw(st.lists(st.floats(0.0, 100.0, allow_nan=False), max_size=20)),
+        "key": draw(st.sampled_from(["", "alice"])),
+        "priority": draw(st.sampled_from(["interactive", "batch"])),
+        "ended": max(arrived, scheduled, first) + draw(seconds),
+    }
+    if draw(st.booleans()):
+        fields["usage"] = Usage(draw(st.integers(0, 9000)), draw(st.integers(0, 9000)))
+    elif draw(st.booleans()):
+        fields["body"] = json.dumps(
+            {"choices": [{"finish_reason": "length"}], "usage": {"prompt_tokens": 3, "completion_tokens": 9}}
+        ).encode()
+    return fields
+
+
+def _trace(fields: dict[str, Any]) -> Trace:
+    t = Trace(fields["model"], "chat/completions", fields["arrived"])
+    for name, value in fields.items():
+        setattr(t, name, list(value) if isinstance(value, list) else value)
+    return t
+
+
+def _samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    families = text_string_to_metric_families(m.render().decode())
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
+
+
+@given(st.lists(traces(), min_size=1, max_size=40))
+def test_a_batch_records_what_its_requests_record_one_by_one(batch: list[dict[str, Any]]) -> None:
+    together, alone = Metrics(["a", "b"]), Metrics(["a", "b"])
+    for fields in batch:
+        together.finished(_trace(fields), fields["ended"])
+        record_one(alone, _trace(fields))
+    got, want = _samples(together), _samples(alone)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == (pytest.approx(value) if key[0].endswith("_sum") else value), key
+
+
+# -- usage out of the bytes: the one-match reading against the general scan -----------------------------
+@given(
+    st.integers(0, 10**7),
+    st.integers(0, 10**7),
+    st.one_of(st.none(), st.integers(0, 10**7)),
+    st.booleans(),
+    st.sampled_from([(",", ":"), (", ", ": ")]),
+    st.booleans(),
+)
+def test_usage_read_by_one_match_is_usage_read_by_the_scan(
+    prompt: int,
+    completion: int,
+    cached: int | None,
+    sorted_keys: bool,
+    separators: tuple[str, str],
+    tail: bool,
+) -> None:
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
+    usage["total_tokens"] = prompt + completion
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    event: dict[str, Any] = {"id": "x", "choices": [], "usage": usage}
+    if tail:
+        event["timings"] = {"prompt_n": 1, "predicted_n": 2}
+    body = json.dumps(event, sort_keys=sorted_keys, separators=separators).encode()
+    at = body.find(b'"usage"')
+    found = parse_usage(body, at)
+    assert found == _parse_usage_scan(body, at)
+    assert found == Usage(prompt, completion, cached)
+
+
+def read_body_reference(body: bytes) -> tuple[Usage | None, list[str]]:
+    """A one-choice body read by the general searches only (``read_body`` before its one-match path)."""
+    at = body.rfind(b'"usage"')
+    usage = _parse_usage_scan(body, at) if at != -1 else None
+    last = body.rfind(b'"finish_reason"')
+    found = re.match(rb'"finish_reason":\s*"(\w+)"', body[last:]) if last != -1 else None
+    return usage, [found.group(1).decode()] if found else []
+
+
+@given(
+    st.sampled_from(["stop", "length", None]),
+    st.one_of(
+        st.none(), st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.none() | st.integers(0, 99))
+    ),
+    st.sampled_from(["openai", "vllm", "usage first", "llama.cpp", "usage twice"]),
+    st.sampled_from([(",", ":"), (", ", ": ")]),
+)
+def test_a_body_read_from_its_finish_reason_is_the_body_read_by_the_searches(
+    reason: str | None, counts: tuple[int, int, int | None] | None, shape: str, separators: tuple[str, str]
+) -> None:
+    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": "a } ] { ["}}
+    choice["finish_reason"] = reason
+    if shape == "vllm":
+        choice["stop_reason"] = None
+    body: dict[str, Any] = {"id": "x", "object": "chat.completion", "choices": [choice]}
+    if counts is not None:
+        usage: dict[str, Any] = {
+            "prompt_tokens": counts[0],
+            "completion_tokens": counts[1],
+            "total_tokens": 1,
+        }
+        if counts[2] is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": counts[2]}
+        body = {"usage": usage, **body} if shape == "usage first" else {**body, "usage": usage}
+    if shape == "openai":
+        body["system_fingerprint"] = "fp"
+    if shape == "usage twice":  # the last one is the one read
+        body["extra"] = {"usage": {"prompt_tokens": 5, "completion_tokens": 6}}
+    raw = json.dumps(body, sort_keys=shape == "llama.cpp", separators=separators).encode()
+    assert read_body(raw) == read_body_reference(raw)
+
+
+# -- asking for the stream's usage on the client's behalf ---------------------------------------------
+@pytest.mark.parametrize(
+    ("sent", "asked", "spliced"),
+    [
+        ({"model": "m", "stream": True}, True, True),
+        ({"model": "m", "stream": True, "stream_options": None}, True, False),
+        ({"model": "m", "stream": True, "stream_options": {}}, True, False),
+        ({"model": "m", "stream": True, "stream_options": {"include_usage": False}}, True, False),
+        ({"model": "m", "stream": True, "stream_options": {"include_usage": True}}, False, False),
+    ],
+)
+def test_the_usage_option_is_added_to_the_clients_own_bytes_when_it_sent_none(
+    sent: dict[str, Any], asked: bool, spliced: bool
+) -> None:
+    raw = b" \n" + json.dumps(sent).encode()  # JSON may begin with white space
+    data = json.loads(raw)
+    assert ask_for_usage(data) is asked
+    if not asked:
+        return
+    out = with_usage(raw, data)
+    assert json.loads(out) == {
+        **sent,
+        "stream_options": {**(sent.get("stream_options") or {}), "include_usage": True},
+    }
+    assert out.endswith(raw[3:].lstrip(b"{")) is spliced  # the client's bytes kept as they were
