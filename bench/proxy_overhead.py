@@ -465,7 +465,15 @@ def llama_server_rows(rounds: int = 1, isolated: bool = False) -> list[tuple[str
     return rows
 
 
+FLAGS = {"--overhead-only", "--llama-server-only", "--engine-core", "--replicas-only", "--metrics-only",
+         "--tail-only", "--verbose", "--rounds"}  # fmt: skip
+
+
 def main() -> None:
+    args = sys.argv[1:]
+    unknown = [a for i, a in enumerate(args) if a not in FLAGS and not (i and args[i - 1] == "--rounds")]
+    if unknown:  # --help included: print the usage rather than run the whole default bench
+        sys.exit(f"{__doc__}\nunknown: {' '.join(unknown)}")
     if sys.argv[1:] == ["--replicas-only"]:
         print_table(
             ("measure", "one replica (2 threads)", "two replicas (1 thread each)", "target"), replicas_rows()
