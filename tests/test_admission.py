@@ -407,7 +407,7 @@ def test_a_client_switching_models_does_not_wait_for_its_own_linger() -> None:
         run = _Run()
         try:
 
-            async def switch() -> float:
+            async def switch(run: _Run, asker: str) -> float:
                 lease = await run.scheduler.acquire(run.slots[0], timeout=100, client=("127.0.0.1", 1))
                 lease.release()
                 await run.time.sleep(0.1)
@@ -416,7 +416,7 @@ def test_a_client_switching_models_does_not_wait_for_its_own_linger() -> None:
                 (await run.scheduler.acquire(run.slots[1], timeout=100, client=client)).release()
                 return run.time.now - began
 
-            task = run.loop.create_task(switch())
+            task = run.loop.create_task(switch(run, asker))
             run.finish([task])
             assert abs(task.result() - waited) < 1e-6, (asker, task.result())
             assert run.slots[1].loads == 1 and run.slots[0].loads == 1
