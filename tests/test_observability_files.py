@@ -69,6 +69,7 @@ EXPORTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "gateway_model_state": ("gauge", ("model_name", "state")),
     "gateway_model_load_duration_seconds": ("histogram", ("model_name",)),
     "gateway_model_wait_seconds": ("histogram", ("model_name",)),
+    "gateway_model_wait_past_bound_total": ("counter", ("model_name",)),
     "gateway_queue_wait_seconds": ("histogram", ("model_name", "priority", "key")),
     "gateway_model_loads_total": ("counter", ("model_name", "result")),
     "gateway_model_evictions_total": ("counter", ("model_name", "reason")),
