@@ -190,3 +190,41 @@ def test_an_interactive_request_beside_a_batch_flood_is_served_at_once(
     # of them ended.
     assert events[0] == "interactive first token", events
     assert sorted(events[1:]) == [f"batch {i} length" for i in range(FLOOD)], events  # all served
+
+
+def test_an_interactive_request_preempts_a_batch_request_on_a_model_with_one_slot(
+    serve: Callable[..., RunningGateway],
+) -> None:
+    """One slot: nothing can be kept back, so an interactive request that finds a batch request in service
+    preempts it (the batch request has sent its client nothing yet: it is cut, and runs again from the start
+    once the interactive one is done). The interactive answer comes first; the batch request is answered
+    whole (its full length, as asked), and the model counts one preemption."""
+    manifest = llama_manifest("m", SMOLLM2, backend={"n_threads": 1, "parallel": 1, "n_ctx": 1024})
+    gw = serve([manifest])
+    client = gw.client()
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+    events: list[str] = []
+    lock = threading.Lock()
+    answers: list[Any] = []
+
+    def batch() -> None:
+        answer = client.chat.completions.create(
+            model="m", **LONG, extra_headers={"X-Priority": "batch"}, timeout=600
+        )
+        answers.append(answer)
+        with lock:
+            events.append(f"batch {answer.choices[0].finish_reason}")
+
+    flood = threading.Thread(target=batch)
+    flood.start()
+    wait_for(lambda: _held(_model(gw)) == 1, "the batch request to be in service", 120)
+    answer = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "Say hi."}], max_tokens=8
+    )
+    with lock:
+        events.append("interactive")
+    flood.join(600)
+    assert events == ["interactive", "batch length"], events
+    (long,) = answers
+    assert answer.choices[0].message.content and long.usage.completion_tokens == LONG["max_tokens"]
+    assert _model(gw)["preempted"] == 1

@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         description="Default of a model's interactive_reserve: slots of a model with several kept for "
         "interactive requests (batch ones may hold the rest, and always at least one).",
     )
+    preempt_batch: int = Field(
+        3,
+        ge=0,
+        description="How many times a batch request may be preempted: an interactive request that finds "
+        "every slot of its model taken cuts a batch request that has sent its client nothing yet, which "
+        "runs again afterwards (0: never).",
+    )
     load_failure_backoff: Duration = Field(5.0, description="First wait before retrying a failed load.")
     api_key: SecretStr | None = Field(None, description="One key for /v1 and /admin (earlier versions).")
     api_keys: dict[str, SecretStr] = Field(

@@ -74,6 +74,7 @@ def describe(slot: ModelSlot, now: float, never_fits: str | None = None) -> dict
         "in_flight": slot.in_flight,
         "queued": slot.queued,
         "interactive_reserve": slot.interactive_reserve,
+        "preempted": slot.pool.preempted if slot.pool else 0,
         "replicas": replicas,
         "idle_seconds": round(now - slot.last_used, 3) if slot.last_used else None,
         "idle_ttl": slot.manifest.idle_ttl,

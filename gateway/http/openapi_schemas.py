@@ -329,6 +329,10 @@ class AdminModel(BaseModel):
         description="slots kept for interactive requests (its manifest's, else the gateway's default); "
         "batch ones may hold the rest, and always at least one"
     )
+    preempted: int = Field(
+        description="batch requests cut for an interactive one since it loaded (they ran again: "
+        "GATEWAY_PREEMPT_BATCH)"
+    )
     replicas: list[AdminReplica]
     idle_seconds: float | None
     idle_ttl: float | None

@@ -9,6 +9,9 @@ this, and answers):
   once: nothing has reached the client yet, so a retry is safe;
 - once a replica answers, its slot is held until the response's ``finished`` resolves, and a response that
   failed mid-way (``finished`` is False) ejects the replica as a failure before the first byte would;
+- a batch request may be preempted while it waits for its replica's answer (``Pool.preemptible``): its
+  forward is cancelled by the pool, not by its client, so nothing has reached the client: its slot goes
+  back, and it queues again, at most ``pool.preempt`` times;
 - the request carries the model's ``Timeouts`` (``upstream_timeouts``: the manifest's, else the settings'),
   and its total deadline starts with the first try; while a replica has not answered it, the pool knows the
   request's first-byte deadline, so that a replica holding a request past it is not sent more.
@@ -79,7 +82,7 @@ async def dispatch(
     pool's queue (``gateway.routing.fair_queue``)."""
     loop = asyncio.get_running_loop()
     sent, deadline = request, 0.0
-    tried = 0
+    tried = preempted = 0
     while True:
         preferred = preferred_replica(key, len(pool.replicas)) if key else None
         replica = await pool.acquire(queue_timeout, preferred, client, priority)
@@ -92,7 +95,24 @@ async def dispatch(
         # On failure the replica is ejected before its request stops counting as unanswered: one that was
         # stuck is never handed to a queued request in between.
         try:
-            response = await replica.backend.forward(sent)
+            if priority == "batch" and preempted < pool.preempt:
+                answer = asyncio.ensure_future(replica.backend.forward(sent))
+                pool.preemptible(answer)
+                try:
+                    response = await answer
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if not answer.cancelled() or (current is not None and current.cancelling()):
+                        raise  # its own cancellation (its client left), not the pool's
+                    pool.release(replica, priority=priority)
+                    pool.answered(replica, first_byte_by)
+                    preempted += 1
+                    log.info("model %s: a batch request was preempted for an interactive one", pool.model)
+                    continue
+                finally:
+                    pool.answered_batch(answer)
+            else:
+                response = await replica.backend.forward(sent)
         except UpstreamUnavailable as err:
             pool.release(replica, failed=True, priority=priority)
             pool.answered(replica, first_byte_by)

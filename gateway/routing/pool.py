@@ -5,7 +5,12 @@ that finds every replica full waits here, in the gateway, never in the engine. F
 directly to the next waiter in the queue's order (``fair_queue``), so a newcomer cannot overtake the queue.
 Batch requests hold at most ``fair_queue.batch_limit`` of the slots in rotation at once: the rest
 (``reserve``, the model's ``interactive_reserve``) stay free for interactive requests, which a batch flood
-then never makes wait.
+then never makes wait. Where every slot is taken all the same (one slot: nothing can be kept back), an
+interactive request that has to wait **preempts** a batch request that has sent its client nothing yet
+(``preemptible``: its dispatch is still waiting for the replica's answer): the batch request is cut, its
+slot goes to the interactive request, and it runs again from the start once a slot is free for it, at most
+``preempt`` times (then it runs to its end: batch work is delayed, never starved). The latest started is cut
+first: it has the least work to lose.
 
 A replica leaves the rotation three ways, and ``Replica`` holds the (pure) rules for them:
 
@@ -122,8 +127,10 @@ class Pool:
         rng: random.Random,
         aging: float = BATCH_AGING,
         reserve: int = 0,
+        preempt: int = 0,
     ) -> None:
-        """``reserve``: slots kept for interactive requests (``fair_queue.batch_limit``)."""
+        """``reserve``: slots kept for interactive requests (``fair_queue.batch_limit``); ``preempt``: how
+        many times one batch request may be preempted (0: never)."""
         self.model = model
         self.replicas = [Replica(i, b) for i, b in enumerate(backends)]
         self.max_queue = max_queue
@@ -132,6 +139,9 @@ class Pool:
         self._rng = rng
         # by priority class, then by API key in turns, then FIFO (gateway.routing.fair_queue)
         self._waiters: FairQueue[asyncio.Future[Replica]] = FairQueue(aging, _done)
+        self.preempt = preempt
+        self._preemptible: list[asyncio.Task[object]] = []  # batch requests' answers awaited, oldest first
+        self.preempted = 0  # batch requests cut for an interactive one, for operators and the metrics
 
     @property
     def queued(self) -> int:
@@ -215,6 +225,8 @@ class Pool:
         # A place may be free behind requests that gave up (they count until a dispatch drops them): this
         # request must not wait for the next release to find it.
         self._dispatch()
+        if priority == "interactive" and not waiter.done():
+            self._cut_one()
         try:
             done, _ = await asyncio.wait({waiter}, timeout=timeout)
         except BaseException:
@@ -231,6 +243,24 @@ class Pool:
                 f"no replica of '{self.model}' became free within {timeout:.0f}s", retry_after=5
             )
         return waiter.result()
+
+    def preemptible(self, answer: asyncio.Task[object]) -> None:
+        """A batch request's answer is awaited (``dispatch``): until it comes (``answered_batch``), an
+        interactive request that must wait may cancel it (``_cut_one``)."""
+        self._preemptible.append(answer)
+
+    def answered_batch(self, answer: asyncio.Task[object]) -> None:
+        if answer in self._preemptible:
+            self._preemptible.remove(answer)
+
+    def _cut_one(self) -> None:
+        """Preempt the batch request started last whose answer has not come, if any: its dispatch sees it
+        cancelled (not by its client), gives its slot back, and queues again."""
+        while self._preemptible:
+            answer = self._preemptible.pop()
+            if answer.cancel():
+                self.preempted += 1
+                return
 
     def release(self, replica: Replica, failed: bool = False, priority: Priority = "interactive") -> None:
         """Give the slot back (``priority``: the class it was acquired with). ``failed`` (connection error,

@@ -80,10 +80,12 @@ class ModelSlot:
         clock: Callable[[], float] = time.monotonic,
         budget: Budgeted | None = None,
         interactive_reserve: int = 0,
+        preempt_batch: int = 0,
     ) -> None:
         """``budget``: the figure ``demand`` was asked for (``gateway.scheduling.learned``); None where a test
         gives a demand of its own. ``interactive_reserve``: slots of its pool kept for interactive requests
-        (``gateway.routing.fair_queue.batch_limit``)."""
+        (``gateway.routing.fair_queue.batch_limit``); ``preempt_batch``: how many times one batch request
+        may be preempted by interactive ones (``gateway.routing.pool``)."""
         self.manifest = manifest
         self.name = manifest.name
         self.demand = demand
@@ -92,6 +94,7 @@ class ModelSlot:
         self.pinned = manifest.pinned
         self.max_queue = max_queue
         self.interactive_reserve = interactive_reserve
+        self.preempt_batch = preempt_batch
         self._make_backends = make_backends
         self._clock = clock
         self.state = State.UNLOADED
@@ -278,7 +281,12 @@ class ModelSlot:
             await asyncio.gather(*(b.stop() for b in backends))
             raise errors[0]
         self.pool = Pool(
-            self.name, backends, self.max_queue, random.Random(), reserve=self.interactive_reserve
+            self.name,
+            backends,
+            self.max_queue,
+            random.Random(),
+            reserve=self.interactive_reserve,
+            preempt=self.preempt_batch,
         )
         self._checks = start_checks(self.pool, self.manifest.health_check_interval)
         self.failure = None

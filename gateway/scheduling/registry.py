@@ -100,5 +100,6 @@ def make_slot(
         interactive_reserve=(
             m.interactive_reserve if m.interactive_reserve is not None else settings.interactive_reserve
         ),
+        preempt_batch=settings.preempt_batch,
     )
     return slot, source
