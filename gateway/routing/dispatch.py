@@ -95,24 +95,7 @@ async def dispatch(
         # On failure the replica is ejected before its request stops counting as unanswered: one that was
         # stuck is never handed to a queued request in between.
         try:
-            if priority == "batch" and preempted < pool.preempt:
-                answer = asyncio.ensure_future(replica.backend.forward(sent))
-                pool.preemptible(answer)
-                try:
-                    response = await answer
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if not answer.cancelled() or (current is not None and current.cancelling()):
-                        raise  # its own cancellation (its client left), not the pool's
-                    pool.release(replica, priority=priority)
-                    pool.answered(replica, first_byte_by)
-                    preempted += 1
-                    log.info("model %s: a batch request was preempted for an interactive one", pool.model)
-                    continue
-                finally:
-                    pool.answered_batch(answer)
-            else:
-                response = await replica.backend.forward(sent)
+            response = await _answer(pool, replica, sent, priority == "batch" and preempted < pool.preempt)
         except UpstreamUnavailable as err:
             pool.release(replica, failed=True, priority=priority)
             pool.answered(replica, first_byte_by)
@@ -131,9 +114,34 @@ async def dispatch(
             raise
         else:
             pool.answered(replica, first_byte_by)
+            if response is None:  # preempted: nothing reached the client; it queues again
+                pool.release(replica, priority=priority)
+                preempted += 1
+                log.info("model %s: a batch request was preempted for an interactive one", pool.model)
+                continue
             replica.served += 1
             response.finished.add_done_callback(partial(_finished, pool, replica, priority))
             return replica, response
+
+
+async def _answer(
+    pool: Pool, replica: Replica, sent: OpenAIRequest, preemptible: bool
+) -> UpstreamResponse | None:
+    """The replica's answer, up to its first byte; None when the pool preempted the request for an
+    interactive one (``Pool.preemptible``: only while ``preemptible``, a batch request)."""
+    if not preemptible:
+        return await replica.backend.forward(sent)
+    answer = asyncio.ensure_future(replica.backend.forward(sent))
+    pool.preemptible(answer)
+    try:
+        return await answer
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not answer.cancelled() or (current is not None and current.cancelling()):
+            raise  # its own cancellation (its client left), not the pool's
+        return None
+    finally:
+        pool.answered_batch(answer)
 
 
 def _finished(pool: Pool, replica: Replica, priority: Priority, ended: asyncio.Future[bool]) -> None:
