@@ -14,6 +14,7 @@ older commit), one after the other, on the same machine: the first row block is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -57,11 +58,13 @@ def serve(
     root: Path, manifests: Path, port: int, env: dict[str, str] | None = None, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """``llm-gateway serve`` on ``port``, once its /health answers; its log to ``log`` if given."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--manifests", str(manifests), "--port", str(port),
-         "--memory-budget", "400MiB", "--log-level", LOG_LEVEL],
-        cwd=root, env={**os.environ, **(env or {})}, stderr=None if log is None else log.open("wb"),
-    )  # fmt: skip
+    with contextlib.ExitStack() as files:  # the child keeps its own copy of the log's descriptor
+        stderr = None if log is None else files.enter_context(log.open("wb"))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--manifests", str(manifests), "--port", str(port),
+             "--memory-budget", "400MiB", "--log-level", LOG_LEVEL],
+            cwd=root, env={**os.environ, **(env or {})}, stderr=stderr,
+        )  # fmt: skip
     end = time.monotonic() + 120
     while time.monotonic() < end:
         try:
