@@ -148,6 +148,18 @@ def wait_for(predicate: Callable[[], Any], what: str, deadline: float = 60.0) ->
     raise AssertionError(f"timed out waiting for {what}")
 
 
+LONG_COOLDOWN = 30.0
+
+
+@pytest.fixture
+def long_cooldown(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A failed replica's first ejection lasts 30 s here, not 1 s: a test that asserts where the requests
+    after a failure went must not see the replica come back because a loaded machine stalled it for a
+    second between two of them. Retry-After then reads 30."""
+    monkeypatch.setattr("gateway.routing.pool.COOLDOWN", LONG_COOLDOWN)
+    return LONG_COOLDOWN
+
+
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
     started: list[RunningGateway] = []

@@ -97,7 +97,10 @@ def _served_order(
     body: dict[str, Any] = {
         "model": "m",
         "messages": [{"role": "user", "content": "Count."}],
-        "max_tokens": 24,
+        # Each in service for a second or so (no end of turn sampled): the late request, sent once the flood
+        # has queued, must not find two of them already finished on a machine that stalls it.
+        "max_tokens": 64,
+        "logit_bias": dict.fromkeys(SMOLLM2_ENDS, -100),
     }
 
     def send(name: str, headers: dict[str, str]) -> None:

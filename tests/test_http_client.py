@@ -232,17 +232,18 @@ def test_cancelling_a_request_closes_its_connection(run: Callable[[Awaitable[Non
     """A client that goes away must stop the upstream's work: the upstream sees its connection close."""
 
     async def main() -> None:
-        seen_close = asyncio.Event()
+        seen_close, arrived = asyncio.Event(), asyncio.Event()
 
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_request(reader)
+            arrived.set()
             if await reader.read(1) == b"":  # no answer; wait for the connection's end
                 seen_close.set()
 
         server, port = await serve(handler)
         client = Client(f"http://127.0.0.1:{port}")
         task = asyncio.create_task(client.request("POST", "/", b"", b"{}"))
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(arrived.wait(), 10)  # the request is with the upstream, waiting for its answer
         task.cancel()
         await asyncio.wait_for(seen_close.wait(), 10)
         await client.aclose()

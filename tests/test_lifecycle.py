@@ -186,7 +186,9 @@ def test_client_disconnect_stops_generation_and_frees_the_slot(
     pool = gw.gateway.registry.slots["a"].pool
     assert pool is not None
     engine = pool.replicas[0].backend._llama  # type: ignore[attr-defined]
-    assert engine.n_tokens < 4096, engine.n_tokens  # of 65,536 it would reach if it ran on
+    # Of 65,536 it would reach if it ran on (this model writes thousands a second: the bound leaves a loaded
+    # machine seconds to notice the client left).
+    assert engine.n_tokens < 32768, engine.n_tokens
     assert chat(gw, "a")  # max_queue=0: this would be 429 if the engine were still busy
 
 

@@ -127,7 +127,10 @@ def test_token_counts_and_latencies_match_what_the_clients_received(
     # The launched llama-server: its own numbers, scraped by the gateway, under the model's labels.
     m = wait_for(
         lambda: (
-            (s := scrape(gw)) and total(s, "vllm:prefix_cache_queries_total", model_name="server") > 0 and s
+            (s := scrape(gw))
+            and total(s, "vllm:prefix_cache_queries_total", model_name="server") > 0
+            and total(s, "vllm:prefix_cache_hits_total", model_name="server") > 0  # the same prompt, 4 times
+            and s
         ),
         "the engine's metrics to be carried over",
     )
