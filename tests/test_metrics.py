@@ -88,8 +88,12 @@ def test_token_counts_and_latencies_match_what_the_clients_received(
         expected_prompt += usage.prompt_tokens
         expected_generation += usage.completion_tokens
         requests += 1
-        # The client does not ask: the gateway asks on its behalf, counts it, and takes the chunk out again.
-        # Greedy decoding of the same prompt gives the same counts as the non-streamed twin.
+        # llama.cpp's server ended that stream with its ``timings``: from now on its usage is read from those,
+        # and not asked for; the in-process engine gives none, and is asked.
+        assert (model in gw.gateway.usage_unasked) == (model == "server")
+        # The client does not ask: the gateway asks on its behalf (or reads the timings), counts it, and
+        # takes the chunk out again. Greedy decoding of the same prompt gives the same counts as the
+        # non-streamed twin.
         chunks = list(
             client.chat.completions.create(
                 model=model, messages=PROMPT, max_tokens=8, temperature=0, stream=True

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from backends.base import UpstreamResponse
 from backends.engine_stats import delta, parse, slots_usage
 from gateway.api.usage import StreamReader, Usage, _parse_usage_scan, parse_usage, read_body
-from gateway.http.openai_routes import ask_for_usage, with_usage
+from gateway.http.openai_routes import ask_for_usage, learn_usage, with_usage
 from gateway.http.relay import relay
 from gateway.observability.exposition import Histogram, buckets_1_2_5
 from gateway.observability.metrics import TOKEN_LATENCY_BUCKETS, Metrics, RequestSeries, Trace
@@ -152,6 +152,56 @@ def test_stream_reader_strips_only_the_usage_event_however_the_stream_is_cut(
     assert (reader.usage.prompt_tokens, reader.usage.completion_tokens) == (31, 3)
     assert reader.finish_reasons == ["length"]
     assert reader.error_status is None
+
+
+# llama.cpp's server ends a stream with its ``timings``, and gives no usage unless asked (captured from this
+# project's llama-server, SmolLM2, the same prompt a second time: 38 of its 39 prompt tokens were cached).
+TIMED = (
+    b'data: {"choices":[{"finish_reason":"length","index":0,"delta":{}}],"created":1,"id":"c","model":"m",'
+    b'"object":"chat.completion.chunk","timings":{"cache_n":38,"prompt_n":1,"prompt_ms":7.847,'
+    b'"prompt_per_token_ms":7.847,"prompt_per_second":127.4,"predicted_n":5,"predicted_ms":33.2,'
+    b'"predicted_per_token_ms":8.3,"predicted_per_second":120.4}}\n\n'
+)
+
+
+@given(st.lists(st.integers(1, len(TIMED) + len(DONE) - 1), max_size=6), st.booleans())
+def test_llama_cpp_timings_give_the_usage_unasked(cuts: list[int], every_chunk: bool) -> None:
+    stream = CONTENT[0] + TIMED + DONE
+    start = len(CONTENT[0])
+    bounds = [0, start, *sorted({start + c for c in cuts}), len(stream)]
+    reader = StreamReader(strip_usage=False, every_chunk=every_chunk)
+    out = b"".join(reader.feed(stream[a:b]) for a, b in itertools.pairwise(bounds)) + reader.close()
+    assert out == stream and reader.timings and reader.finish_reasons == ["length"]
+    # llama-server's own usage for this answer: prompt_tokens 39 (cache_n + prompt_n), 38 cached, 5 generated
+    assert reader.usage == Usage(prompt_tokens=39, completion_tokens=5, cached_tokens=38)
+
+
+def test_a_usage_object_outweighs_the_timings_and_timings_without_counts_are_none() -> None:
+    usage = b'"usage":{"completion_tokens":5,"prompt_tokens":40,"total_tokens":45},'
+    both = TIMED.replace(b'"timings"', usage + b'"timings"')
+    reader = StreamReader(strip_usage=False)
+    for chunk in (CONTENT[0], both, DONE):
+        reader.keep(chunk)
+    reader.close()
+    assert reader.usage == Usage(40, 5) and reader.timings
+    reader = StreamReader(strip_usage=False)
+    for chunk in (CONTENT[0], TIMED.replace(b'"predicted_n"', b'"predicted"'), DONE):
+        reader.keep(chunk)
+    reader.close()
+    assert reader.usage is None and not reader.timings
+
+
+def test_usage_is_asked_for_until_a_stream_shows_timings_and_again_when_one_unasked_has_no_usage() -> None:
+    unasked: set[str] = set()
+    learn_usage(unasked, "m", timings=False, asked=True, got=True)  # an OpenAI server: keep asking
+    assert unasked == set()
+    learn_usage(unasked, "m", timings=True, asked=True, got=True)  # llama.cpp's server: ask no more
+    assert unasked == {"m"}
+    learn_usage(unasked, "m", timings=True, asked=False, got=True)
+    learn_usage(unasked, "m", timings=False, asked=False, got=True)  # the client asked itself: no change
+    assert unasked == {"m"}
+    learn_usage(unasked, "m", timings=False, asked=False, got=False)  # unasked, and none came: ask again
+    assert unasked == set()
 
 
 def test_finish_reasons_of_several_choices_are_all_read() -> None:

@@ -32,7 +32,10 @@ _USAGE_KEY = b'"usage"'
 _FINISH_SET = b'"finish_reason":"'
 _FINISH_SET_SPACED = b'"finish_reason": "'
 _USAGE_WINDOW = 512
-_MARKERS = re.compile(rb'"(?:finish_reason": ?"|usage"|error")')
+_MARKERS = re.compile(rb'"(?:finish_reason": ?"|usage"|error"|timings")')
+_TIMINGS_KEY = b'"timings"'
+_TIMINGS = re.compile(rb'"timings":\s*\{')
+_TIMING_NUMBERS = re.compile(rb'"(prompt_n|predicted_n|cache_n)":\s*(\d+)')
 _ERROR_EVENT = b'data: {"error":'
 _ERROR_CODE = re.compile(rb'"code":\s*"(\w+)"')
 
@@ -72,6 +75,21 @@ def _parse_usage_scan(data: bytes, start: int) -> Usage | None:
     return usage
 
 
+def parse_timings(data: bytes, start: int) -> Usage | None:
+    """The usage that llama.cpp's server gives in its ``timings`` object (at or after ``start``), which it
+    puts on a stream's last chunk unasked: ``prompt_n`` prompt tokens evaluated, ``cache_n`` taken from its
+    cache (their sum is its ``usage.prompt_tokens``, ``cache_n`` its ``cached_tokens``) and ``predicted_n``
+    generated. None unless both counts are there."""
+    match = _TIMINGS.search(data, start)
+    if match is None:
+        return None
+    found = dict(_TIMING_NUMBERS.findall(data, match.end(), match.end() + _USAGE_WINDOW))
+    if b"prompt_n" not in found or b"predicted_n" not in found:
+        return None
+    cached = int(found[b"cache_n"]) if b"cache_n" in found else None
+    return Usage(int(found[b"prompt_n"]) + (cached or 0), int(found[b"predicted_n"]), cached)
+
+
 def read_body(body: bytes, choices: int = 1) -> tuple[Usage | None, list[str]]:
     """Usage and finish reasons of a complete (non-streamed) response body with ``choices`` choices. For
     one choice only its last ``finish_reason`` is read (the body is not searched through twice)."""
@@ -102,7 +120,7 @@ class StreamReader:
     TAIL = 8
 
     __slots__ = ("_closed", "_held", "_tail", "done", "error_status", "every_chunk", "finish_reasons", "keep",
-                 "strip_usage", "usage")  # fmt: skip
+                 "strip_usage", "timings", "usage")  # fmt: skip
 
     def __init__(self, strip_usage: bool, every_chunk: bool = False) -> None:
         self.strip_usage = strip_usage
@@ -111,6 +129,7 @@ class StreamReader:
         self.finish_reasons: list[str] = []
         self.error_status: int | None = None  # an error event ended the stream (the status it stands for)
         self.done = False  # the stream's ``data: [DONE]`` has passed: the client has all of it
+        self.timings = False  # llama.cpp's ``timings`` came with it: its server reports usage unasked
         self._closed = False
         self._held = b""
         self._tail: deque[bytes] = deque(maxlen=self.TAIL)
@@ -189,9 +208,17 @@ class StreamReader:
                     self.usage = usage
                     break
                 at = text.rfind(_USAGE_KEY, 0, at)
+        self._read_timings(text, text.rfind(_TIMINGS_KEY))
         at = text.rfind(_ERROR_EVENT)
         if at != -1:
             self.error_status = _error_status(text, at)
+
+    def _read_timings(self, text: bytes, at: int) -> None:
+        """llama.cpp's ``timings`` at ``at`` (-1: none): its counts, when no ``usage`` object gave them."""
+        if at != -1 and (usage := parse_timings(text, at)) is not None:
+            self.timings = True
+            if self.usage is None:
+                self.usage = usage
 
     def _read(self, chunk: bytes) -> None:
         # One scan for the three rare things (a finish reason that is not null, a usage object, an error).
@@ -204,6 +231,7 @@ class StreamReader:
         at = chunk.find(_USAGE_KEY, start)
         if at != -1 and (usage := parse_usage(chunk, at)) is not None:
             self.usage = usage
+        self._read_timings(chunk, chunk.find(_TIMINGS_KEY, start))
         at = chunk.find(_ERROR_EVENT)
         if at != -1:
             self.error_status = _error_status(chunk, at)

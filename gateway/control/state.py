@@ -41,6 +41,9 @@ class Gateway:
     activity: Activity = field(default_factory=Activity)  # the last requests (fed by the metrics' batch)
     series: Series = field(default_factory=Series)  # a few numbers over time, for the console's charts
     fleet: Node | None = None  # cluster mode: this gateway in its fleet (gateway.fleet); None: alone
+    # Models whose streams end with llama.cpp's ``timings``: their usage is read from those, unasked
+    # (``gateway.http.openai_routes.OpenAIRoutes.learn_usage``).
+    usage_unasked: set[str] = field(default_factory=set)
 
     def engines_in_use(self) -> list[ContainerEngine]:
         """The engines some model may run on: only those are touched (cleaned up at startup)."""

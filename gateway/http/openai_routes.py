@@ -90,7 +90,13 @@ class _OpenAIFront:
         self.model = slot.name
         _check_endpoint(slot, endpoint, data["model"])
         stream = bool(data.get("stream"))
-        strip_usage = routes.observe and stream and endpoint != "embeddings" and ask_for_usage(data)
+        strip_usage = (
+            routes.observe
+            and stream
+            and endpoint != "embeddings"
+            and slot.name not in routes.usage_unasked
+            and ask_for_usage(data)
+        )
         request = routes.upstream_request(slot, endpoint, data, raw, strip_usage)
         trace = Trace(slot.name, endpoint, started, _int(data.get("n"), 1), _max_tokens(data))
         return Prepared(slot, request, trace, strip_usage)
@@ -99,6 +105,9 @@ class _OpenAIFront:
         self, upstream: UpstreamResponse, send: Send, trace: Trace | None, strip_usage: bool
     ) -> None:
         await relay(upstream, send, trace, strip_usage)
+        if trace is not None and trace.completed:
+            got = trace.usage is not None
+            learn_usage(self.routes.usage_unasked, self.model, trace.timings, strip_usage, got)
 
     def error(self, err: GatewayError) -> Response:
         return error_response(err)
@@ -118,6 +127,10 @@ class OpenAIRoutes:
         self.max_body = int(gw.settings.max_upstream_body_bytes)
         settings = gw.settings
         self.keys = KeyLimits(settings.key_max_concurrency, settings.key_max_queued)
+        # Models whose streams end with llama.cpp's ``timings`` (its server, in a process, a container or
+        # behind a remote URL): their usage is read from those, and ``include_usage`` is not asked for, which
+        # spares each stream an event to read and take out again (bench/README.md, issue 16).
+        self.usage_unasked = gw.usage_unasked
 
     def endpoints(self) -> dict[str, Handler]:
         """The POST endpoints, by path: plain ASGI handlers."""
@@ -379,6 +392,17 @@ def _check_endpoint(slot: ModelSlot, endpoint: Endpoint, name: str) -> None:
     if serves_embeddings is not None and (endpoint == "embeddings") != serves_embeddings:
         what = "embeddings only" if serves_embeddings else "no embeddings"
         raise InvalidRequest(f"model '{name}' serves {what}; it cannot answer /v1/{endpoint}", param="model")
+
+
+def learn_usage(unasked: set[str], model: str, timings: bool, asked: bool, got: bool) -> None:
+    """What a completed stream of ``model`` showed: llama.cpp's ``timings`` (its usage need not be asked for
+    from now on), or, not asked (``asked``: the gateway asked for the usage), no usage at all: ask again from
+    the next stream on (a reload may have put another server behind the name; that one stream went
+    uncounted). A client that asked itself leaves it as it was."""
+    if timings:
+        unasked.add(model)
+    elif not asked and not got:
+        unasked.discard(model)
 
 
 class _Added(dict[str, Any]):

@@ -183,7 +183,7 @@ async def _relay_traced(body: AsyncIterator[bytes], send: Send, trace: Trace, re
         if gaps:
             trace.first = began + gaps[0]
             del gaps[0]
-        trace.usage, trace.finish_reasons = reader.usage, reader.finish_reasons
+        trace.usage, trace.finish_reasons, trace.timings = reader.usage, reader.finish_reasons, reader.timings
         trace.completed = reader.error_status is None and (reader.done or ended)
         if reader.error_status is not None:
             trace.status = reader.error_status

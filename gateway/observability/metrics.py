@@ -77,6 +77,7 @@ class Trace:
     finish_reasons: list[str] = field(default_factory=list)
     body: bytes | None = None  # a complete (non-streamed) body, read for usage in the batch
     gaps: list[float] = field(default_factory=list)  # between streamed pieces (inter-token latency)
+    timings: bool = False  # the stream ended with llama.cpp's ``timings`` (its usage, unasked)
     key: str = ""  # the API key's name from the settings ("" on an open gateway), never the key itself
     priority: str = "interactive"  # the request's priority class
     ended: float = 0.0  # its last byte went out (``Metrics.finished``)
