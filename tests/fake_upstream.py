@@ -63,6 +63,10 @@ MESSAGE_END = (
     b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 )
 
+TIMINGS_EVENT = (
+    b'data: {"choices":[{"finish_reason":"length","index":0,"delta":{}}],"object":"chat.completion.chunk",'
+    b'"timings":{"cache_n":0,"prompt_n":1,"prompt_ms":1.0,"predicted_n":%d,"predicted_ms":1.0}}\n\n'
+)
 USAGE_EVENT = (
     b'data: {"id":"x","object":"chat.completion.chunk","choices":[],'
     b'"usage":{"prompt_tokens":1,"completion_tokens":64,"total_tokens":65}}\n\n'
@@ -70,13 +74,16 @@ USAGE_EVENT = (
 
 
 class FakeUpstream:
-    def __init__(self, mode: str = "ok", chunks: int = 8, chunk_delay: float = 0.0) -> None:
+    def __init__(
+        self, mode: str = "ok", chunks: int = 8, chunk_delay: float = 0.0, timings: bool = False
+    ) -> None:
         self.mode = mode  # ok | error500 | reset | slow_first | no_head | head_only | stall
         self.dropped = 0  # hung requests whose client closed the connection
         self.health_status = 200
         self.probes = 0  # health requests, counted apart from ``requests``
         self.chunks = chunks
         self.chunk_delay = chunk_delay
+        self.timings = timings  # end a stream as llama.cpp's server does: a last chunk with its ``timings``
         self.requests = 0
         self.models: list[str] = []
 
@@ -135,6 +142,8 @@ class FakeUpstream:
         if messages:
             await send({"type": "http.response.body", "body": MESSAGE_END % self.chunks, "more_body": False})
             return
+        if self.timings:
+            await send({"type": "http.response.body", "body": TIMINGS_EVENT % self.chunks, "more_body": True})
         if (request.get("stream_options") or {}).get("include_usage"):
             await send({"type": "http.response.body", "body": USAGE_EVENT, "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
@@ -195,9 +204,12 @@ def main() -> None:
     p.add_argument("--chunks", type=int, default=64)
     p.add_argument("--chunk-delay", type=float, default=0.0)
     p.add_argument("--starlette", action="store_true", help="serve tiny_json_app() instead")
+    p.add_argument("--timings", action="store_true", help="end streams with llama.cpp's timings")
     a = p.parse_args()
     uvicorn.run(
-        tiny_json_app() if a.starlette else FakeUpstream(chunks=a.chunks, chunk_delay=a.chunk_delay),
+        tiny_json_app()
+        if a.starlette
+        else FakeUpstream(chunks=a.chunks, chunk_delay=a.chunk_delay, timings=a.timings),
         host="127.0.0.1",
         port=a.port,
         log_level="warning",
