@@ -358,3 +358,32 @@ def test_a_replica_that_timed_out_is_ejected_before_a_queued_request_could_have_
         pool.release(busy)
 
     run(main)
+
+
+def test_an_interactive_request_preempts_a_batch_one_only_when_the_slot_would_go_to_it() -> None:
+    """One slot, held by a batch request whose answer has not come (preemptible). An interactive request
+    that must wait cuts it; but not while a batch request that has aged is next in line: the freed slot
+    would go to that one, and the cut would only have thrown work away."""
+
+    async def main(aging: float) -> tuple[int, bool]:
+        pool = Pool("m", [FakeBackend(capacity=1)], 8, random.Random(0), aging=aging, preempt=3)
+        held = await pool.acquire(1, priority="batch")
+        answer = asyncio.ensure_future(asyncio.Event().wait())  # the batch request's answer, still coming
+        pool.preemptible(answer)  # type: ignore[arg-type]
+        waiting_batch = asyncio.ensure_future(pool.acquire(5, priority="batch"))
+        await asyncio.sleep(0)  # queued (aged at once when aging is 0)
+        interactive = asyncio.ensure_future(pool.acquire(5, priority="interactive"))
+        await asyncio.sleep(0)
+        cut = answer.cancelled() or answer.cancelling() > 0
+        answer.cancel()
+        pool.release(held, priority="batch")
+        first = await asyncio.wait({waiting_batch, interactive}, return_when=asyncio.FIRST_COMPLETED)
+        batch_first = waiting_batch in first[0]
+        for task in (waiting_batch, interactive):
+            task.cancel()
+        await asyncio.gather(waiting_batch, interactive, return_exceptions=True)
+        return pool.preempted, cut and not batch_first
+
+    assert asyncio.run(main(aging=30.0)) == (1, True)  # the interactive one is next: the batch one is cut
+    preempted, _ = asyncio.run(main(aging=0.0))  # the waiting batch request has aged: it is next
+    assert preempted == 0

@@ -108,6 +108,10 @@ class FairQueue(Generic[T]):
                 return item, priority
         return None
 
+    def next_class(self, now: float, batch_allowed: bool = True) -> Priority | None:
+        """The class whose item ``take`` would give next (requests that gave up may still be counted)."""
+        return self._next_class(now, batch_allowed)
+
     def _next_class(self, now: float, batch_allowed: bool = True) -> Priority | None:
         interactive, batch = self._classes["interactive"], self._classes["batch"]
         if not batch_allowed or not batch.lines:

@@ -10,7 +10,8 @@ interactive request that has to wait **preempts** a batch request that has sent 
 (``preemptible``: its dispatch is still waiting for the replica's answer): the batch request is cut, its
 slot goes to the interactive request, and it runs again from the start once a slot is free for it, at most
 ``preempt`` times (then it runs to its end: batch work is delayed, never starved). The latest started is cut
-first: it has the least work to lose.
+first: it has the least work to lose. Nothing is cut when the slot would go to a batch request instead (one
+that has waited past the aging limit is next in the queue's order): that cut would gain nothing.
 
 A replica leaves the rotation three ways, and ``Replica`` holds the (pure) rules for them:
 
@@ -225,8 +226,8 @@ class Pool:
         # A place may be free behind requests that gave up (they count until a dispatch drops them): this
         # request must not wait for the next release to find it.
         self._dispatch()
-        if priority == "interactive" and not waiter.done():
-            self._cut_one()
+        if priority == "interactive" and not waiter.done() and self._waiters.next_class(now) == "interactive":
+            self._cut_one()  # not when the slot would go to a batch request that has aged: a wasted cut
         try:
             done, _ = await asyncio.wait({waiter}, timeout=timeout)
         except BaseException:
