@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass, field
 
 from backends.docker.interface import ContainerEngine
@@ -17,6 +18,7 @@ from gateway.observability.background import Background
 from gateway.observability.footprint import Footprints
 from gateway.observability.metrics import Metrics
 from gateway.scheduling.host_loss import HostLoss
+from gateway.scheduling.lifecycle import ModelSlot
 from gateway.scheduling.pins import Pins
 from gateway.scheduling.registry import Registry
 from gateway.scheduling.scheduler import Scheduler
@@ -41,9 +43,9 @@ class Gateway:
     activity: Activity = field(default_factory=Activity)  # the last requests (fed by the metrics' batch)
     series: Series = field(default_factory=Series)  # a few numbers over time, for the console's charts
     fleet: Node | None = None  # cluster mode: this gateway in its fleet (gateway.fleet); None: alone
-    # Models whose streams end with llama.cpp's ``timings``: their usage is read from those, unasked
-    # (``gateway.http.openai_routes.OpenAIRoutes.learn_usage``).
-    usage_unasked: set[str] = field(default_factory=set)
+    # Models (each version: a reload starts again) whose streams end with llama.cpp's ``timings``: their
+    # usage is read from those, unasked (``gateway.http.openai_routes.learn_usage``).
+    usage_unasked: weakref.WeakSet[ModelSlot] = field(default_factory=weakref.WeakSet)
 
     def engines_in_use(self) -> list[ContainerEngine]:
         """The engines some model may run on: only those are touched (cleaned up at startup)."""

@@ -14,8 +14,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Hashable
-from typing import Any
+from collections.abc import Hashable, MutableSet
+from typing import Any, TypeVar
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -60,6 +60,7 @@ from gateway.routing.fair_queue import Priority
 from gateway.scheduling.lifecycle import Lease, ModelSlot, State
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMAS: dict[Endpoint, type[_Body]] = {
     "chat/completions": ChatRequest,
@@ -82,19 +83,21 @@ class _OpenAIFront:
         self.routes = routes
         self.endpoint = endpoint
         self.model = ""
+        self.slot: ModelSlot | None = None
+        self.stream = False
 
     async def prepare(self, raw: bytes, started: float) -> Prepared:
         routes, endpoint = self.routes, self.endpoint
         data = decode(raw)
         slot = routes.gw.registry.resolve(data["model"])
-        self.model = slot.name
+        self.model, self.slot = slot.name, slot
         _check_endpoint(slot, endpoint, data["model"])
-        stream = bool(data.get("stream"))
+        stream = self.stream = bool(data.get("stream"))
         strip_usage = (
             routes.observe
             and stream
             and endpoint != "embeddings"
-            and slot.name not in routes.usage_unasked
+            and slot not in routes.usage_unasked
             and ask_for_usage(data)
         )
         request = routes.upstream_request(slot, endpoint, data, raw, strip_usage)
@@ -105,9 +108,9 @@ class _OpenAIFront:
         self, upstream: UpstreamResponse, send: Send, trace: Trace | None, strip_usage: bool
     ) -> None:
         await relay(upstream, send, trace, strip_usage)
-        if trace is not None and trace.completed:
+        if self.stream and trace is not None and trace.completed and self.slot is not None:
             got = trace.usage is not None
-            learn_usage(self.routes.usage_unasked, self.model, trace.timings, strip_usage, got)
+            learn_usage(self.routes.usage_unasked, self.slot, trace.timings, strip_usage, got)
 
     def error(self, err: GatewayError) -> Response:
         return error_response(err)
@@ -394,10 +397,10 @@ def _check_endpoint(slot: ModelSlot, endpoint: Endpoint, name: str) -> None:
         raise InvalidRequest(f"model '{name}' serves {what}; it cannot answer /v1/{endpoint}", param="model")
 
 
-def learn_usage(unasked: set[str], model: str, timings: bool, asked: bool, got: bool) -> None:
+def learn_usage(unasked: MutableSet[T], model: T, timings: bool, asked: bool, got: bool) -> None:
     """What a completed stream of ``model`` showed: llama.cpp's ``timings`` (its usage need not be asked for
     from now on), or, not asked (``asked``: the gateway asked for the usage), no usage at all: ask again from
-    the next stream on (a reload may have put another server behind the name; that one stream went
+    the next stream on (a model whose replicas are not all llama.cpp servers; that one stream went
     uncounted). A client that asked itself leaves it as it was."""
     if timings:
         unasked.add(model)

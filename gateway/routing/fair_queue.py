@@ -99,7 +99,7 @@ class FairQueue(Generic[T]):
         start now (batch holds all the slots it may, ``batch_limit``): the next interactive item, even behind
         an aged batch one (the free slot is not left idle), or None when only batch items wait."""
         while self._count:
-            priority = self._next_class(now, batch)
+            priority = self.next_class(now, batch)
             if priority is None:
                 return None
             item = self._classes[priority].pop()
@@ -110,9 +110,6 @@ class FairQueue(Generic[T]):
 
     def next_class(self, now: float, batch_allowed: bool = True) -> Priority | None:
         """The class whose item ``take`` would give next (requests that gave up may still be counted)."""
-        return self._next_class(now, batch_allowed)
-
-    def _next_class(self, now: float, batch_allowed: bool = True) -> Priority | None:
         interactive, batch = self._classes["interactive"], self._classes["batch"]
         if not batch_allowed or not batch.lines:
             return "interactive" if interactive.lines else None
