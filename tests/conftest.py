@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 import uvloop
 import yaml
+from hypothesis import settings as hypothesis_settings
 
 from backends.kinds import Kinds
 from gateway.config.settings import Settings
@@ -26,6 +27,11 @@ from gateway.http.app import build_app
 from gateway.http.server_limits import server_options
 from tests.fake_upstream import FakeUpstream, RunningUpstream
 from tests.synthetic_gguf import Shape, write_model
+
+# No time limit on a Hypothesis example (its default is 200 ms): on a loaded machine a pure test's example can
+# take longer, and that is not a failure (a unit test has no time limit here).
+hypothesis_settings.register_profile("no-deadline", deadline=None)
+hypothesis_settings.load_profile("no-deadline")
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2 = ROOT / "manifests" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"

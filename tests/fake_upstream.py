@@ -63,10 +63,12 @@ MESSAGE_END = (
     b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 )
 
-TIMINGS_EVENT = (
-    b'data: {"choices":[{"finish_reason":"length","index":0,"delta":{}}],"object":"chat.completion.chunk",'
-    b'"timings":{"cache_n":0,"prompt_n":1,"prompt_ms":1.0,"predicted_n":%d,"predicted_ms":1.0}}\n\n'
+TIMINGS = b'"timings":{"cache_n":0,"prompt_n":1,"prompt_ms":1.0,"predicted_n":%d,"predicted_ms":1.0}'
+FINISH_EVENT = (
+    b'data: {"choices":[{"finish_reason":"length","index":0,"delta":{}}],'
+    b'"object":"chat.completion.chunk"}\n\n'
 )
+TIMINGS_EVENT = FINISH_EVENT.replace(b"}\n\n", b"," + TIMINGS + b"}\n\n")
 USAGE_EVENT = (
     b'data: {"id":"x","object":"chat.completion.chunk","choices":[],'
     b'"usage":{"prompt_tokens":1,"completion_tokens":64,"total_tokens":65}}\n\n'
@@ -86,6 +88,7 @@ class FakeUpstream:
         self.timings = timings  # end a stream as llama.cpp's server does: a last chunk with its ``timings``
         self.requests = 0
         self.models: list[str] = []
+        self.asked_usage: list[bool] = []  # per stream: whether the request asked for the usage event
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -142,9 +145,17 @@ class FakeUpstream:
         if messages:
             await send({"type": "http.response.body", "body": MESSAGE_END % self.chunks, "more_body": False})
             return
-        if self.timings:
-            await send({"type": "http.response.body", "body": TIMINGS_EVENT % self.chunks, "more_body": True})
-        if (request.get("stream_options") or {}).get("include_usage"):
+        asked = bool((request.get("stream_options") or {}).get("include_usage"))
+        self.asked_usage.append(asked)
+        if self.timings:  # as llama.cpp's server: the timings go on the last event, the usage one when asked
+            finish = TIMINGS_EVENT % self.chunks
+            await send(
+                {"type": "http.response.body", "body": FINISH_EVENT if asked else finish, "more_body": True}
+            )
+            if asked:
+                usage = USAGE_EVENT.replace(b"}}\n\n", b"}," + TIMINGS % self.chunks + b"}\n\n")
+                await send({"type": "http.response.body", "body": usage, "more_body": True})
+        elif asked:
             await send({"type": "http.response.body", "body": USAGE_EVENT, "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 

@@ -365,13 +365,17 @@ def test_an_interactive_request_preempts_a_batch_one_only_when_the_slot_would_go
     that must wait cuts it; but not while a batch request that has aged is next in line: the freed slot
     would go to that one, and the cut would only have thrown work away."""
 
-    async def main(aging: float) -> tuple[int, bool]:
+    async def main(aging: float, gave_up: bool = False) -> tuple[int, bool]:
         pool = Pool("m", [FakeBackend(capacity=1)], 8, random.Random(0), aging=aging, preempt=3)
         held = await pool.acquire(1, priority="batch")
         answer = asyncio.ensure_future(asyncio.Event().wait())  # the batch request's answer, still coming
         pool.preemptible(answer)  # type: ignore[arg-type]
         waiting_batch = asyncio.ensure_future(pool.acquire(5, priority="batch"))
         await asyncio.sleep(0)  # queued (aged at once when aging is 0)
+        if gave_up:  # its client left: it must not count as the batch request next in line
+            waiting_batch.cancel()
+            await asyncio.gather(waiting_batch, return_exceptions=True)
+            waiting_batch = asyncio.ensure_future(asyncio.Event().wait())
         interactive = asyncio.ensure_future(pool.acquire(5, priority="interactive"))
         await asyncio.sleep(0)
         cut = answer.cancelled() or answer.cancelling() > 0
@@ -387,3 +391,4 @@ def test_an_interactive_request_preempts_a_batch_one_only_when_the_slot_would_go
     assert asyncio.run(main(aging=30.0)) == (1, True)  # the interactive one is next: the batch one is cut
     preempted, _ = asyncio.run(main(aging=0.0))  # the waiting batch request has aged: it is next
     assert preempted == 0
+    assert asyncio.run(main(aging=0.0, gave_up=True)) == (1, True)  # it gave up: the interactive one is next

@@ -16,7 +16,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import EOS, SMOLLM2, RunningGateway, llama_manifest, wait_for
+from tests.conftest import EOS, SMOLLM2, RunningGateway, free_port, llama_manifest, wait_for
+from tests.fake_upstream import FakeUpstream, RunningUpstream
 from tests.test_llama_server import server_manifest
 
 pytestmark = pytest.mark.slow
@@ -148,6 +149,61 @@ def test_token_counts_and_latencies_match_what_the_clients_received(
     assert total(m, "gateway_model_memory_measured_bytes", model_name="server") > 50 * 2**20  # its RSS
     assert total(m, "gateway_model_memory_estimated_bytes", model_name="server") > 0
     assert total(m, "gateway_memory_used_bytes") == total(m, "gateway_model_memory_estimated_bytes")
+
+
+def test_a_llama_server_stream_is_counted_from_its_timings_without_asking_for_its_usage(
+    serve: Callable[..., RunningGateway],
+) -> None:
+    """The real llama-server: the gateway asks for the first stream's usage (for a client that did not),
+    takes that event out, and finds llama.cpp's ``timings`` on it; from then on it does not ask, and counts
+    the streams from their timings. Every count equals the non-streamed twin's usage (the prompt repeats:
+    right only if the cached part is counted)."""
+    gw = serve([server_manifest("server", SMOLLM2, n_ctx=1024)], engine_scrape_interval=0)
+    client = gw.client()
+    twin = client.chat.completions.create(model="server", messages=PROMPT, max_tokens=8, temperature=0).usage
+    assert twin is not None
+    slot = gw.gateway.registry.slots["server"]
+    assert slot not in gw.gateway.usage_unasked
+    for _ in range(2):
+        chunks = list(
+            client.chat.completions.create(
+                model="server", messages=PROMPT, max_tokens=8, temperature=0, stream=True
+            )
+        )
+        assert chunks and all(c.usage is None and c.choices for c in chunks)  # no usage event: not asked
+        # noted as the handler ends, a moment after the client has its last byte
+        wait_for(lambda: slot in gw.gateway.usage_unasked, "llama.cpp's timings to be noted")
+    m = settled(gw, lambda s: total(s, "vllm:e2e_request_latency_seconds_count", model_name="server") == 3)
+    assert total(m, "vllm:prompt_tokens_total", model_name="server") == 3 * twin.prompt_tokens
+    assert total(m, "vllm:generation_tokens_total", model_name="server") == 3 * twin.completion_tokens
+
+
+def test_usage_is_not_asked_for_once_a_stream_showed_timings_and_asked_again_after_one_without(
+    serve: Callable[..., RunningGateway],
+) -> None:
+    """The wiring, on the fake upstream (which records whether each stream asked for the usage): llama.cpp's
+    timings seen on the first stream's usage event, the next streams are not asked; an upstream that then
+    gives no usage unasked (another server behind the name) is asked again from the stream after."""
+    with RunningUpstream(FakeUpstream(chunks=4, timings=True), free_port()) as up:
+        gw = serve([{"name": "m", "backend": {"kind": "remote", "endpoints": [{"url": up.url}]}}])
+        client = gw.client()
+        slot = gw.gateway.registry.slots["m"]
+
+        def stream() -> None:
+            chunks = list(client.chat.completions.create(model="m", messages=PROMPT, stream=True))
+            assert chunks and all(c.usage is None and c.choices for c in chunks)  # the client never asked
+
+        stream()
+        wait_for(lambda: slot in gw.gateway.usage_unasked, "the timings to be noted")
+        stream()
+        up.app.timings = False  # now an upstream that reports nothing unasked
+        stream()
+        wait_for(lambda: slot not in gw.gateway.usage_unasked, "the model to be asked again")
+        stream()
+        assert up.app.asked_usage == [True, False, False, True]
+        m = settled(gw, lambda s: total(s, "vllm:e2e_request_latency_seconds_count", model_name="m") == 4)
+        # Counted from the usage event, the timings, nothing (the third: unasked, none came), the usage event.
+        assert total(m, "vllm:generation_tokens_total", model_name="m") == 64 + 4 + 64
 
 
 def test_a_stream_cut_by_an_eviction_is_counted_as_what_it_was(

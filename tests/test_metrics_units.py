@@ -184,11 +184,37 @@ def test_a_usage_object_outweighs_the_timings_and_timings_without_counts_are_non
         reader.keep(chunk)
     reader.close()
     assert reader.usage == Usage(40, 5) and reader.timings
-    reader = StreamReader(strip_usage=False)
-    for chunk in (CONTENT[0], TIMED.replace(b'"predicted_n"', b'"predicted"'), DONE):
-        reader.keep(chunk)
+    for missing in (b'"predicted_n"', b'"cache_n"'):  # without cache_n a cached prompt would be undercounted
+        reader = StreamReader(strip_usage=False)
+        for chunk in (CONTENT[0], TIMED.replace(missing, b'"other"'), DONE):
+            reader.keep(chunk)
+        reader.close()
+        assert reader.usage is None and not reader.timings
+
+
+@pytest.mark.parametrize("every_chunk", [False, True])
+def test_timings_on_the_usage_event_the_gateway_takes_out_are_noted(every_chunk: bool) -> None:
+    """Asked for the usage, llama.cpp's server puts its timings on the usage event; the gateway takes that
+    event out, and must note the timings first, or it would keep asking."""
+    finish = TIMED[: TIMED.index(b',"timings"')] + b"}\n\n"
+    timings = TIMED[TIMED.index(b'"timings"') : -3]
+    usage = USAGE[: -len(b"}\n\n")] + b"," + timings + b"}\n\n"
+    reader = StreamReader(strip_usage=True, every_chunk=every_chunk)
+    out = b"".join(reader.feed(c) for c in (CONTENT[0], finish, usage, DONE)) + reader.close()
+    assert out == CONTENT[0] + finish + DONE
+    assert reader.timings and reader.usage is not None
+    assert (reader.usage.prompt_tokens, reader.usage.completion_tokens) == (31, 3)  # the usage object's
+
+
+def test_per_token_timings_of_several_choices_count_the_last() -> None:
+    """``timings_per_token``: every chunk has timings; with several choices each chunk is read as it
+    passes, and the last timings are the stream's counts."""
+    reader = StreamReader(strip_usage=False, every_chunk=True)
+    for n in range(1, 5):
+        reader.feed(TIMED.replace(b'"predicted_n":5', b'"predicted_n":%d' % n))
+    reader.feed(DONE)
     reader.close()
-    assert reader.usage is None and not reader.timings
+    assert reader.usage == Usage(prompt_tokens=39, completion_tokens=4, cached_tokens=38)
 
 
 def test_usage_is_asked_for_until_a_stream_shows_timings_and_again_when_one_unasked_has_no_usage() -> None:

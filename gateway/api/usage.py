@@ -79,15 +79,15 @@ def parse_timings(data: bytes, start: int) -> Usage | None:
     """The usage that llama.cpp's server gives in its ``timings`` object (at or after ``start``), which it
     puts on a stream's last chunk unasked: ``prompt_n`` prompt tokens evaluated, ``cache_n`` taken from its
     cache (their sum is its ``usage.prompt_tokens``, ``cache_n`` its ``cached_tokens``) and ``predicted_n``
-    generated. None unless both counts are there."""
+    generated. None unless all three are there."""
     match = _TIMINGS.search(data, start)
     if match is None:
         return None
     found = dict(_TIMING_NUMBERS.findall(data, match.end(), match.end() + _USAGE_WINDOW))
-    if b"prompt_n" not in found or b"predicted_n" not in found:
+    if len(found) < 3:  # an older server without ``cache_n`` would undercount a prompt taken from its cache
         return None
-    cached = int(found[b"cache_n"]) if b"cache_n" in found else None
-    return Usage(int(found[b"prompt_n"]) + (cached or 0), int(found[b"predicted_n"]), cached)
+    cached = int(found[b"cache_n"])
+    return Usage(int(found[b"prompt_n"]) + cached, int(found[b"predicted_n"]), cached)
 
 
 def read_body(body: bytes, choices: int = 1) -> tuple[Usage | None, list[str]]:
@@ -119,8 +119,8 @@ class StreamReader:
 
     TAIL = 8
 
-    __slots__ = ("_closed", "_held", "_tail", "done", "error_status", "every_chunk", "finish_reasons", "keep",
-                 "strip_usage", "timings", "usage")  # fmt: skip
+    __slots__ = ("_closed", "_from_timings", "_held", "_tail", "done", "error_status", "every_chunk",
+                 "finish_reasons", "keep", "strip_usage", "timings", "usage")  # fmt: skip
 
     def __init__(self, strip_usage: bool, every_chunk: bool = False) -> None:
         self.strip_usage = strip_usage
@@ -130,6 +130,7 @@ class StreamReader:
         self.error_status: int | None = None  # an error event ended the stream (the status it stands for)
         self.done = False  # the stream's ``data: [DONE]`` has passed: the client has all of it
         self.timings = False  # llama.cpp's ``timings`` came with it: its server reports usage unasked
+        self._from_timings = False  # ``usage`` came from timings (later ones, or a usage object, replace it)
         self._closed = False
         self._held = b""
         self._tail: deque[bytes] = deque(maxlen=self.TAIL)
@@ -188,7 +189,12 @@ class StreamReader:
             return chunk
         stripped = _without_usage_event(chunk, at, self._tail[-1] if self._tail else b"")
         if stripped is not chunk:
-            self.usage = usage
+            self.usage, self._from_timings = usage, False
+            # llama.cpp's server puts its ``timings`` on its last event, which is this one when asked: note
+            # them before the event goes (then the gateway need not ask again).
+            timings = chunk.find(_TIMINGS_KEY, at, chunk.find(_EVENT_END, at))
+            if timings != -1 and parse_timings(chunk, timings) is not None:
+                self.timings = True
         return stripped
 
     def _read_end(self, text: bytes) -> None:
@@ -214,11 +220,12 @@ class StreamReader:
             self.error_status = _error_status(text, at)
 
     def _read_timings(self, text: bytes, at: int) -> None:
-        """llama.cpp's ``timings`` at ``at`` (-1: none): its counts, when no ``usage`` object gave them."""
+        """llama.cpp's ``timings`` at ``at`` (-1: none): its counts, when no ``usage`` object gave them (a
+        server asked for ``timings_per_token`` sends them on every chunk: the last ones count)."""
         if at != -1 and (usage := parse_timings(text, at)) is not None:
             self.timings = True
-            if self.usage is None:
-                self.usage = usage
+            if self.usage is None or self._from_timings:
+                self.usage, self._from_timings = usage, True
 
     def _read(self, chunk: bytes) -> None:
         # One scan for the three rare things (a finish reason that is not null, a usage object, an error).
@@ -230,7 +237,7 @@ class StreamReader:
         self.finish_reasons.extend(m.decode() for m in _FINISH.findall(chunk, start))
         at = chunk.find(_USAGE_KEY, start)
         if at != -1 and (usage := parse_usage(chunk, at)) is not None:
-            self.usage = usage
+            self.usage, self._from_timings = usage, False
         self._read_timings(chunk, chunk.find(_TIMINGS_KEY, start))
         at = chunk.find(_ERROR_EVENT)
         if at != -1:

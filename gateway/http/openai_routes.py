@@ -107,10 +107,15 @@ class _OpenAIFront:
     async def relay(
         self, upstream: UpstreamResponse, send: Send, trace: Trace | None, strip_usage: bool
     ) -> None:
-        await relay(upstream, send, trace, strip_usage)
-        if self.stream and trace is not None and trace.completed and self.slot is not None:
-            got = trace.usage is not None
-            learn_usage(self.routes.usage_unasked, self.slot, trace.timings, strip_usage, got)
+        try:
+            await relay(upstream, send, trace, strip_usage)
+        finally:  # also when the client left once it had ``[DONE]``: the stream was complete all the same
+            streamed = (
+                upstream.status == 200 and "content-length" not in upstream.headers
+            )  # not an error body
+            if self.stream and streamed and trace is not None and trace.completed and self.slot is not None:
+                got = trace.usage is not None
+                learn_usage(self.routes.usage_unasked, self.slot, trace.timings, strip_usage, got)
 
     def error(self, err: GatewayError) -> Response:
         return error_response(err)

@@ -63,6 +63,19 @@ class _Class(Generic[T]):
             self.lines[key] = line  # its next request waits for its next turn: to the back of the round
         return item
 
+    def drop_dead_heads(self, dead: Callable[[T], bool]) -> int:
+        """Forget the dead items at the heads of the lines (what ``oldest`` and the next ``pop`` see); how
+        many."""
+        dropped = 0
+        for key in list(self.lines):
+            line = self.lines[key]
+            while line and dead(line[0][1]):
+                line.popleft()
+                dropped += 1
+            if not line:
+                del self.lines[key]
+        return dropped
+
     def drop(self, dead: Callable[[T], bool]) -> None:
         for key in list(self.lines):
             line = deque(entry for entry in self.lines[key] if not dead(entry[1]))
@@ -109,7 +122,10 @@ class FairQueue(Generic[T]):
         return None
 
     def next_class(self, now: float, batch_allowed: bool = True) -> Priority | None:
-        """The class whose item ``take`` would give next (requests that gave up may still be counted)."""
+        """The class whose item ``take`` would give next. Requests that gave up at the heads of the lines are
+        forgotten first: a batch request that timed out in the queue must not count as aged."""
+        for c in self._classes.values():
+            self._count -= c.drop_dead_heads(self._dead)
         interactive, batch = self._classes["interactive"], self._classes["batch"]
         if not batch_allowed or not batch.lines:
             return "interactive" if interactive.lines else None
