@@ -57,6 +57,21 @@ def test_a_busy_resident_is_protected_until_the_bound() -> None:
     assert admit(target, [busy], 100.0, Policy("fifo")) == OPEN
 
 
+def test_a_linger_ends_at_the_instant_admission_asks_again() -> None:
+    """Where ``now - last_used`` rounds below the linger at ``last_used + linger`` (these floats), the
+    resident counted as busy at the very instant admission had said to ask again, which then said the same
+    instant again: the load was decided again and again without the clock moving (a hang found by a run of
+    the whole suite beside a busy loop)."""
+    last = 511.74921327834824
+    assert (last + 0.5) - last < 0.5  # the rounding itself
+    idle = Activity("a", in_flight=0, queued=0, last_used=last)
+    target = Waiting(oldest=last, max_swap_wait=SWAP_WAIT)
+    answer = admit(target, [idle], last + 0.1, POLICY)
+    assert answer == Admission(frozenset({"a"}), last + 0.5)
+    assert not busy(idle, last + 0.5, 0.5)
+    assert admit(target, [idle], answer.recheck_at, POLICY) == OPEN  # type: ignore[arg-type]
+
+
 def test_interactive_requests_do_not_wait_for_a_batch_flood() -> None:
     """A resident busy with batch work only is drained at once for a model an interactive request waits
     for; against a load only batch requests wait for, it keeps its turn like any busy resident. One with
@@ -122,6 +137,9 @@ def test_the_answer_never_outlives_the_bound(
         assert answer == OPEN
     if answer.protected:
         assert answer.recheck_at is not None and now <= answer.recheck_at <= start + wait
+        # Asked again when it said, the answer has moved on (a resident stopped counting as busy, or the
+        # turn came): an answer that stayed the same would be asked again at once, forever.
+        assert admit(target, activity, answer.recheck_at, POLICY) != answer
     if interactive:  # a batch-only resident never holds up a model an interactive request waits for
         assert not answer.protected & {r.name for r in activity if not r.interactive}
     # the turn comes early by the swap's expected time (the drain of the busy residents it would evict and

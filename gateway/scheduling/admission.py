@@ -99,7 +99,11 @@ OPEN = Admission(frozenset(), None)
 
 
 def busy(resident: Activity, now: float, linger: float) -> bool:
-    return resident.in_flight > 0 or resident.queued > 0 or now - resident.last_used < linger
+    """Work in flight or queued, or its last request ended within ``linger``. The linger's end is
+    ``last_used + linger``, the very sum ``admit`` asks again at. Written as ``now - last_used < linger``,
+    rounding kept a resident busy at that instant (512.2492132783482 - 511.74921327834824 reads
+    0.49999999999994), and the load asked again at once, forever (tests/test_admission.py)."""
+    return resident.in_flight > 0 or resident.queued > 0 or now < resident.last_used + linger
 
 
 def expected_drain(in_flight: int, pace: float | None, grace: float) -> float:

@@ -209,7 +209,7 @@ class ModelSlot:
         """Some of the model's work is interactive: a request waiting for it, one holding a lease (in flight
         or queued for a replica), or one that ended within ``linger`` (its client's next is on its way)."""
         held = self._interactive_waits > 0 or self._interactive_leases > 0
-        return held or now - self.last_interactive < linger
+        return held or now < self.last_interactive + linger  # the sum admission asks again at (``busy``)
 
     async def waiters_served(self) -> None:
         """Returns once no request waits for the model itself (they have their leases, or gave up)."""
