@@ -117,7 +117,7 @@ class StreamReader:
     bytes object. With several choices (``every_chunk``), which finish at different points, every chunk
     goes through ``feed`` and is read as it passes."""
 
-    TAIL = 8
+    TAIL = 16
 
     __slots__ = ("_closed", "_from_timings", "_held", "_tail", "done", "error_status", "every_chunk",
                  "finish_reasons", "keep", "strip_usage", "timings", "usage")  # fmt: skip
