@@ -192,9 +192,7 @@ class StreamReader:
             self.usage, self._from_timings = usage, False
             # llama.cpp's server puts its ``timings`` on its last event, which is this one when asked: note
             # them before the event goes (then the gateway need not ask again).
-            timings = chunk.find(_TIMINGS_KEY, at, chunk.find(_EVENT_END, at))
-            if timings != -1 and parse_timings(chunk, timings) is not None:
-                self.timings = True
+            self._read_timings(chunk, chunk.find(_TIMINGS_KEY, at, chunk.find(_EVENT_END, at)))
         return stripped
 
     def _read_end(self, text: bytes) -> None:

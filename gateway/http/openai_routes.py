@@ -110,9 +110,8 @@ class _OpenAIFront:
         try:
             await relay(upstream, send, trace, strip_usage)
         finally:  # also when the client left once it had ``[DONE]``: the stream was complete all the same
-            streamed = (
-                upstream.status == 200 and "content-length" not in upstream.headers
-            )  # not an error body
+            # a 200 stream, not an error's body
+            streamed = upstream.status == 200 and "content-length" not in upstream.headers
             if self.stream and streamed and trace is not None and trace.completed and self.slot is not None:
                 got = trace.usage is not None
                 learn_usage(self.routes.usage_unasked, self.slot, trace.timings, strip_usage, got)
