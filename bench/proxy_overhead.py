@@ -9,7 +9,8 @@
 
     python bench/proxy_overhead.py [--overhead-only | --llama-server-only [--engine-core]] [--rounds N]
     python bench/proxy_overhead.py --replicas-only
-    python bench/proxy_overhead.py --metrics-only [--rounds N]   (metrics on against off)
+    python bench/proxy_overhead.py --metrics-only [--rounds N] [--control]   (metrics on against off;
+        --control: both gateways with metrics off, the method's own bias)
     python bench/proxy_overhead.py --tail-only [--rounds N]      (p99: upstream, gateway, GC untuned)
 
 It needs wrk (apt-get install wrk) and `llm-gateway build-llama-server`.
@@ -356,7 +357,7 @@ def tail_rows(rounds: int = 3) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def metrics_rows(rounds: int = 5) -> list[tuple[str, str, str, str]]:
+def metrics_rows(rounds: int = 5, control: bool = False) -> list[tuple[str, str, str, str]]:
     """The cost of the metrics: two gateways of the same build, one with GATEWAY_METRICS=false, pinned to the
     same core and loaded at the same time (a wrk each, 8 connections, on the other core with the fake
     upstream). Both share every moment of the machine's drift, which on this machine moves one gateway's CPU
@@ -364,7 +365,10 @@ def metrics_rows(rounds: int = 5) -> list[tuple[str, str, str, str]]:
     round, is what is steady. Reported: each one's CPU time per request (from /proc) and req/s, medians of
     ``rounds``, and the median of the rounds' ratios. Streams are measured against two upstreams: one that
     gives its usage only when asked (OpenAI's servers, vLLM: the gateway asks and takes the event out again)
-    and one that ends its streams with llama.cpp's ``timings`` (llama-server: read unasked)."""
+    and one that ends its streams with llama.cpp's ``timings`` (llama-server: read unasked).
+
+    ``control``: the "on" gateway has its metrics off too (an A/A run): the ratios it gives are the method's
+    own bias and noise, against which the real run is read."""
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     seconds = 4
     rows: list[tuple[str, str, str, str]] = []
@@ -377,8 +381,9 @@ def metrics_rows(rounds: int = 5) -> list[tuple[str, str, str, str]]:
         upstream = spawn([sys.executable, "tests/fake_upstream.py", "--port", "18951", *upstream_flags], "1")
         wait_http("http://127.0.0.1:18951/health")
         ports = {"off": 18952, "on": 18953}
+        metrics = {"off": "False", "on": str(not control)}
         gateways = {
-            key: remote_gateway("http://127.0.0.1:18951", 1000, port, {"GATEWAY_METRICS": str(key == "on")})
+            key: remote_gateway("http://127.0.0.1:18951", 1000, port, {"GATEWAY_METRICS": metrics[key]})
             for key, port in ports.items()
         }
         request = {**body, "stream": True} if stream else body
@@ -386,8 +391,8 @@ def metrics_rows(rounds: int = 5) -> list[tuple[str, str, str, str]]:
         cpu: dict[str, list[float]] = {k: [] for k in ports}
         try:
             _paired(gateways, ports, request, 2)  # warm-up (and the llama.cpp upstream's usage is learned)
-            for _ in range(rounds):
-                rate, used = _paired(gateways, ports, request, seconds)
+            for i in range(rounds):
+                rate, used = _paired(gateways, ports, request, seconds, reverse=i % 2 == 1)
                 for k in ports:
                     rps[k].append(rate[k])
                     cpu[k].append(used[k])
@@ -417,17 +422,24 @@ def metrics_rows(rounds: int = 5) -> list[tuple[str, str, str, str]]:
 
 
 def _paired(
-    gateways: dict[str, subprocess.Popen[bytes]], ports: dict[str, int], body: dict[str, object], seconds: int
+    gateways: dict[str, subprocess.Popen[bytes]],
+    ports: dict[str, int],
+    body: dict[str, object],
+    seconds: int,
+    reverse: bool = False,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Both gateways loaded at once for ``seconds``: each one's req/s and CPU microseconds per request."""
+    """Both gateways loaded at once for ``seconds``: each one's req/s and CPU microseconds per request.
+    ``reverse``: the second gateway's load is started first (the rounds alternate, so that whatever the
+    first one started gains falls on both alike)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(LUA % json.dumps(body))
     before = {k: cpu_seconds(gw.pid) for k, gw in gateways.items()}
     wrk = ["taskset", "-c", "1", "wrk", "-t1", "-c8", f"-d{seconds}s", "-s", f.name]
     path = "/v1/chat/completions"
+    order = list(ports.items())[:: -1 if reverse else 1]
     runs = {
         k: subprocess.Popen([*wrk, f"http://127.0.0.1:{port}{path}"], stdout=subprocess.PIPE, text=True)
-        for k, port in ports.items()
+        for k, port in order
     }
     out = {k: run.communicate()[0] for k, run in runs.items()}
     os.unlink(f.name)
@@ -489,7 +501,7 @@ def llama_server_rows(rounds: int = 1, isolated: bool = False) -> list[tuple[str
 
 
 FLAGS = {"--overhead-only", "--llama-server-only", "--engine-core", "--replicas-only", "--metrics-only",
-         "--tail-only", "--verbose", "--rounds"}  # fmt: skip
+         "--tail-only", "--verbose", "--rounds", "--control"}  # fmt: skip
 
 
 def main() -> None:
@@ -507,7 +519,9 @@ def main() -> None:
         print_table(("measure", "req/s", "p50 / p99 ms", "target"), tail_rows(rounds or 3))
         return
     if "--metrics-only" in sys.argv:
-        print_table(("measure", "metrics off", "metrics on", "target"), metrics_rows(rounds or 5))
+        on = "metrics off too (control)" if "--control" in sys.argv else "metrics on"
+        rows = metrics_rows(rounds or 5, control="--control" in sys.argv)
+        print_table(("measure", "metrics off", on, "target"), rows)
         return
     rows = [] if "--llama-server-only" in sys.argv else overhead_rows(rounds or 3)
     if "--overhead-only" not in sys.argv:

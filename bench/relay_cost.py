@@ -10,6 +10,8 @@ blocks of ``--streams``; the table gives each one's microseconds per stream (med
 
 - ``usage asked``: an upstream that gives its usage only when asked (OpenAI's servers, vLLM): the gateway
   asked on the client's behalf, and takes the usage event out again;
+- ``no usage at all``: an upstream that gives none (the relay loop, reading the end, the record without
+  token counts), and the same without ``Metrics.finished``;
 - ``llama.cpp timings``: an upstream that ends its streams with llama.cpp's ``timings`` (llama-server), read
   for the usage unasked;
 - ``timings, no record``: the same without ``Metrics.finished`` (what the relay loop alone adds).
@@ -86,6 +88,8 @@ def _on(pieces: list[bytes], strip: bool, record: bool = True) -> Run:
 VARIANTS: dict[str, Run] = {
     "metrics off": _off(PLAIN),
     "usage asked": _on(ASKED, strip=True),
+    "no usage at all": _on(PLAIN, strip=False),
+    "no usage, no record": _on(PLAIN, strip=False, record=False),
     "llama.cpp timings": _on(TIMED, strip=False),
     "timings, no record": _on(TIMED, strip=False, record=False),
 }
