@@ -33,7 +33,8 @@ from gateway.scheduling.admission import (
 from gateway.scheduling.hooks import Quiet
 from gateway.scheduling.lifecycle import Lease, ModelSlot
 from gateway.scheduling.placement import HOST
-from gateway.scheduling.scheduler import BOUND_LOG_EVERY, Scheduler
+from gateway.scheduling.scheduler import Scheduler
+from gateway.scheduling.waiting import BOUND_LOG_EVERY
 from tests.test_scheduler_property import Engines, FakeBackend, SchedulerMachine, VirtualTime
 
 Arrival = tuple[int, float, float, Priority]  # model, gap after the previous arrival, hold, class
@@ -393,23 +394,23 @@ def test_a_wait_past_the_bound_is_counted_and_logged(caplog: pytest.LogCaptureFi
         scheduler, slot = run.scheduler, run.slots[0]
         scheduler.events = Recorder()
         slot.load_seconds = 0.5
-        with caplog.at_level(logging.WARNING, logger="gateway.scheduling.scheduler"):
-            scheduler._check_bound(slot, SWAP_WAIT + 0.5)  # at the bound: kept
+        with caplog.at_level(logging.WARNING, logger="gateway.scheduling.waiting"):
+            scheduler._waits._check_bound(slot, SWAP_WAIT + 0.5)  # at the bound: kept
             assert not past and not caplog.records
-            scheduler._check_bound(slot, SWAP_WAIT + 0.75)
-            scheduler._check_bound(slot, SWAP_WAIT + 2)  # the same minute: counted, not logged again
+            scheduler._waits._check_bound(slot, SWAP_WAIT + 0.75)
+            scheduler._waits._check_bound(slot, SWAP_WAIT + 2)  # the same minute: counted, not logged again
             assert past == ["m0", "m0"]
             assert [r.getMessage() for r in caplog.records] == [
                 f"model m0: a request waited {SWAP_WAIT + 0.75:.2f} s for it, past its max_swap_wait of "
                 f"{SWAP_WAIT:g} s plus its load of 0.50 s (gateway_model_wait_past_bound_total counts them)"
             ]
             run.time.advance(BOUND_LOG_EVERY)
-            scheduler._check_bound(slot, SWAP_WAIT + 3)
+            scheduler._waits._check_bound(slot, SWAP_WAIT + 3)
             assert len(past) == 3 and len(caplog.records) == 2
             past.clear()
             caplog.clear()
             scheduler.policy = Policy(mode="fifo")
-            scheduler._check_bound(slot, SWAP_WAIT * 10)
+            scheduler._waits._check_bound(slot, SWAP_WAIT * 10)
             assert not past and not caplog.records
     finally:
         run.loop.run_until_complete(run.scheduler.shutdown(grace=0))

@@ -1,7 +1,7 @@
 """Loads, evictions and idle unloads: every move of every model's state goes through here.
 
-- ``acquire`` is the one way in for requests: it returns a lease on a ready model, starting a load if needed.
-  Concurrent first requests join the one load task of their model.
+- ``acquire`` is the one way in for requests: it returns a lease on a ready model, starting a load if needed
+  (``gateway.scheduling.waiting``). Concurrent first requests join the one load task of their model.
 - One placement decision at a time (the decision lock): the pure ``placement.plan`` says where the model goes
   (per device: the host, each engine's RAM and GPUs) and what to evict there; the
   victims are marked draining under the lock, drained (grace period, then cancelled) and unloaded outside
@@ -10,7 +10,7 @@
 - Memory freed for a load goes to that load: from the decision that evicts for it until it starts loading
   (or gives up), the target holds a reservation of what it will take, which every other decision counts as
   held. Without it, the evicted model's next request took the memory back before the target could, and the
-  target never loaded (measured: 206 reloads of one model in 60 s while two others answered twice each).
+  target never loaded (``gateway.scheduling.holdings``).
 - When the target only fails to fit because other models are loading or draining, it waits for those
   transitions and decides again (llama-swap's "stopping waits, then starts"), instead of failing.
 - Tasks (loads, unloads, idle timers) are keyed by the slot, never by its name, which a reload reuses; a
@@ -20,38 +20,37 @@
 - A failed load returns the model to UNLOADED with the error; requests during the backoff that follows get
   503 with the error and a Retry-After, then the next request tries again.
 - Idle TTL: each model with an ``idle_ttl`` gets its own timer when it becomes ready, stopped when it
-  unloads, so a model a reload adds or changes is reaped like any other.
+  unloads (``gateway.scheduling.idle``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from backends.base import Backend
 from backends.errors import (
     GatewayError,
     InsufficientMemory,
     LoadFailed,
-    ModelNotFound,
     ModelUnavailable,
-    QueueFull,
 )
 from gateway.routing.fair_queue import Priority
 from gateway.scheduling.admission import Policy
 from gateway.scheduling.explain import Plan, explain
+from gateway.scheduling.holdings import Holdings
 from gateway.scheduling.hooks import Delegate, Events, LoadWatch, Quiet
-from gateway.scheduling.lifecycle import HOLDS_MEMORY, Lease, ModelSlot, State
+from gateway.scheduling.idle import IdleTimers
+from gateway.scheduling.lifecycle import Lease, ModelSlot, State
 from gateway.scheduling.placement import DoesNotFit, Fits, Option, Resident, plan
 from gateway.scheduling.turns import Turns
+from gateway.scheduling.waiting import ModelWaits
 
 log = logging.getLogger(__name__)
-
-BOUND_LOG_EVERY = 60.0  # seconds between two warnings of waits past swap-aware admission's bound, per model
 
 
 class Scheduler:
@@ -86,104 +85,28 @@ class Scheduler:
         self._loads: dict[ModelSlot, asyncio.Task[None]] = {}
         self._unloads: dict[ModelSlot, asyncio.Task[None]] = {}
         self._cancelled: set[ModelSlot] = set()  # loads an operator cancelled
-        self._reserved: dict[ModelSlot, Mapping[str, int]] = {}  # memory evicted for a load, kept for it
+        self.holdings = Holdings(self.slots, self.budgets)
         self._since: dict[ModelSlot, int] = {}  # loads under way, in the order they were asked for
         self._turns = 0
-        self._bound_logged: dict[str, float] = {}  # when a wait past the bound was last logged, per model
-        self._idle_timers: dict[ModelSlot, asyncio.Task[None]] = {}
+        self.idle = IdleTimers(self.unload, clock, sleep)
         self.delegate: Delegate | None = None  # cluster mode: loads left to the fleet's leader
         self.turns = Turns(self.slots, self._since, self.policy, max_swap_wait, drain_grace)
+        self._waits = ModelWaits(self, clock)
 
     # -- the request path --------------------------------------------------------------------------------
-    async def acquire(
+    def acquire(
         self,
         slot: ModelSlot,
         timeout: float,
         priority: Priority = "interactive",
         client: Hashable | None = None,
-    ) -> Lease:
-        """A lease on ``slot`` once it is ready, loading it if needed. A request that has to wait for the
-        model (a load, a drain) takes a place in the model's queue, the same ``max_queue`` places as the
-        requests waiting for a free replica: when they are all taken, 429 with Retry-After. One request
-        may always wait for a load, even with ``max_queue: 0``: the one that asks for the model.
-        ``priority``: the request's class, which swap-aware admission weighs (``Turns.admission``);
-        ``client``: the connection it came on, where known (a model whose last request came from the client
-        that now waits for another is not kept for that client's next request: ``Turns.admission``)."""
-        interactive = priority == "interactive"
-        if slot.state is State.READY:
-            return slot.lease(interactive, client)
-        waiting = slot.queued
-        if waiting >= max(slot.max_queue, 1):
-            raise QueueFull(
-                f"model '{slot.name}' has {waiting} requests waiting (max_queue={slot.max_queue})",
-                retry_after=max(1.0, slot.load_seconds or 1.0),  # they wait for its load: about that long
-            )
-        began = slot.wait_begins(interactive, client)
-        try:
-            lease = await self._until_ready(slot, timeout, interactive, client)
-        finally:
-            slot.wait_ends(began, interactive, client)
-        waited = self._clock() - began
-        self.events.waited_for_model(lease.slot.name, waited)
-        self._check_bound(lease.slot, waited)
-        return lease
+    ) -> Coroutine[Any, Any, Lease]:
+        """A lease on ``slot`` once it is ready, loading it if needed (``ModelWaits.acquire``; its coroutine
+        itself, not one more around it: this is on every request's path)."""
+        return self._waits.acquire(slot, timeout, priority, client)
 
-    def _check_bound(self, slot: ModelSlot, waited: float) -> None:
-        """Swap-aware admission promises a request its model within its ``max_swap_wait`` plus one load. A
-        wait past that (the estimates of the swap's time were off) is counted, and logged with its numbers
-        at most once a minute per model (``BOUND_LOG_EVERY``: with a bound too tight for the loads, every
-        request could be one)."""
-        if self.policy.mode == "fifo":
-            return
-        bound, load = self.turns.swap_wait(slot), slot.load_seconds or 0.0
-        if waited <= bound + load:
-            return
-        self.events.waited_past_bound(slot.name)
-        now = self._clock()
-        if now >= self._bound_logged.get(slot.name, -math.inf) + BOUND_LOG_EVERY:
-            self._bound_logged[slot.name] = now
-            log.warning(
-                "model %s: a request waited %.2f s for it, past its max_swap_wait of %g s plus its load of "
-                "%.2f s (gateway_model_wait_past_bound_total counts them)",
-                slot.name, waited, bound, load,
-            )  # fmt: skip
-
-    async def _until_ready(
-        self, slot: ModelSlot, timeout: float, interactive: bool = True, client: Hashable | None = None
-    ) -> Lease:
-        deadline = self._clock() + timeout
-        while True:
-            if slot.state is State.UNLOADED and slot.replaced_by is not None:  # a reload changed it
-                slot = slot.replaced_by
-                self.adopt(slot)
-                continue
-            if slot.state is State.UNLOADED and slot.removed:
-                raise ModelNotFound(slot.name)
-            if slot.state is State.READY:
-                return slot.lease(interactive, client)
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                raise ModelUnavailable(
-                    f"model '{slot.name}' is still {slot.state} after {timeout:.0f}s", retry_after=5
-                )
-            if slot.state is State.UNLOADED:
-                failure = slot.failure
-                if failure is not None and self._clock() < failure.retry_at:
-                    raise LoadFailed(
-                        f"model '{slot.name}' failed to load: {failure.message}",
-                        retry_after=failure.retry_at - self._clock(),
-                    )
-                task = self.load(slot)
-                await asyncio.wait({task}, timeout=remaining)
-                _raise_if_cancelled(slot, task)
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-            elif slot.state is State.LOADING and slot in self._loads:
-                task = self._loads[slot]
-                await asyncio.wait({task}, timeout=remaining)
-                _raise_if_cancelled(slot, task)  # every waiter is told, none starts the load again
-            else:
-                await slot.wait_change(remaining)
+    def load_under_way(self, slot: ModelSlot) -> asyncio.Task[None] | None:
+        return self._loads.get(slot)
 
     def adopt(self, slot: ModelSlot) -> None:
         """Serve ``slot`` under its name (a reload's new or changed model). Idempotent. The version it
@@ -199,10 +122,8 @@ class Scheduler:
 
     def abandon(self, slot: ModelSlot) -> None:
         """Stop tracking ``slot`` without unloading it: its replicas run on for another gateway (cluster mode,
-        a leader handing over at shutdown). Its load and idle timer, if any, are cancelled."""
-        timer = self._idle_timers.pop(slot, None)
-        if timer is not None:
-            timer.cancel()
+        a leader handing over at shutdown). Its idle timer, if any, is stopped."""
+        self.idle.stop(slot)
         if self.slots.get(slot.name) is slot:
             del self.slots[slot.name]
 
@@ -212,23 +133,16 @@ class Scheduler:
             del self.slots[slot.name]
 
     def used(self) -> dict[str, int]:
-        """Bytes held per device (every budgeted device, 0 when nothing holds it)."""
-        held = dict.fromkeys(self.budgets, 0)
-        for r in self.residents():
-            for device, n in r.claims.items():
-                held[device] = held.get(device, 0) + n
-        return held
+        """Bytes held per device (``Holdings.used``)."""
+        return self.holdings.used()
 
     def reserved(self) -> dict[str, int]:
-        """Of ``used``, the bytes per device held for loads under way: models loading, and memory an eviction
-        freed for a load that has not started yet."""
-        held = dict.fromkeys(self.budgets, 0)
-        loading = [s.claims for s in self.slots.values() if s.state is State.LOADING]
-        kept = [claims for s, claims in self._reserved.items() if s.state is State.UNLOADED]
-        for claims in (*loading, *kept):
-            for device, n in claims.items():
-                held[device] = held.get(device, 0) + n
-        return held
+        """Of ``used``, the bytes held for loads under way (``Holdings.reserved``)."""
+        return self.holdings.reserved()
+
+    def residents(self, excluding: ModelSlot | None = None) -> list[Resident]:
+        """What holds memory, as the placement sees it (``Holdings.residents``)."""
+        return self.holdings.residents(excluding)
 
     # -- loads -------------------------------------------------------------------------------------------
     def load(self, slot: ModelSlot) -> asyncio.Task[None]:
@@ -267,15 +181,14 @@ class Scheduler:
         in the budgets, and its idle timer starts."""
         async with self._decision:
             slot.take_over(placement)
-            if slot.state is State.READY and slot.manifest.idle_ttl and slot not in self._idle_timers:
-                self._idle_timers[slot] = asyncio.create_task(self._idle_timer(slot), name=f"ttl:{slot.name}")
+            self.idle.start(slot)
 
     def _load_done(self, slot: ModelSlot) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:
             if self._loads.get(slot) is task:
                 del self._loads[slot]
                 self._since.pop(slot, None)
-            self._reserved.pop(slot, None)  # a load that gave up frees what was kept for it
+            self.holdings.release(slot)  # a load that gave up frees what was kept for it
             if not task.cancelled() and task.exception() is not None:
                 log.warning("load of %s failed: %s", slot.name, task.exception())
 
@@ -307,7 +220,7 @@ class Scheduler:
         guarded = [replace(r, evictable=False) if r.name in admission.protected else r for r in residents]
         decision = plan(slot.name, slot.demand, guarded, self.budgets)
         if isinstance(decision, Fits) and not decision.evict:
-            self._reserved.pop(slot, None)
+            self.holdings.release(slot)
             slot.begin_load(decision.choice)  # the memory is the slot's own from here
             return _BEGUN
         if isinstance(decision, Fits):
@@ -334,7 +247,7 @@ class Scheduler:
         """Begin the unloads ``decision`` names, keeping what they free for ``slot``."""
         log.info("evicting %s to load %s", ", ".join(decision.evict), slot.name)
         chosen = [unit[i] for unit, i in zip(slot.demand, decision.choice, strict=True)]
-        self._reserved[slot] = _sum_claims(chosen)  # freed for this load, and kept for it
+        self.holdings.keep(slot, chosen)  # freed for this load, and kept for it
         victims = {s.name: s for s in self.slots.values()}
         unloads = [
             self._begin_unload(
@@ -371,8 +284,7 @@ class Scheduler:
         self.events.load_finished(slot.name, slot.load_seconds, "success")
         log.info("loaded %s in %.2fs", slot.name, self._clock() - started)
         self.watch.loaded(slot)
-        if slot.manifest.idle_ttl:
-            self._idle_timers[slot] = asyncio.create_task(self._idle_timer(slot), name=f"ttl:{slot.name}")
+        self.idle.start(slot)
 
     def _transitions_that_could_make_room(
         self, slot: ModelSlot, residents: list[Resident]
@@ -385,7 +297,7 @@ class Scheduler:
         settled = [replace(r, evictable=True) for r in residents]
         if isinstance(plan(slot.name, slot.demand, settled, self.budgets), DoesNotFit):
             return [], []
-        holders = {s.name: s for s in (*self.slots.values(), *self._reserved)}
+        holders = {s.name: s for s in (*self.slots.values(), *self.holdings.keeping())}
         busy = [holders[r.name] for r in residents if not r.evictable and r.name in holders]
         tasks = [t for s in busy if (t := self._loads.get(s) or self._unloads.get(s)) is not None]
         # A model just loaded for waiting requests: until they have their leases (its next loop turn). These
@@ -407,29 +319,6 @@ class Scheduler:
         now = self._clock()
         older = [s for s, turn in self._since.items() if turn < mine and s.state is State.UNLOADED]
         return [self._loads[s] for s in older if s in self._loads and not self.turns.yields(s, slot, now)]
-
-    def residents(self, excluding: ModelSlot | None = None) -> list[Resident]:
-        """The models holding memory now, as the placement sees them, and the memory kept for loads that
-        evicted for it (not evictable: on its way in), except ``excluding``'s own."""
-        held = [
-            Resident(
-                name=s.name,
-                claims=s.claims,
-                pinned=s.pinned,
-                in_flight=s.in_flight,
-                last_used=s.last_used,
-                # loaded for waiting requests: theirs until they have their leases (llama-swap's rule too)
-                evictable=s.state is State.READY and not s.waiting,
-            )
-            for s in self.slots.values()
-            if s.state in HOLDS_MEMORY
-        ]
-        kept = [
-            Resident(name=s.name, claims=claims, evictable=False)
-            for s, claims in self._reserved.items()
-            if s is not excluding and s.state is State.UNLOADED
-        ]
-        return held + kept
 
     # -- unloads -----------------------------------------------------------------------------------------
     def plan(self, slot: ModelSlot) -> Plan:
@@ -455,9 +344,7 @@ class Scheduler:
         slot.begin_drain()
         if reason is not None:
             self.events.evicted(slot.name, reason)
-        timer = self._idle_timers.pop(slot, None)
-        if timer is not None and timer is not asyncio.current_task():
-            timer.cancel()
+        self.idle.stop(slot)
         task = asyncio.create_task(
             self._drain_and_unload(slot, why, self.drain_grace if grace is None else grace),
             name=f"unload:{slot.name}",
@@ -527,33 +414,11 @@ class Scheduler:
             if slot.pinned:
                 self.load(slot)
 
-    async def _idle_timer(self, slot: ModelSlot) -> None:
-        """Unload ``slot`` once it has been unused for its ``idle_ttl`` (not while pinned or busy). Started
-        when it becomes ready, cancelled when it begins to unload."""
-        ttl = slot.manifest.idle_ttl or 0.0
-        while slot.state is State.READY:
-            due = slot.last_used + ttl - self._clock()
-            if due > 0:
-                await self._sleep(due)  # a timer, not synchronisation
-                continue
-            if slot.pinned or slot.in_flight:
-                await self._sleep(min(ttl, 1.0))  # look again: it may be unpinned, or finish
-                continue
-            try:
-                await self.unload(slot, f"idle for {ttl:g}s", "ttl", idle_for=ttl)
-            except Exception:
-                log.exception("idle unload of %s failed", slot.name)
-            return
-
     async def shutdown(self, grace: float | None = None) -> None:
         """Cancel the loads under way (each stops what it had started), then drain every model at once
         within one grace period (default: the drain grace), cut what is still running, and say how many.
         uvicorn has already stopped accepting and waited for open connections by the time this runs."""
-        timers = list(self._idle_timers.values())
-        self._idle_timers.clear()
-        for timer in timers:
-            timer.cancel()
-        await asyncio.gather(*timers, return_exceptions=True)
+        await self.idle.stop_all()
         loads = list(self._loads.values())
         for task in loads:
             task.cancel()
@@ -584,18 +449,3 @@ class _Wait:
 
 
 _BEGUN = _Wait([], asyncio.ALL_COMPLETED)  # the decision: the load begins
-
-
-def _raise_if_cancelled(slot: ModelSlot, load: asyncio.Task[None]) -> None:
-    """A cancelled load is a 503 for its waiters, unless a reload retired the slot: then they move on to the
-    new version (or get a 404 when the model was removed)."""
-    if load.done() and load.cancelled() and not slot.retired:
-        raise ModelUnavailable(f"the load of '{slot.name}' was cancelled", retry_after=1)
-
-
-def _sum_claims(options: Iterable[Option]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for option in options:
-        for device, n in option.claims.items():
-            total[device] = total.get(device, 0) + n
-    return total
