@@ -16,11 +16,11 @@ from tests.test_scheduler_property import ANY_FILE, Engines, FakeBackend, Virtua
 TTL = 5.0
 
 
-def _setup(time: VirtualTime, engines: Engines) -> tuple[Scheduler, ModelSlot]:
+def _setup(time: VirtualTime, engines: Engines, ttl: float = TTL) -> tuple[Scheduler, ModelSlot]:
     manifest = ModelManifest.model_validate(
         {
             "name": "m",
-            "idle_ttl": TTL,
+            "idle_ttl": ttl,
             "health_check_interval": "1h",
             "backend": {"kind": "llama_cpp", "model": str(ANY_FILE)},
         }
@@ -62,7 +62,8 @@ async def _used_again_while_the_unload_waited() -> None:
     assert slot.state is State.READY
     async with scheduler._decision:  # a load decision of another model, say
         time.advance(TTL + 1)
-        await _settle()  # the timer has woken and waits for the lock
+        await _settle()
+        assert not time._sleepers  # the timer has woken, and its unload waits for the lock
         (await scheduler.acquire(slot, timeout=5)).release()  # used again, at the new time
     await _settle()
     assert slot.state is State.READY  # not idle for its TTL since that request: kept
@@ -70,6 +71,61 @@ async def _used_again_while_the_unload_waited() -> None:
     await _settle()
     assert slot.state is State.UNLOADED
     assert engines.running["m"] == 0
+    assert not scheduler.idle._timers  # the timer, ended, is not left behind
+
+
+def test_a_model_pinned_while_its_idle_unload_waited_is_kept() -> None:
+    asyncio.run(_pinned_while_the_unload_waited())
+
+
+async def _pinned_while_the_unload_waited() -> None:
+    time, engines = VirtualTime(), Engines()
+    scheduler, slot = _setup(time, engines)
+    (await scheduler.acquire(slot, timeout=5)).release()
+    async with scheduler._decision:
+        time.advance(TTL + 1)
+        await _settle()
+        assert not time._sleepers  # the timer's unload waits for the lock
+        slot.pinned = True  # what the admin API's pin does
+    await _settle()
+    assert slot.state is State.READY
+    slot.pinned = False
+    time.advance(1.0)  # the timer looks again every second (at most its TTL) while the model is pinned
+    await _settle()
+    assert slot.state is State.UNLOADED
+
+
+def test_the_timer_reads_the_idle_time_as_the_unload_does() -> None:
+    """``last_used + ttl - now`` can be 0 where ``now - last_used < ttl`` (rounding): the timer then called
+    an unload that declined, without a yield between, forever. An unload that is asked for more than twice
+    stops the timer here, so that such a loop fails the test rather than hanging it."""
+    asyncio.run(_rounding())
+
+
+async def _rounding() -> None:
+    time, engines = VirtualTime(), Engines()
+    time.now = 761201.482467663
+    scheduler, slot = _setup(time, engines, ttl=0.1)
+    asked = 0
+    unload = scheduler.idle._unload
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal asked
+        asked += 1
+        if asked > 2:
+            raise asyncio.CancelledError  # ends the timer (an exception would be logged and retried)
+        return unload(*args, **kwargs)
+
+    scheduler.idle._unload = counted
+    (await scheduler.acquire(slot, timeout=5)).release()
+    await _settle()
+    time.advance(0.1)  # now == last_used + 0.1 as a float; now - last_used is still a hair under 0.1
+    await _settle()
+    assert slot.state is State.READY and asked == 0
+    time.advance(0.001)
+    await _settle()
+    assert slot.state is State.UNLOADED
+    assert asked == 1
 
 
 def test_the_timer_of_an_unloaded_model_starts_again_when_it_is_loaded_again() -> None:

@@ -3,7 +3,8 @@ memory an eviction freed for a load that has not begun yet, kept for that load (
 evicted model's next request took the memory back before the load could, and the load never came: 206
 reloads of one model in 60 s while two others answered twice each).
 
-The scheduler owns the one ``Holdings`` and changes it only under its decision lock."""
+The scheduler owns the one ``Holdings``: memory is kept for a load under its decision lock, and released
+when the load begins (under the lock) or ends (its task's done callback)."""
 
 from __future__ import annotations
 

@@ -49,13 +49,15 @@ class IdleTimers:
         await asyncio.gather(*timers, return_exceptions=True)
 
     async def _run(self, slot: ModelSlot) -> None:
-        """Unload ``slot`` once it has been unused for its ``idle_ttl`` (not while pinned or busy)."""
+        """Unload ``slot`` once it has been unused for its ``idle_ttl`` (not while pinned or busy). The time
+        idle is read as the unload reads it (``now - last_used``): a sum that rounds differently made the
+        timer call an unload that declined, at once, again and again, without yielding."""
         ttl = slot.manifest.idle_ttl or 0.0
         try:
             while slot.state is State.READY:
-                due = slot.last_used + ttl - self._clock()
-                if due > 0:
-                    await self._sleep(due)  # a timer, not synchronisation
+                idle = self._clock() - slot.last_used
+                if idle < ttl:
+                    await self._sleep(ttl - idle)  # a timer, not synchronisation
                     continue
                 if slot.pinned or slot.in_flight:
                     await self._sleep(min(ttl, 1.0))  # look again: it may be unpinned, or finish
@@ -64,11 +66,10 @@ class IdleTimers:
                     if await self._unload(slot, f"idle for {ttl:g}s", "ttl", idle_for=ttl):
                         return
                 except Exception:
-                    log.exception("idle unload of %s failed", slot.name)
-                    return
-                # Not unloaded: a request came while the unload waited for the scheduler's decision lock.
-                # The model is used again; its timer goes on (it once ended here, and the model was never
-                # reaped again).
+                    log.exception("idle unload of %s failed; trying again in %gs", slot.name, ttl)
+                    await self._sleep(ttl)
+                # Not unloaded: a request came, or it was pinned, while the unload waited for the scheduler's
+                # decision lock. The timer goes on (it once ended here, and the model was never reaped again).
         finally:
             if self._timers.get(slot) is asyncio.current_task():
                 del self._timers[slot]

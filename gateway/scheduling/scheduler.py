@@ -106,6 +106,7 @@ class Scheduler:
         return self._waits.acquire(slot, timeout, priority, client)
 
     def load_under_way(self, slot: ModelSlot) -> asyncio.Task[None] | None:
+        """The load task of ``slot``, if one runs (a load, or a request to the fleet's leader for one)."""
         return self._loads.get(slot)
 
     def adopt(self, slot: ModelSlot) -> None:
@@ -378,8 +379,8 @@ class Scheduler:
         grace: float | None = None,
     ) -> bool:
         """Drain (for ``grace``, default the drain grace; 0 cuts in-flight requests at once) and unload
-        ``slot`` if it is ready (and, with ``idle_for``, idle that long); False if not. A drain already
-        under way is waited for."""
+        ``slot`` if it is ready (and, with ``idle_for``, idle that long and not pinned); False if not. A
+        drain already under way is waited for."""
         async with self._decision:
             running = self._unloads.get(slot)
             if running is not None and grace == 0:
@@ -387,8 +388,10 @@ class Scheduler:
             if running is None:
                 if slot.state is not State.READY:
                     return False
-                if idle_for is not None and (slot.in_flight or self._clock() - slot.last_used < idle_for):
-                    return False
+                if idle_for is not None and (
+                    slot.pinned or slot.in_flight or self._clock() - slot.last_used < idle_for
+                ):
+                    return False  # pinned or used while this waited for the lock
                 running = self._begin_unload(slot, why, reason, grace)
         await asyncio.wait({running})
         return True

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 BOUND_LOG_EVERY = 60.0  # seconds between two warnings of waits past swap-aware admission's bound, per model
 
 
-class Loads(Protocol):
+class Scheduling(Protocol):
     """What a waiting request needs of the scheduler (read at each use: a test or an operator may change
     its events or policy)."""
 
@@ -40,8 +40,8 @@ class Loads(Protocol):
 
 
 class ModelWaits:
-    def __init__(self, loads: Loads, clock: Callable[[], float]) -> None:
-        self._loads = loads
+    def __init__(self, scheduler: Scheduling, clock: Callable[[], float]) -> None:
+        self._scheduler = scheduler
         self._clock = clock
         self._bound_logged: dict[str, float] = {}  # when a wait past the bound was last logged, per model
 
@@ -74,7 +74,7 @@ class ModelWaits:
         finally:
             slot.wait_ends(began, interactive, client)
         waited = self._clock() - began
-        self._loads.events.waited_for_model(lease.slot.name, waited)
+        self._scheduler.events.waited_for_model(lease.slot.name, waited)
         self._check_bound(lease.slot, waited)
         return lease
 
@@ -83,12 +83,12 @@ class ModelWaits:
         wait past that (the estimates of the swap's time were off) is counted, and logged with its numbers
         at most once a minute per model (``BOUND_LOG_EVERY``: with a bound too tight for the loads, every
         request could be one)."""
-        if self._loads.policy.mode == "fifo":
+        if self._scheduler.policy.mode == "fifo":
             return
-        bound, load = self._loads.turns.swap_wait(slot), slot.load_seconds or 0.0
+        bound, load = self._scheduler.turns.swap_wait(slot), slot.load_seconds or 0.0
         if waited <= bound + load:
             return
-        self._loads.events.waited_past_bound(slot.name)
+        self._scheduler.events.waited_past_bound(slot.name)
         now = self._clock()
         if now >= self._bound_logged.get(slot.name, -math.inf) + BOUND_LOG_EVERY:
             self._bound_logged[slot.name] = now
@@ -105,7 +105,7 @@ class ModelWaits:
         while True:
             if slot.state is State.UNLOADED and slot.replaced_by is not None:  # a reload changed it
                 slot = slot.replaced_by
-                self._loads.adopt(slot)
+                self._scheduler.adopt(slot)
                 continue
             if slot.state is State.UNLOADED and slot.removed:
                 raise ModelNotFound(slot.name)
@@ -123,12 +123,15 @@ class ModelWaits:
                         f"model '{slot.name}' failed to load: {failure.message}",
                         retry_after=failure.retry_at - self._clock(),
                     )
-                task = self._loads.load(slot)
+                task = self._scheduler.load(slot)
                 await asyncio.wait({task}, timeout=remaining)
                 _raise_if_cancelled(slot, task)
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-            elif slot.state is State.LOADING and (under_way := self._loads.load_under_way(slot)) is not None:
+            elif (
+                slot.state is State.LOADING
+                and (under_way := self._scheduler.load_under_way(slot)) is not None
+            ):
                 await asyncio.wait({under_way}, timeout=remaining)
                 _raise_if_cancelled(slot, under_way)  # every waiter is told, none starts the load again
             else:
