@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from backends.base import UpstreamResponse
 from backends.engine_stats import delta, parse, slots_usage
 from gateway.api.usage import StreamReader, Usage, _parse_usage_scan, parse_usage, read_body
-from gateway.http.openai_routes import ask_for_usage, learn_usage, with_usage
+from gateway.http.openai_front import ask_for_usage, learn_usage, with_usage
 from gateway.http.relay import relay
 from gateway.observability.exposition import Histogram, buckets_1_2_5
 from gateway.observability.metrics import TOKEN_LATENCY_BUCKETS, Metrics, RequestSeries, Trace

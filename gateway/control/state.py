@@ -44,7 +44,7 @@ class Gateway:
     series: Series = field(default_factory=Series)  # a few numbers over time, for the console's charts
     fleet: Node | None = None  # cluster mode: this gateway in its fleet (gateway.fleet); None: alone
     # Models (each version: a reload starts again) whose streams end with llama.cpp's ``timings``: their
-    # usage is read from those, unasked (``gateway.http.openai_routes.learn_usage``).
+    # usage is read from those, unasked (``gateway.http.openai_front.learn_usage``).
     usage_unasked: weakref.WeakSet[ModelSlot] = field(default_factory=weakref.WeakSet)
 
     def engines_in_use(self) -> list[ContainerEngine]:

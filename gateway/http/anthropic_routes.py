@@ -28,7 +28,8 @@ from gateway.api.anthropic_stream import MessageStream, event
 from gateway.api.validation import decode
 from gateway.http.edge import Handler, Prepared
 from gateway.http.errors import anthropic_error_response
-from gateway.http.openai_routes import OpenAIRoutes, _check_endpoint
+from gateway.http.openai_front import check_endpoint
+from gateway.http.openai_routes import OpenAIRoutes
 from gateway.http.translated import relay_translated
 from gateway.observability.metrics import Trace
 from gateway.scheduling.lifecycle import ModelSlot
@@ -52,7 +53,7 @@ class _MessagesFront:
         self.asked = data["model"]
         slot = self.routes.gw.registry.resolve(self.asked)
         self.model = slot.name
-        _check_endpoint(slot, "chat/completions", self.asked)
+        check_endpoint(slot, "chat/completions", self.asked)
         # The translation checks every field, also for an engine that gets the request as it came: what the
         # gateway refuses (a field no engine here can honour), it refuses on every kind alike.
         chat = to_chat({**data, "max_tokens": 1, "stream": False} if self.count_only else data)

@@ -31,7 +31,8 @@ from gateway.api.validation import decode
 from gateway.control.response_store import ResponseStore, Stored
 from gateway.http.edge import Handler, Prepared
 from gateway.http.errors import error_response
-from gateway.http.openai_routes import KEEPALIVE, OpenAIRoutes, _check_endpoint
+from gateway.http.openai_front import KEEPALIVE, check_endpoint
+from gateway.http.openai_routes import OpenAIRoutes
 from gateway.http.translated import relay_translated
 from gateway.observability.metrics import Trace
 
@@ -86,7 +87,7 @@ class _ResponsesFront:
         chat = turn.chat
         if chat.get("stream"):
             chat["stream_options"] = {"include_usage": True}
-        _check_endpoint(slot, "chat/completions", self.asked)
+        check_endpoint(slot, "chat/completions", self.asked)
         request = self.routes.upstream_request(slot, "chat/completions", chat, None, False)
         return Prepared(slot, request, Trace(slot.name, self.endpoint, started, 1, chat.get("max_tokens")))
 
