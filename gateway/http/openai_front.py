@@ -1,7 +1,8 @@
-"""OpenAI's own endpoints as a front of the routes (``gateway.http.openai_routes``): a body checked and
-passed on, an answer streamed through untouched; and what the gateway adds to a stream's request so that the
-metrics get its usage (``stream_options.include_usage``, unless the model's streams carry llama.cpp's
-``timings``, which give it unasked)."""
+"""OpenAI's own endpoints as a front of the routes (``gateway.http.openai_routes``): the model resolved, the
+body checked and passed on, the answer streamed through as it comes; and what the gateway adds to a stream's
+request so that the metrics get its usage (``stream_options.include_usage``, unless the model's streams carry
+llama.cpp's ``timings``, which give it unasked), taken out of the answer again. ``check_endpoint`` and
+``KEEPALIVE`` serve the Anthropic and Responses fronts too."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from starlette.types import Send
 
 from backends.base import Endpoint, OpenAIRequest, UpstreamResponse
 from backends.errors import GatewayError, InvalidRequest, sse_error_event
-from gateway.api.validation import ChatRequest, CompletionRequest, EmbeddingRequest, _Body, decode
+from gateway.api.validation import decode
 from gateway.control.state import Gateway
 from gateway.http.edge import Prepared
 from gateway.http.errors import error_response
@@ -24,11 +25,6 @@ from gateway.scheduling.lifecycle import ModelSlot
 
 T = TypeVar("T")
 
-SCHEMAS: dict[Endpoint, type[_Body]] = {
-    "chat/completions": ChatRequest,
-    "completions": CompletionRequest,
-    "embeddings": EmbeddingRequest,
-}
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 KEEPALIVE = b": waiting for the model\n\n"  # an SSE comment: clients skip it
 
@@ -37,7 +33,9 @@ class Routes(Protocol):
     """What a front needs of the routes (``gateway.http.openai_routes.OpenAIRoutes``)."""
 
     @property
-    def gw(self) -> Gateway: ...
+    def gw(self) -> Gateway:
+        """The gateway's state (its registry resolves the model)."""
+
     @property
     def observe(self) -> bool:
         """The metrics are on."""
@@ -52,7 +50,8 @@ class Routes(Protocol):
 
 
 class OpenAIFront:
-    """OpenAI's own endpoints: the body is checked and passed on; the answer streams through untouched."""
+    """OpenAI's own endpoints: the body is checked and passed on; the answer streams through as it comes (but
+    for the usage event the gateway asked for, ``gateway.http.relay``)."""
 
     def __init__(self, routes: Routes, endpoint: Endpoint) -> None:
         self.routes = routes

@@ -1,5 +1,6 @@
-"""The ``/v1/*`` handlers: validate, resolve the model, take a lease, dispatch (``gateway.routing.dispatch``:
-pick a replica, forward, retry before the first byte), stream back.
+"""The ``/v1/*`` handlers: read the body, let the API's front prepare it (``gateway.http.openai_front``: the
+model resolved, the body checked), take a lease, dispatch (``gateway.routing.dispatch``: pick a replica,
+forward, retry before the first byte), stream back.
 
 The POST handlers are plain ASGI endpoints rather than request/response functions, so that one disconnect
 watcher covers the request from the moment its body is read until its last byte is sent. ``HotPath`` serves
@@ -31,6 +32,10 @@ from backends.errors import (
     UpstreamError,
 )
 from gateway.api.validation import (
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    _Body,
     check_passthrough,
     validate,
 )
@@ -44,7 +49,7 @@ from gateway.http.edge import (
 )
 from gateway.http.errors import internal_error
 from gateway.http.key_limits import KeyLimits
-from gateway.http.openai_front import SCHEMAS, OpenAIFront, with_usage
+from gateway.http.openai_front import OpenAIFront, with_usage
 from gateway.http.relay import CancelOnDisconnect, ClientGone, SlowClient, Watchdog
 from gateway.http.server_limits import ABORT
 from gateway.observability.metrics import Trace
@@ -53,6 +58,12 @@ from gateway.routing.fair_queue import Priority
 from gateway.scheduling.lifecycle import Lease, ModelSlot, State
 
 log = logging.getLogger(__name__)
+
+SCHEMAS: dict[Endpoint, type[_Body]] = {
+    "chat/completions": ChatRequest,
+    "completions": CompletionRequest,
+    "embeddings": EmbeddingRequest,
+}
 
 TOTAL_SLACK = 1.0  # after an HTTP upstream's own total deadline, which ends its stream itself
 CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the response ended
