@@ -145,3 +145,30 @@ async def _loaded_twice() -> None:
         await _settle()
         assert slot.state is State.UNLOADED
     await scheduler.shutdown()
+
+
+def test_an_idle_unload_that_fails_is_tried_again_after_the_ttl() -> None:
+    asyncio.run(_failed_once())
+
+
+async def _failed_once() -> None:
+    time, engines = VirtualTime(), Engines()
+    scheduler, slot = _setup(time, engines)
+    asked = 0
+    unload = scheduler.idle._unload
+
+    def fails_first(*args: Any, **kwargs: Any) -> Any:
+        nonlocal asked
+        asked += 1
+        if asked == 1:
+            raise RuntimeError("the engine would not stop")
+        return unload(*args, **kwargs)
+
+    scheduler.idle._unload = fails_first
+    (await scheduler.acquire(slot, timeout=5)).release()
+    time.advance(TTL + 1)
+    await _settle()
+    assert asked == 1 and slot.state is State.READY  # failed: logged, and the timer waits a TTL
+    time.advance(TTL)
+    await _settle()
+    assert asked == 2 and slot.state is State.UNLOADED

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backends.base import UpstreamResponse
 from backends.engine_stats import delta, parse, slots_usage
-from gateway.api.usage import StreamReader, Usage, _parse_usage_scan, parse_usage, read_body
+from gateway.api.usage import _COUNTS, StreamReader, Usage, _parse_usage_scan, parse_usage, read_body
 from gateway.http.openai_front import ask_for_usage, learn_usage, with_usage
 from gateway.http.relay import relay
 from gateway.observability.exposition import Histogram, buckets_1_2_5
@@ -486,7 +486,7 @@ def test_a_batch_records_what_its_requests_record_one_by_one(batch: list[dict[st
     st.integers(0, 10**7),
     st.integers(0, 10**7),
     st.one_of(st.none(), st.integers(0, 10**7)),
-    st.booleans(),
+    st.sampled_from(["openai", "vllm", "sorted"]),
     st.sampled_from([(",", ":"), (", ", ": ")]),
     st.booleans(),
 )
@@ -494,19 +494,26 @@ def test_usage_read_by_one_match_is_usage_read_by_the_scan(
     prompt: int,
     completion: int,
     cached: int | None,
-    sorted_keys: bool,
+    order: str,
     separators: tuple[str, str],
     tail: bool,
 ) -> None:
-    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
+    """The usage objects of OpenAI, of vLLM (``prompt_tokens``, ``total_tokens``, ``completion_tokens``:
+    its ``UsageInfo``'s field order) and of llama-server (sorted) are read by the one match, and it reads
+    what the general scan reads."""
+    usage: dict[str, Any] = {"prompt_tokens": prompt}
+    if order == "vllm":
+        usage["total_tokens"] = prompt + completion
+    usage["completion_tokens"] = completion
     usage["total_tokens"] = prompt + completion
     if cached is not None:
         usage["prompt_tokens_details"] = {"cached_tokens": cached}
     event: dict[str, Any] = {"id": "x", "choices": [], "usage": usage}
     if tail:
         event["timings"] = {"prompt_n": 1, "predicted_n": 2}
-    body = json.dumps(event, sort_keys=sorted_keys, separators=separators).encode()
+    body = json.dumps(event, sort_keys=order == "sorted", separators=separators).encode()
     at = body.find(b'"usage"')
+    assert _COUNTS.match(body, at) is not None
     found = parse_usage(body, at)
     assert found == _parse_usage_scan(body, at)
     assert found == Usage(prompt, completion, cached)
@@ -538,11 +545,11 @@ def test_a_body_read_from_its_finish_reason_is_the_body_read_by_the_searches(
         choice["stop_reason"] = None
     body: dict[str, Any] = {"id": "x", "object": "chat.completion", "choices": [choice]}
     if counts is not None:
-        usage: dict[str, Any] = {
-            "prompt_tokens": counts[0],
-            "completion_tokens": counts[1],
-            "total_tokens": 1,
-        }
+        usage: dict[str, Any] = {"prompt_tokens": counts[0]}
+        if shape == "vllm":  # its UsageInfo's field order
+            usage["total_tokens"] = 1
+        usage["completion_tokens"] = counts[1]
+        usage["total_tokens"] = 1
         if counts[2] is not None:
             usage["prompt_tokens_details"] = {"cached_tokens": counts[2]}
         body = {"usage": usage, **body} if shape == "usage first" else {**body, "usage": usage}
