@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import threading
+from collections import deque
 from typing import Any
 
 import uvicorn
@@ -63,6 +64,7 @@ MESSAGE_END = (
     b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 )
 
+RECENT = 1024  # requests remembered for the tests' checks
 TIMINGS = b'"timings":{"cache_n":0,"prompt_n":1,"prompt_ms":1.0,"predicted_n":%d,"predicted_ms":1.0}'
 FINISH_EVENT = (
     b'data: {"choices":[{"finish_reason":"length","index":0,"delta":{}}],'
@@ -87,8 +89,10 @@ class FakeUpstream:
         self.chunk_delay = chunk_delay
         self.timings = timings  # end a stream as llama.cpp's server does: a last chunk with its ``timings``
         self.requests = 0
-        self.models: list[str] = []
-        self.asked_usage: list[bool] = []  # per stream: whether the request asked for the usage event
+        # The last requests' models, and per stream whether it asked for the usage event: bounded, as the
+        # bench runs this upstream for minutes at thousands of requests a second.
+        self.models: deque[str] = deque(maxlen=RECENT)
+        self.asked_usage: deque[bool] = deque(maxlen=RECENT)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":

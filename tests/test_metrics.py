@@ -200,7 +200,7 @@ def test_usage_is_not_asked_for_once_a_stream_showed_timings_and_asked_again_aft
         stream()
         wait_for(lambda: slot not in gw.gateway.usage_unasked, "the model to be asked again")
         stream()
-        assert up.app.asked_usage == [True, False, False, True]
+        assert list(up.app.asked_usage) == [True, False, False, True]
         m = settled(gw, lambda s: total(s, "vllm:e2e_request_latency_seconds_count", model_name="m") == 4)
         # Counted from the usage event, the timings, nothing (the third: unasked, none came), the usage event.
         assert total(m, "vllm:generation_tokens_total", model_name="m") == 64 + 4 + 64

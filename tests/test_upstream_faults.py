@@ -70,7 +70,7 @@ def test_a_failing_replica_is_retried_around_and_ejected(
         assert ask(gw) == "ok"
     # Ejected after its failure, not hammered: out for its cooldown (``long_cooldown``), tried no more.
     assert bad.app.requests == 1 and good.app.requests == answered + 6
-    assert good.app.models == ["inner"] * (answered + 6)  # the upstream's own name for the model
+    assert list(good.app.models) == ["inner"] * (answered + 6)  # the upstream's own name for the model
     # Its failure streak is unbroken: each try failed, none was taken for a success.
     assert gw.model_state("m")["replicas"][0]["failures"] == bad.app.requests
 

@@ -19,7 +19,8 @@ _USAGE = re.compile(rb'"usage":\s*\{')
 # The two counts first, in the order OpenAI writes them, or vLLM (its ``total_tokens`` between them), or
 # sorted (llama-server): read by one match; anything else takes the general scan (``_parse_usage_scan``).
 _COUNTS = re.compile(
-    rb'"usage":\s*\{\s*(?:"prompt_tokens":\s*(\d+),\s*(?:"total_tokens":\s*\d+,\s*)?"completion_tokens":\s*(\d+)'
+    rb'"usage":\s*\{\s*(?:"prompt_tokens":\s*(\d+),\s*(?:"total_tokens":\s*\d+,\s*)?'
+    rb'"completion_tokens":\s*(\d+)'
     rb'|"completion_tokens":\s*(\d+),\s*"prompt_tokens":\s*(\d+))'
 )
 _CACHED = b'"cached_tokens"'
