@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from statistics import median
 
 import httpx
 import yaml
@@ -233,10 +234,6 @@ def replicas_rows() -> list[tuple[str, str, str, str]]:
     ]
 
 
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
-
-
 def overhead_rows(rounds: int = 3) -> list[tuple[str, str, str, str]]:
     """Non-streaming and streaming overhead on fake upstreams; direct and gateway runs alternate, medians."""
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -402,23 +399,17 @@ def metrics_rows(rounds: int = 5, control: bool = False) -> list[tuple[str, str,
             upstream.terminate()
         if "--verbose" in sys.argv:
             print(what, "req/s", rps, "\ncpu us/request", cpu)
-        rps_ratio = median([on / off for on, off in zip(rps["on"], rps["off"], strict=True)])
-        cpu_ratio = median([on / off for on, off in zip(cpu["on"], cpu["off"], strict=True)])
         rows += [
-            (
-                f"{what}: req/s ({rounds} rounds)",
-                f"{median(rps['off']):.0f}",
-                f"{median(rps['on']):.0f} ({rps_ratio:.3f}x)",
-                ">= 0.97x (issue 16)",
-            ),
-            (
-                f"{what}: gateway CPU us per request",
-                f"{median(cpu['off']):.0f}",
-                f"{median(cpu['on']):.0f} ({cpu_ratio:.3f}x)",
-                "",
-            ),
+            _paired_row(f"{what}: req/s ({rounds} rounds)", rps, ">= 0.97x (issue 16)"),
+            _paired_row(f"{what}: gateway CPU us per request", cpu, ""),
         ]
     return rows
+
+
+def _paired_row(what: str, runs: dict[str, list[float]], target: str) -> tuple[str, str, str, str]:
+    """Medians of both sides, and the median of the rounds' ratios (on / off)."""
+    ratio = median([on / off for on, off in zip(runs["on"], runs["off"], strict=True)])
+    return what, f"{median(runs['off']):.0f}", f"{median(runs['on']):.0f} ({ratio:.3f}x)", target
 
 
 def _paired(
